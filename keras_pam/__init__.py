@@ -1,0 +1,13 @@
+"""keras_pam: continual learning of PaliGemma by aligned model merging."""
+
+from keras_pam import alignment
+from keras_pam import merging
+from keras_pam import metrics
+from keras_pam import models
+from keras_pam.alignment import SignAlignmentCallback
+from keras_pam.continual_learner import ContinualLearner
+from keras_pam.lora import AdapterState
+from keras_pam.report import ContinualReport
+from keras_pam.report import TaskReport
+
+__version__ = "0.1.0"

@@ -1,0 +1,307 @@
+"""PAM's sign alignment: pure functions over states, and the callback.
+
+The rule (PAM_SPEC, Algorithm 1): an entry of the global adapter `G` is
+*important* if it is non-zero and its magnitude is among the top `p` of its
+scope. Every `every` steps, a temporary entry whose sign is strictly opposite
+to an important global entry is re-initialised to the global value (or to
+zero).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_pam.lora import AdapterState
+from keras_pam.lora import lora_variables
+from keras_pam.utils import compile_function
+
+REINIT_MODES = ("global", "zero")
+SCOPES = ("tensor", "global")
+
+
+def _check_p(p):
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise ValueError(f"`p` must be a number in (0, 1]. Received: {p!r}")
+    if not 0 < p <= 1:
+        raise ValueError(f"`p` must be in (0, 1]. Received: p={p}")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {choices}. Received: {name}={value!r}"
+        )
+
+
+def num_important(p, n):
+    """`k = ceil(p * n)`, robust to float error (0.3 * 10 keeps 3)."""
+    return max(1, math.ceil(round(p * n, 6)))
+
+
+def _kth_largest(values, k):
+    return ops.top_k(values, k, sorted=True)[0][k - 1]
+
+
+def importance_masks(tensors, p=0.5, scope="tensor"):
+    """`importance_mask` over a list of tensors; returns a list of masks."""
+    _check_p(p)
+    _check_choice("scope", scope, SCOPES)
+    magnitudes = [ops.abs(ops.convert_to_tensor(t)) for t in tensors]
+    if scope == "global":
+        flat = ops.concatenate([ops.reshape(m, (-1,)) for m in magnitudes], 0)
+        tau = _kth_largest(flat, num_important(p, int(flat.shape[0])))
+        thresholds = [tau] * len(magnitudes)
+    else:
+        thresholds = [
+            _kth_largest(
+                ops.reshape(m, (-1,)), num_important(p, int(math.prod(m.shape)))
+            )
+            for m in magnitudes
+        ]
+    return [
+        ops.logical_and(m >= tau, m > 0)
+        for m, tau in zip(magnitudes, thresholds)
+    ]
+
+
+def importance_mask(global_state, p=0.5, scope="tensor"):
+    """Mark the important entries of the global adapter.
+
+    `M = (|G| >= tau) & (G != 0)` where `tau` is the `k`-th largest `|G|` in
+    scope, `k = ceil(p * n)`; entries tied at `tau` are kept. Zero entries are
+    never important: they have no sign to align to. The mask depends only on
+    `G`, which is frozen during a task, so it is computed once per task.
+
+    Args:
+        global_state: `AdapterState`. The global adapter `G_{t-1}`.
+        p: float. The fraction of entries that are important, in (0, 1].
+            Defaults to `0.5` (the paper's).
+        scope: str. `"tensor"` ranks entries within each tensor, `"global"`
+            over all adapter entries together. Defaults to `"tensor"`.
+
+    Returns:
+        An `AdapterState` of boolean tensors.
+
+    Example:
+    ```python
+    g = AdapterState({"w": np.array([3.0, -1.0, 0.0, 2.0])})
+    importance_mask(g, p=0.5)["w"]  # [True, False, False, True]
+    ```
+    """
+    paths = list(global_state)
+    masks = importance_masks([global_state[k] for k in paths], p, scope)
+    return AdapterState(dict(zip(paths, masks)))
+
+
+def _align_tensor(temp, global_, mask, reinit):
+    conflict = ops.logical_and(mask, temp * global_ < 0)
+    replacement = global_ if reinit == "global" else ops.zeros_like(temp)
+    return ops.where(conflict, replacement, temp), conflict
+
+
+def align_tensors(temps, globals_, masks, reinit="global"):
+    """`align` over lists of tensors, also counting what it re-initialised.
+
+    Args:
+        temps: list of tensors. The temporary adapter `W'`.
+        globals_: list of tensors. The global adapter `G_{t-1}`.
+        masks: list of boolean tensors. The importance mask of `G_{t-1}`.
+        reinit: str. `"global"` or `"zero"`. Defaults to `"global"`.
+
+    Returns:
+        A tuple `(aligned, conflicts, count)`: the aligned tensors, the
+        boolean conflict masks and the int32 number of re-initialised entries.
+    """
+    _check_choice("reinit", reinit, REINIT_MODES)
+    aligned, conflicts = [], []
+    count = ops.convert_to_tensor(0, "int32")
+    for temp, global_, mask in zip(temps, globals_, masks):
+        new, conflict = _align_tensor(
+            ops.convert_to_tensor(temp),
+            ops.cast(global_, temp.dtype),
+            mask,
+            reinit,
+        )
+        aligned.append(new)
+        conflicts.append(conflict)
+        count = count + ops.sum(ops.cast(conflict, "int32"))
+    return aligned, conflicts, count
+
+
+def align(temp_state, global_state, mask, reinit="global"):
+    """Re-initialise temporary entries that conflict with important ones.
+
+    `C = M & (W' * G < 0)` (strictly opposite signs), then `W'[C] <- G[C]`
+    (`reinit="global"`) or `W'[C] <- 0` (`reinit="zero"`).
+
+    Args:
+        temp_state: `AdapterState`. The temporary adapter `W'`.
+        global_state: `AdapterState`. The global adapter `G_{t-1}`.
+        mask: `AdapterState`. `importance_mask(global_state, ...)`.
+        reinit: str. `"global"` or `"zero"`. Defaults to `"global"`.
+
+    Returns:
+        The aligned `AdapterState`.
+
+    Example:
+    ```python
+    g = AdapterState({"w": np.array([3.0, -1.0, 2.0])})
+    w = AdapterState({"w": np.array([-1.0, 1.0, 5.0])})
+    align(w, g, importance_mask(g, p=0.5))["w"]  # [3.0, 1.0, 5.0]
+    ```
+    """
+    _check_choice("reinit", reinit, REINIT_MODES)
+    state = AdapterState(temp_state)
+    state.check_compatible(global_state, what="global state")
+    state.check_compatible(mask, what="mask")
+    paths = list(state)
+    aligned, _, _ = align_tensors(
+        [ops.convert_to_tensor(temp_state[k]) for k in paths],
+        [ops.convert_to_tensor(global_state[k]) for k in paths],
+        [ops.convert_to_tensor(mask[k]) for k in paths],
+        reinit,
+    )
+    return AdapterState(dict(zip(paths, aligned)))
+
+
+def _optimizer_slots(optimizer, variable):
+    """The per-entry moment variables an Adam-family optimizer keeps."""
+    index = optimizer._get_variable_index(variable)
+    return [
+        getattr(optimizer, name)[index]
+        for name in ("_momentums", "_velocities")
+        if getattr(optimizer, name, None)
+    ]
+
+
+class SignAlignmentCallback(keras.callbacks.Callback):
+    """Align the temporary adapter's signs to the global one during `fit`.
+
+    Every `every` training batches it applies `align` to all LoRA factors of
+    the model in one compiled update, with the importance mask of
+    `global_state` computed once when training begins. It records how many
+    entries it re-initialised: `reinitialised_counts` (one int per
+    alignment) and `num_reinitialised` (their sum), available after `fit`.
+
+    Args:
+        global_state: `AdapterState`. The frozen global adapter `G_{t-1}`,
+            with the same paths as the model's LoRA factors.
+        p: float. Fraction of important global entries, in (0, 1]. Defaults
+            to `0.5`.
+        every: int. Align after every `every` training batches. Defaults to
+            `100`.
+        reinit: str. `"global"` copies the global value into a conflicting
+            entry, `"zero"` zeroes it. Defaults to `"global"`.
+        scope: str. `"tensor"` or `"global"`, see `importance_mask`.
+            Defaults to `"tensor"`.
+        reset_moments: bool. Also zero the optimizer's moment estimates of
+            re-initialised entries (Adam-family optimizers). Defaults to
+            `False`, which leaves them, as the paper's description does.
+
+    Example:
+    ```python
+    callback = SignAlignmentCallback(AdapterState.from_model(model), every=10)
+    model.fit(data, callbacks=[callback])
+    callback.num_reinitialised
+    ```
+    """
+
+    def __init__(
+        self,
+        global_state,
+        p=0.5,
+        every=100,
+        reinit="global",
+        scope="tensor",
+        reset_moments=False,
+    ):
+        super().__init__()
+        _check_p(p)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(
+                f"`every` must be an int >= 1. Received: every={every!r}"
+            )
+        _check_choice("reinit", reinit, REINIT_MODES)
+        _check_choice("scope", scope, SCOPES)
+        if not isinstance(global_state, AdapterState):
+            global_state = AdapterState(global_state)
+        self.global_state = global_state
+        self.p = p
+        self.every = every
+        self.reinit = reinit
+        self.scope = scope
+        self.reset_moments = reset_moments
+        self.reinitialised_counts = []
+        self.num_reinitialised = 0
+
+    @property
+    def num_entries(self):
+        """The number of adapter entries under alignment."""
+        return self.global_state.num_entries
+
+    def on_train_begin(self, logs=None):
+        variables = lora_variables(self.model)
+        self._paths = list(variables)
+        AdapterState(variables).check_compatible(
+            self.global_state, what="global state"
+        )
+        self._globals = [
+            ops.convert_to_tensor(self.global_state[k], "float32")
+            for k in self._paths
+        ]
+        self._masks = importance_masks(self._globals, self.p, self.scope)
+        optimizer = self.model.optimizer
+        if self.reset_moments and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        if self.reset_moments and not hasattr(optimizer, "_momentums"):
+            raise ValueError(
+                "`reset_moments=True` needs an Adam-family optimizer; the "
+                f"model uses {type(optimizer).__name__}."
+            )
+        reinit = self.reinit
+
+        def update(temps, globals_, masks, slots):
+            aligned, conflicts, count = align_tensors(
+                temps, globals_, masks, reinit
+            )
+            new_slots = [
+                [ops.where(c, ops.zeros_like(s), s) for s in group]
+                for c, group in zip(conflicts, slots)
+            ]
+            return aligned, new_slots, count
+
+        self._update = compile_function(update)
+        self._batches = 0
+        self._counts = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self._batches % self.every:
+            return
+        # Reaching the variables through `self.model` makes Keras sync the
+        # JAX training state first and re-read it after this write.
+        model = self.model
+        variables = lora_variables(model)
+        variables = [variables[k] for k in self._paths]
+        slots = [
+            _optimizer_slots(model.optimizer, v) if self.reset_moments else []
+            for v in variables
+        ]
+        aligned, new_slots, count = self._update(
+            [v.value for v in variables],
+            self._globals,
+            self._masks,
+            [[s.value for s in group] for group in slots],
+        )
+        for variable, value in zip(variables, aligned):
+            variable.assign(value)
+        for group, values in zip(slots, new_slots):
+            for slot, value in zip(group, values):
+                slot.assign(value)
+        self._counts.append(count)
+
+    def on_train_end(self, logs=None):
+        counts = [int(ops.convert_to_numpy(c)) for c in self._counts]
+        self.reinitialised_counts.extend(counts)
+        self.num_reinitialised += sum(counts)

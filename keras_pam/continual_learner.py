@@ -1,0 +1,501 @@
+"""`ContinualLearner`: continual learning of PaliGemma by aligned merging."""
+
+import math
+import time
+
+import keras
+import numpy as np
+
+from keras_pam import alignment
+from keras_pam import data as data_lib
+from keras_pam import metrics as metrics_lib
+from keras_pam.lora import AdapterState
+from keras_pam.lora import enable_lora
+from keras_pam.merging import get_merge
+from keras_pam.report import ContinualReport
+from keras_pam.report import TaskReport
+from keras_pam.scoring import Scorer
+
+
+@keras.saving.register_keras_serializable(package="keras_pam")
+class ContinualLearner(keras.Model):
+    """Teach a PaliGemma a sequence of tasks by aligned LoRA merging (PAM).
+
+    The learner wraps a `keras_hub.models.PaliGemmaCausalLM`, enables LoRA on
+    the attention and feed-forward projections of both towers and keeps one
+    *global* adapter. `learn_task` clones it into a temporary adapter, fits
+    that with `SignAlignmentCallback` (PAM's sign alignment), scores it on
+    the task, merges it into the global adapter and evaluates every
+    registered task, filling one row of the accuracy matrix. Outside
+    `learn_task` the model's LoRA variables hold the global adapter, so
+    `call`, `predict` and `generate` use it.
+
+    `call` takes the preprocessed inputs of the causal LM (`token_ids`,
+    `padding_mask`, `response_mask`, `images`) and returns its logits;
+    `learn_task` and `evaluate_task` take raw splits in the PaliGemma dict
+    format (`images`, `prompts`, `responses`).
+
+    Args:
+        causal_lm: `keras_hub.models.PaliGemmaCausalLM`. The model, with its
+            preprocessor. LoRA is enabled on it unless it already is.
+        rank: int. LoRA rank. Defaults to `32` (the paper's).
+        alpha: float. LoRA scale numerator, the update is
+            `(alpha / rank) A B`. Defaults to `None` (equal to `rank`).
+        align: bool. Apply PAM's sign alignment while training. `False` with
+            `merge="average"` is the Average baseline. Defaults to `True`.
+        p: float. Fraction of important global entries, in (0, 1]. Defaults
+            to `0.5`.
+        align_every: int. Align every this many training batches. Defaults
+            to `100`.
+        reinit: str. `"global"` or `"zero"`: what a conflicting entry is
+            re-initialised to. Defaults to `"global"`.
+        scope: str. `"tensor"` or `"global"`: where the top-`p` magnitudes
+            are ranked. Defaults to `"tensor"`.
+        align_first_task: bool. Align during the first task too, to the
+            random `A` factors of the initial adapter (the literal reading of
+            the paper; its `B` factors are zero and never align). Defaults to
+            `True`.
+        reset_moments: bool. Zero the optimizer moments of re-initialised
+            entries. Defaults to `False`.
+        merge: str or callable. How the temporary adapter joins the global
+            one: a name of `keras_pam.merging.MERGE_FUNCTIONS` or a function
+            of a list of states `[global, temporary]`; `None` keeps the
+            temporary adapter (sequential fine-tuning). Defaults to
+            `"average"`.
+        target_layer_names: list of str. Layers to adapt. Defaults to
+            `None`: `keras_pam.lora.PALI_GEMMA_LORA_TARGETS`.
+        eval_batch_size: int. Batch size of scoring. Defaults to `32`.
+        max_answer_tokens: int. Cap on generated answer tokens when scoring.
+            Defaults to `None` (from the longest reference).
+        **kwargs: passed to `keras.Model`.
+
+    Example:
+    ```python
+    causal_lm = keras_pam.models.build_tiny_pali_gemma()
+    learner = keras_pam.ContinualLearner(causal_lm, rank=4, align_every=5)
+    learner.add_eval_task("colour", colour_test)
+    report = learner.learn_task(colour_train, name="colour", epochs=2)
+    learner.evaluate_all().metrics
+    ```
+    """
+
+    def __init__(
+        self,
+        causal_lm,
+        rank=32,
+        alpha=None,
+        align=True,
+        p=0.5,
+        align_every=100,
+        reinit="global",
+        scope="tensor",
+        align_first_task=True,
+        reset_moments=False,
+        merge="average",
+        target_layer_names=None,
+        eval_batch_size=32,
+        max_answer_tokens=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # Validate the alignment settings now, not at the first task.
+        alignment.SignAlignmentCallback(
+            {}, p=p, every=align_every, reinit=reinit, scope=scope
+        )
+        self._merge_fn = get_merge(merge) if merge is not None else None
+        if causal_lm.preprocessor is None:
+            raise ValueError(
+                "`causal_lm` needs a preprocessor (it tokenizes the prompts)."
+            )
+        self.causal_lm = causal_lm
+        backbone = causal_lm.backbone
+        if getattr(backbone, "_lora_enabled_layers", None):
+            if backbone._lora_rank != rank:
+                raise ValueError(
+                    f"`causal_lm` already has LoRA of rank "
+                    f"{backbone._lora_rank}, not `rank`={rank}."
+                )
+        else:
+            enable_lora(backbone, rank, alpha, target_layer_names)
+        self.rank = rank
+        self.alpha = alpha
+        self.align = align
+        self.p = p
+        self.align_every = align_every
+        self.reinit = reinit
+        self.scope = scope
+        self.align_first_task = align_first_task
+        self.reset_moments = reset_moments
+        self.merge = merge
+        self.target_layer_names = target_layer_names
+        self.eval_batch_size = eval_batch_size
+        self.max_answer_tokens = max_answer_tokens
+
+        self.initial_state = AdapterState.from_model(causal_lm)
+        self.global_state = self.initial_state
+        self.scorer = Scorer(causal_lm, eval_batch_size, max_answer_tokens)
+        self._eval_tasks = {}
+        self._zero_shot = {}
+        self._learned = []
+        self._rows = []
+        self._pre_merge = {}
+        self.task_reports = []
+        self.built = True
+        self.compile()
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
+        """Build a learner from a KerasHub PaliGemma preset.
+
+        Args:
+            preset: str. A KerasHub preset name (`"pali_gemma_3b_224"`, needs
+                Kaggle access), a `kaggle://` or `hf://` handle, or a local
+                preset directory (saved with `save_to_preset`).
+            load_weights: bool. Load the preset's weights. Defaults to `True`.
+            dtype: str. The dtype policy of the model. Defaults to `None`.
+            **kwargs: passed to `ContinualLearner`.
+        """
+        import keras_hub
+
+        causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(
+            preset, load_weights=load_weights, dtype=dtype
+        )
+        return cls(causal_lm, **kwargs)
+
+    @property
+    def image_size(self):
+        return self.causal_lm.backbone.image_size
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        weighted_metrics="auto",
+        **kwargs,
+    ):
+        """Configure training, with defaults for LoRA on a causal LM.
+
+        Args:
+            optimizer: `"auto"` or a `keras.optimizers.Optimizer`. `"auto"` is
+                Adam with the paper's learning rate `5e-4`. Its state is reset
+                at the start of every task. Defaults to `"auto"`.
+            loss: `"auto"` or a loss. `"auto"` is sparse categorical
+                cross-entropy on the logits; the preprocessor's sample
+                weights restrict it to the answer tokens. Defaults to
+                `"auto"`.
+            weighted_metrics: `"auto"` or a list. `"auto"` is token accuracy
+                on the answer. Defaults to `"auto"`.
+            **kwargs: passed to `keras.Model.compile`.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(learning_rate=5e-4)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+
+    def call(self, inputs, training=False):
+        return self.causal_lm(inputs, training=training)
+
+    def generate(self, inputs, max_length=None, **kwargs):
+        """Generate with the global adapter; see `PaliGemmaCausalLM.generate`."""
+        return self.causal_lm.generate(inputs, max_length=max_length, **kwargs)
+
+    # --- Evaluation tasks ----------------------------------------------------
+
+    @property
+    def eval_task_names(self):
+        """Registered evaluation tasks: learned ones in order, then others."""
+        learned = [n for n in self._learned if n in self._eval_tasks]
+        return learned + [n for n in self._eval_tasks if n not in learned]
+
+    def add_eval_task(self, name, eval_data):
+        """Register a task to evaluate after every learned task.
+
+        Register tasks before learning them to measure forward transfer:
+        FWT needs each task's accuracy before it is learned.
+
+        Args:
+            name: str. The task's name; the same name in `learn_task` makes
+                its row and column line up.
+            eval_data: dict, `tf.data.Dataset` or generator. Its test split.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
+        if name in self._eval_tasks:
+            raise ValueError(
+                f"An evaluation task named {name!r} is already registered."
+            )
+        examples = data_lib.as_examples(
+            eval_data, self.image_size, name=f"eval_data of {name!r}"
+        )
+        self._eval_tasks[name] = examples
+        if self._learned:
+            # The zero-shot accuracy is the initial adapter's.
+            self._zero_shot[name] = self._score_with(self.initial_state, name)
+
+    def evaluate_task(self, eval_data):
+        """Accuracy of the global adapter on a split."""
+        examples = data_lib.as_examples(eval_data, self.image_size, "eval_data")
+        return self.scorer.score(examples)
+
+    def _score_with(self, state, name):
+        state.assign_to(self)
+        try:
+            return self.scorer.score(self._eval_tasks[name])
+        finally:
+            self.global_state.assign_to(self)
+
+    def _evaluate_zero_shot(self):
+        missing = [n for n in self._eval_tasks if n not in self._zero_shot]
+        if not missing:
+            return
+        self.initial_state.assign_to(self)
+        try:
+            for name in missing:
+                self._zero_shot[name] = self.scorer.score(self._eval_tasks[name])
+        finally:
+            self.global_state.assign_to(self)
+
+    # --- Learning ------------------------------------------------------------
+
+    def _reset_optimizer(self):
+        """Zero the step count and moments; keep the learning rate."""
+        learning_rate = getattr(self.optimizer, "_learning_rate", None)
+        for variable in self.optimizer.variables:
+            if variable is not learning_rate:
+                variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+
+    def learn_task(
+        self,
+        train_data,
+        name=None,
+        eval_data=None,
+        epochs=1,
+        batch_size=8,
+        callbacks=None,
+        shuffle=True,
+        seed=0,
+        verbose="auto",
+        **fit_kwargs,
+    ):
+        """Learn one task: clone, fit with alignment, merge, evaluate.
+
+        Args:
+            train_data: dict, `tf.data.Dataset` or generator. The task's
+                training split in the PaliGemma dict format.
+            name: str. The task's name. Defaults to `"task_<t>"`.
+            eval_data: The task's test split, registered with
+                `add_eval_task` unless a task of this name already is.
+                Defaults to `None`.
+            epochs: int. Training epochs. Defaults to `1`.
+            batch_size: int. Training batch size. Defaults to `8`.
+            callbacks: list of `keras.callbacks.Callback`. Added to `fit`
+                after the alignment callback. Defaults to `None`.
+            shuffle: bool. Shuffle the examples every epoch. Defaults to
+                `True`.
+            seed: int. Shuffling seed. Defaults to `0`.
+            verbose: passed to `fit`. Defaults to `"auto"`.
+            **fit_kwargs: passed to `fit`.
+
+        Returns:
+            A `TaskReport`.
+        """
+        start = time.time()
+        index = len(self._learned) + 1
+        name = name if name is not None else f"task_{index}"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
+        if name in self._learned:
+            raise ValueError(f"The task {name!r} has already been learned.")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
+        examples = data_lib.as_examples(train_data, self.image_size, "train_data")
+        dataset = data_lib.training_dataset(
+            examples, batch_size, self.causal_lm.preprocessor, shuffle, seed
+        )
+        if eval_data is not None and name not in self._eval_tasks:
+            self.add_eval_task(name, eval_data)
+        self._evaluate_zero_shot()
+
+        callbacks = list(callbacks or [])
+        aligner = None
+        if self.align and (index > 1 or self.align_first_task):
+            aligner = alignment.SignAlignmentCallback(
+                self.global_state,
+                p=self.p,
+                every=self.align_every,
+                reinit=self.reinit,
+                scope=self.scope,
+                reset_moments=self.reset_moments,
+            )
+            callbacks.insert(0, aligner)
+
+        self.global_state.assign_to(self)
+        self._reset_optimizer()
+        try:
+            history = self.fit(
+                dataset,
+                epochs=epochs,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # The dataset is already shuffled.
+                **fit_kwargs,
+            )
+            temporary = AdapterState.from_model(self)
+        finally:
+            # Whatever happened in `fit`, the model holds the global adapter.
+            self.global_state.assign_to(self)
+
+        has_eval = name in self._eval_tasks
+        pre_merge = math.nan
+        if has_eval:
+            pre_merge = self._score_with(temporary, name)
+        merged = (
+            temporary
+            if self._merge_fn is None
+            else self._merge_fn([self.global_state, temporary])
+        )
+        misaligned = self._misaligned_fraction(temporary)
+        merged.assign_to(self)
+        self.global_state = AdapterState(merged).numpy()
+        self._learned.append(name)
+        self._pre_merge[name] = pre_merge
+        self._rows.append(
+            {
+                task: self.scorer.score(examples)
+                for task, examples in self._eval_tasks.items()
+            }
+        )
+        report = TaskReport(
+            name=name,
+            index=index,
+            history=dict(history.history),
+            pre_merge_accuracy=pre_merge,
+            post_merge_accuracy=self._rows[-1].get(name, math.nan),
+            num_reinitialised=aligner.num_reinitialised if aligner else 0,
+            reinitialised_counts=(
+                aligner.reinitialised_counts if aligner else []
+            ),
+            num_entries=self.global_state.num_entries,
+            misaligned_fraction=misaligned,
+            seconds=time.time() - start,
+        )
+        self.task_reports.append(report)
+        if verbose:
+            print(report.summary())
+        return report
+
+    def _misaligned_fraction(self, temporary):
+        """Of the important entries of the global adapter, the fraction
+        whose sign the temporary adapter strictly opposes."""
+        paths = list(self.global_state)
+        globals_ = [self.global_state[k] for k in paths]
+        masks = alignment.importance_masks(globals_, self.p, self.scope)
+        _, conflicts, count = alignment.align_tensors(
+            [keras.ops.convert_to_tensor(temporary[k]) for k in paths],
+            globals_,
+            masks,
+        )
+        important = sum(
+            int(keras.ops.convert_to_numpy(keras.ops.sum(m))) for m in masks
+        )
+        if not important:
+            return math.nan
+        return int(keras.ops.convert_to_numpy(count)) / important
+
+    # --- Results ---------------------------------------------------------------
+
+    def evaluate_all(self):
+        """The accuracy matrix so far and the paper's metrics.
+
+        Returns:
+            A `ContinualReport`: `matrix` (rows: after each learned task;
+            columns: `eval_task_names`), `zero_shot`, `pre_merge`, `metrics`
+            (ACC, BWT, FWT, A_t, A_m over the learned tasks; `None` if a
+            learned task has no eval data) and the per-task reports.
+        """
+        self._evaluate_zero_shot()
+        columns = self.eval_task_names
+        matrix = np.full((len(self._rows), len(columns)), np.nan)
+        for i, row in enumerate(self._rows):
+            for j, task in enumerate(columns):
+                matrix[i, j] = row.get(task, np.nan)
+        zero_shot = np.array([self._zero_shot[t] for t in columns], float)
+        pre_merge = np.array([self._pre_merge[t] for t in self._learned], float)
+        metrics = None
+        learned = len(self._learned)
+        if learned and all(n in self._eval_tasks for n in self._learned):
+            metrics = metrics_lib.continual_metrics(
+                matrix[:, :learned],
+                zero_shot[:learned],
+                pre_merge if self._merge_fn is not None else None,
+            )
+        return ContinualReport(
+            task_names=list(self._learned),
+            eval_task_names=columns,
+            matrix=matrix,
+            zero_shot=zero_shot,
+            pre_merge=pre_merge,
+            metrics=metrics,
+            task_reports=list(self.task_reports),
+        )
+
+    # --- Adapters and config ----------------------------------------------------
+
+    def save_adapter(self, filepath):
+        """Save the global adapter as a KerasHub `.lora.h5` file."""
+        self.global_state.save(filepath, self.causal_lm.backbone)
+
+    def load_adapter(self, filepath):
+        """Load a `.lora.h5` file (keras_pam's or KerasHub's) as the global
+        adapter. A file of another rank or model is refused unchanged."""
+        state = AdapterState.load(filepath, self.causal_lm.backbone)
+        state.assign_to(self)
+        self.global_state = state
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "causal_lm": keras.saving.serialize_keras_object(
+                    self.causal_lm
+                ),
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "align": self.align,
+                "p": self.p,
+                "align_every": self.align_every,
+                "reinit": self.reinit,
+                "scope": self.scope,
+                "align_first_task": self.align_first_task,
+                "reset_moments": self.reset_moments,
+                "merge": (
+                    self.merge
+                    if self.merge is None or isinstance(self.merge, str)
+                    else keras.saving.serialize_keras_object(self.merge)
+                ),
+                "target_layer_names": self.target_layer_names,
+                "eval_batch_size": self.eval_batch_size,
+                "max_answer_tokens": self.max_answer_tokens,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("merge"), dict):
+            config["merge"] = keras.saving.deserialize_keras_object(
+                config["merge"]
+            )
+        config["causal_lm"] = keras.saving.deserialize_keras_object(
+            config["causal_lm"]
+        )
+        return cls(**config)

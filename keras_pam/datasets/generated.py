@@ -1,0 +1,713 @@
+"""A procedurally generated visual question answering suite.
+
+The suite mirrors the structure of the CoIN benchmark at toy scale: a few
+tasks share a visual world (coloured shapes and rendered digits on a plain
+background) and a small vocabulary, so that some tasks are close to each
+other (`color` and `shape`, `digits` and `sklearn_digits`) and one is far
+from the rest (`choice`, a multiple-choice task answered with an option
+letter, like ScienceQA). Every generator is deterministic given its seed.
+
+| task | CoIN analogue | question | answers | metric |
+|---|---|---|---|---|
+| `color` | VQAv2 | what color is the shape | 6 colours | vqa |
+| `shape` | VizWizVQA | what shape is it | 5 shapes | vqa |
+| `count` | (GQA-like) | how many shapes are there | one .. five | exact |
+| `position` | GQA | is the red shape left or right of .. | left .. | exact |
+| `digits` | TextVQA | what digit is written | zero .. nine | vqa |
+| `sklearn_digits` | OCR-VQA | what digit is this | zero .. nine | exact |
+| `choice` | ScienceQA | which is bigger? a: .. b: .. | a, b, c | exact |
+
+Numbers are always answered with words (`"three"`, `"seven"`). Tasks whose
+metric is `"vqa"` also carry `"answers"`: ten copies of the reference, the
+shape of VQAv2's ten annotators, so the VQA soft accuracy of a correct answer
+is 1.
+"""
+
+import functools
+import itertools
+import zlib
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from keras_pam.datasets.registry import COIN_ORDERS, Task, object_array
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 175, 60),
+    "blue": (50, 95, 235),
+    "yellow": (235, 215, 40),
+    "purple": (155, 65, 205),
+    "orange": (245, 140, 30),
+}
+COLOR_NAMES = tuple(COLORS)
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
+RELATIONS = ("left", "right", "above", "below")
+OPTION_LETTERS = ("a", "b", "c")
+MAX_COUNT = 5
+NUM_ANNOTATORS = 10
+
+VQA_PREFIX = "answer en "
+CAPTION_PROMPT = "caption en\n"
+
+COLOR_PROMPT = VQA_PREFIX + "what color is the shape\n"
+SHAPE_PROMPT = VQA_PREFIX + "what shape is it\n"
+COUNT_PROMPT = VQA_PREFIX + "how many shapes are there\n"
+DIGITS_PROMPT = VQA_PREFIX + "what digit is written\n"
+SKLEARN_DIGITS_PROMPT = VQA_PREFIX + "what digit is this\n"
+
+# 5x7 glyphs of the digits 0-9, "#" is ink.
+_GLYPH_ROWS = (
+    (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
+    ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
+    (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
+    ("####.", "....#", "....#", ".###.", "....#", "....#", "####."),
+    ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
+    ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
+    ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
+    ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
+    (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
+    (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
+)
+GLYPHS = np.array(
+    [[[c == "#" for c in row] for row in glyph] for glyph in _GLYPH_ROWS]
+)
+
+_SPLIT_STREAMS = {"train": 0, "test": 1, "pretraining": 2}
+_MIN_IMAGE_SIZE = 32
+
+
+def _rng(seed, name, stream):
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+    return np.random.default_rng(
+        [int(seed), zlib.crc32(name.encode("utf-8")), _SPLIT_STREAMS[stream]]
+    )
+
+
+def _background(rng):
+    level = int(rng.integers(0, 80))
+    tint = rng.integers(-12, 13, size=3)
+    return tuple(int(v) for v in np.clip(level + tint, 0, 255))
+
+
+def _draw_shape(draw, shape, cx, cy, r, fill):
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "triangle":
+        draw.polygon(((cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)), fill)
+    elif shape == "diamond":
+        points = ((cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy))
+        draw.polygon(points, fill=fill)
+    elif shape == "cross":
+        t = max(1, round(r / 3))
+        draw.rectangle((cx - r, cy - t, cx + r, cy + t), fill=fill)
+        draw.rectangle((cx - t, cy - r, cx + t, cy + r), fill=fill)
+    else:
+        raise ValueError(f"Unknown shape {shape!r}.")
+
+
+def _render(size, background, objects):
+    """Draws `(shape, color_name, cx, cy, r)` objects on a plain image."""
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for shape, color, cx, cy, r in objects:
+        _draw_shape(draw, shape, cx, cy, r, COLORS[color])
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _radius(rng, size, low, high):
+    lo = max(2, round(low * size))
+    hi = max(lo, round(high * size))
+    return int(rng.integers(lo, hi + 1))
+
+
+def _place(rng, size, radii, accept=None, tries=500):
+    """Samples non-overlapping centres for shapes of the given radii."""
+    gap = max(1, size // 16)
+    for _ in range(tries):
+        centres = []
+        for r in radii:
+            for _ in range(50):
+                x, y = rng.integers(r + 1, size - r - 1, size=2)
+                if all(
+                    (x - cx) ** 2 + (y - cy) ** 2 >= (r + cr + gap) ** 2
+                    for (cx, cy), cr in zip(
+                        centres, radii[: len(centres)], strict=True
+                    )
+                ):
+                    centres.append((int(x), int(y)))
+                    break
+            else:
+                break
+        if len(centres) == len(radii) and (accept is None or accept(centres)):
+            return centres
+    raise RuntimeError(
+        f"Could not place {len(radii)} shapes on a {size}x{size} image."
+    )
+
+
+def _single_object(rng, size):
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
+    r = _radius(rng, size, 0.18, 0.4)
+    ((cx, cy),) = _place(rng, size, [r])
+    image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
+    return image, shape, color
+
+
+def _gen_color(rng, size):
+    image, _, color = _single_object(rng, size)
+    return image, COLOR_PROMPT, color
+
+
+def _gen_shape(rng, size):
+    image, shape, _ = _single_object(rng, size)
+    return image, SHAPE_PROMPT, shape
+
+
+def _many_objects(rng, size, count):
+    radii = [_radius(rng, size, 0.08, 0.12) for _ in range(count)]
+    centres = _place(rng, size, radii)
+    objects = [
+        (
+            SHAPES[rng.integers(len(SHAPES))],
+            COLOR_NAMES[rng.integers(len(COLOR_NAMES))],
+            cx,
+            cy,
+            r,
+        )
+        for (cx, cy), r in zip(centres, radii, strict=True)
+    ]
+    return _render(size, _background(rng), objects)
+
+
+def _gen_count(rng, size):
+    count = int(rng.integers(1, MAX_COUNT + 1))
+    return _many_objects(rng, size, count), COUNT_PROMPT, NUMBER_WORDS[count]
+
+
+def _position_prompt(color_a, color_b, horizontal):
+    if horizontal:
+        question = (
+            f"is the {color_a} shape left or right of the {color_b} shape"
+        )
+    else:
+        question = f"is the {color_a} shape above or below the {color_b} shape"
+    return VQA_PREFIX + question + "\n"
+
+
+def _pair(rng, size, relation):
+    """Two objects where the first one is `relation` of the second one."""
+    horizontal = relation in ("left", "right")
+    radii = [_radius(rng, size, 0.1, 0.16) for _ in range(2)]
+
+    def accept(centres):
+        (xa, ya), (xb, yb) = centres
+        along, across = (xa - xb, ya - yb) if horizontal else (ya - yb, xa - xb)
+        if abs(along) < sum(radii) + 2 or abs(across) * 2 > abs(along):
+            return False
+        return (along < 0) == (relation in ("left", "above"))
+
+    centres = _place(rng, size, radii, accept=accept)
+    shapes = rng.choice(len(SHAPES), size=2)
+    colors = rng.choice(len(COLOR_NAMES), size=2, replace=False)
+    objects = [
+        (SHAPES[s], COLOR_NAMES[c], cx, cy, r)
+        for s, c, (cx, cy), r in zip(
+            shapes, colors, centres, radii, strict=True
+        )
+    ]
+    return _render(size, _background(rng), objects), objects
+
+
+def _gen_position(rng, size):
+    relation = RELATIONS[rng.integers(len(RELATIONS))]
+    image, objects = _pair(rng, size, relation)
+    horizontal = relation in ("left", "right")
+    prompt = _position_prompt(objects[0][1], objects[1][1], horizontal)
+    return image, prompt, relation
+
+
+def _digit_image(rng, size, digit):
+    glyph = GLYPHS[digit]
+    max_scale = max(1, int(0.8 * size / 7))
+    scale = int(rng.integers(max(1, (max_scale + 1) // 2), max_scale + 1))
+    pixels = np.kron(glyph, np.ones((scale, scale), dtype=bool))
+    height, width = pixels.shape
+    top = int(rng.integers(0, size - height + 1))
+    left = int(rng.integers(0, size - width + 1))
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[...] = _background(rng)
+    ink = COLORS[COLOR_NAMES[rng.integers(len(COLOR_NAMES))]]
+    if rng.random() < 0.3:
+        ink = (240, 240, 240)
+    window = image[top : top + height, left : left + width]
+    window[pixels] = ink
+    return image
+
+
+def _gen_digits(rng, size):
+    digit = int(rng.integers(10))
+    return _digit_image(rng, size, digit), DIGITS_PROMPT, NUMBER_WORDS[digit]
+
+
+def _choice_prompt(options, biggest):
+    if len(options) == 2:
+        question = "which is bigger?" if biggest else "which is smaller?"
+    else:
+        question = (
+            "which is the biggest?" if biggest else "which is the smallest?"
+        )
+    listed = " ".join(
+        f"{OPTION_LETTERS[i]}: {o}" for i, o in enumerate(options)
+    )
+    return f"{VQA_PREFIX}{question} {listed}\n"
+
+
+def _gen_choice(rng, size):
+    n = int(rng.integers(2, 4))
+    # Radii grow by a factor >= 1.7 so that "bigger" is clear for any shapes.
+    radii = [max(2, round((0.1 if n == 2 else 0.07) * size))]
+    for _ in range(n - 1):
+        radii.append(int(np.ceil(radii[-1] * (1.7 + 0.3 * rng.random()))))
+    radii = [int(r) for r in rng.permutation(radii)]
+    centres = _place(rng, size, radii)
+    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), n, replace=False)]
+    colors = [
+        COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), n, replace=False)
+    ]
+    objects = [
+        (s, c, cx, cy, r)
+        for s, c, (cx, cy), r in zip(
+            shapes, colors, centres, radii, strict=True
+        )
+    ]
+    image = _render(size, _background(rng), objects)
+    biggest = bool(rng.random() < 0.5)
+    target = int(np.argmax(radii) if biggest else np.argmin(radii))
+    names = shapes if rng.random() < 0.5 else colors
+    order = [int(i) for i in rng.permutation(n)]
+    options = [names[i] for i in order]
+    answer = OPTION_LETTERS[order.index(target)]
+    return image, _choice_prompt(options, biggest), answer
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)
+    return images, data.target.astype(np.int64)
+
+
+def _sklearn_split(indices, size):
+    images, targets = _sklearn_digits()
+    out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    for i, index in enumerate(indices):
+        small = Image.fromarray(images[index])
+        out[i] = np.asarray(small.resize((size, size), Image.BILINEAR))[
+            ..., None
+        ]
+    responses = [NUMBER_WORDS[targets[i]] for i in indices]
+    return _as_split(out, [SKLEARN_DIGITS_PROMPT] * len(indices), responses)
+
+
+def _sklearn_indices(pool, num, rng):
+    """`num` indices drawn from `pool`, each used once before any repeats."""
+    rounds = -(-num // len(pool)) if num else 0
+    picks = [rng.permutation(pool) for _ in range(rounds)]
+    return np.concatenate(picks)[:num] if picks else np.zeros(0, np.int64)
+
+
+def _make_sklearn_task(num_train, num_test, size, seed):
+    images, _ = _sklearn_digits()
+    rng = _rng(seed, "sklearn_digits", "train")
+    permutation = rng.permutation(len(images))
+    num_test_pool = len(images) // 5
+    test_pool = permutation[:num_test_pool]
+    train_pool = permutation[num_test_pool:]
+    test_rng = _rng(seed, "sklearn_digits", "test")
+    test = _sklearn_split(_sklearn_indices(test_pool, num_test, test_rng), size)
+    train = _sklearn_split(_sklearn_indices(train_pool, num_train, rng), size)
+    return train, test
+
+
+def _as_split(images, prompts, responses):
+    return {
+        "images": np.asarray(images, dtype=np.uint8),
+        "prompts": object_array(prompts),
+        "responses": object_array(responses),
+    }
+
+
+def _generate(generator, num, size, rng, exclude=None):
+    """Runs `generator` until `num` examples not in `exclude` are drawn."""
+    images = np.empty((num, size, size, 3), dtype=np.uint8)
+    prompts, responses, keys = [], [], set()
+    i = 0
+    while i < num:
+        image, prompt, response = generator(rng, size)
+        key = (image.tobytes(), prompt)
+        if exclude is not None and key in exclude:
+            continue
+        images[i] = image
+        prompts.append(prompt)
+        responses.append(response)
+        keys.add(key)
+        i += 1
+    return _as_split(images, prompts, responses), keys
+
+
+_TASKS = {
+    # name: (generator, metric, CoIN analogue, description)
+    "color": (
+        _gen_color,
+        "vqa",
+        "VQAv2",
+        "Colour of a single shape (VQAv2-like).",
+    ),
+    "shape": (
+        _gen_shape,
+        "vqa",
+        "VizWizVQA",
+        "Kind of a single shape (VQAv2/VizWiz-like).",
+    ),
+    "count": (
+        _gen_count,
+        "exact",
+        None,
+        "Number of shapes, one to five (GQA-like).",
+    ),
+    "position": (
+        _gen_position,
+        "exact",
+        "GQA",
+        "Spatial relation between two shapes named by colour (GQA-like).",
+    ),
+    "digits": (
+        _gen_digits,
+        "vqa",
+        "TextVQA",
+        "Reading a rendered digit (TextVQA/OCR-like).",
+    ),
+    "sklearn_digits": (
+        None,
+        "exact",
+        "OCR-VQA",
+        "Reading scikit-learn's 8x8 handwritten digits (OCR-VQA-like).",
+    ),
+    "choice": (
+        _gen_choice,
+        "exact",
+        "ScienceQA",
+        (
+            "Multiple choice on relative size, answered with the option "
+            "letter (ScienceQA-like, the dissimilar task)."
+        ),
+    ),
+}
+
+TASK_NAMES = tuple(_TASKS)
+
+# CoIN task -> its generated analogue.
+COIN_ANALOGUES = {
+    coin: name for name, (_, _, coin, _) in _TASKS.items() if coin is not None
+}
+
+# The paper's three CoIN orders with each CoIN task replaced by its analogue.
+ORDERS = {
+    order: tuple(COIN_ANALOGUES[coin] for coin in coin_tasks)
+    for order, coin_tasks in COIN_ORDERS.items()
+}
+
+_ANSWERS = {
+    "color": COLOR_NAMES,
+    "shape": SHAPES,
+    "count": NUMBER_WORDS[1 : MAX_COUNT + 1],
+    "position": RELATIONS,
+    "digits": NUMBER_WORDS,
+    "sklearn_digits": NUMBER_WORDS,
+    "choice": OPTION_LETTERS,
+}
+
+
+def _check_task_name(name):
+    if name not in _TASKS:
+        raise ValueError(
+            f"Unknown task {name!r}. Known tasks: {', '.join(TASK_NAMES)}."
+        )
+
+
+def answer_vocabulary(name):
+    """Returns the tuple of answers that a generated task can have.
+
+    Args:
+        name: str. One of `TASK_NAMES`.
+
+    Example:
+
+    ```python
+    from keras_pam.datasets import answer_vocabulary
+
+    assert answer_vocabulary("choice") == ("a", "b", "c")
+    ```
+    """
+    _check_task_name(name)
+    return _ANSWERS[name]
+
+
+def _check_sizes(image_size, **counts):
+    if not isinstance(image_size, (int, np.integer)) or (
+        image_size < _MIN_IMAGE_SIZE
+    ):
+        raise ValueError(
+            f"image_size must be an int >= {_MIN_IMAGE_SIZE}, "
+            f"got {image_size!r}."
+        )
+    for key, value in counts.items():
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{key} must be an int >= 0, got {value!r}.")
+
+
+def make_task(name, num_train=1000, num_test=200, image_size=32, seed=0):
+    """Generates one task of the suite.
+
+    The test split is drawn from its own random stream; the train split from
+    another one, skipping any example (image and prompt) that is also in the
+    test split, so the two splits never share an example. For
+    `"sklearn_digits"` the 1797 scikit-learn images are partitioned into a
+    train pool (80%) and a test pool (20%); a split larger than its pool
+    repeats images, each pool image being used once before any repeats.
+
+    Args:
+        name: str. One of `TASK_NAMES`.
+        num_train: int. Number of training examples. Defaults to `1000`.
+        num_test: int. Number of test examples. Defaults to `200`.
+        image_size: int. Side `S` of the square images, at least 32.
+            Defaults to `32`.
+        seed: int. Non-negative random seed; the same seed gives the same
+            task. Defaults to `0`.
+
+    Returns:
+        A `Task`.
+
+    Example:
+
+    ```python
+    from keras_pam.datasets import make_task
+
+    task = make_task("color", num_train=8, num_test=4)
+    print(task.train["images"].shape)  # (8, 32, 32, 3)
+    print(repr(task.train["prompts"][0]))  # 'answer en what color ...\\n'
+    ```
+    """
+    _check_task_name(name)
+    _check_sizes(image_size, num_train=num_train, num_test=num_test)
+    generator, metric, _, description = _TASKS[name]
+    if generator is None:
+        train, test = _make_sklearn_task(num_train, num_test, image_size, seed)
+    else:
+        test, test_keys = _generate(
+            generator, num_test, image_size, _rng(seed, name, "test")
+        )
+        train, _ = _generate(
+            generator,
+            num_train,
+            image_size,
+            _rng(seed, name, "train"),
+            exclude=test_keys,
+        )
+    if metric == "vqa":
+        for split in (train, test):
+            answers = [[r] * NUM_ANNOTATORS for r in split["responses"]]
+            split["answers"] = object_array(answers)
+    return Task(
+        name=name,
+        train=train,
+        test=test,
+        metric=metric,
+        description=description,
+    )
+
+
+def make_suite(
+    order="order1",
+    num_train=1000,
+    num_test=200,
+    image_size=32,
+    seed=0,
+    tasks=None,
+):
+    """Generates a sequence of tasks.
+
+    Args:
+        order: str. A key of `ORDERS` (`"order1"`, `"order2"`, `"order3"`,
+            the paper's CoIN orders mapped to the generated analogues).
+            Ignored when `tasks` is given. Defaults to `"order1"`.
+        num_train: int. Training examples per task. Defaults to `1000`.
+        num_test: int. Test examples per task. Defaults to `200`.
+        image_size: int. Image side. Defaults to `32`.
+        seed: int. Random seed shared by all tasks (each task has its own
+            stream). Defaults to `0`.
+        tasks: list of str, optional. Explicit task names, in order, used
+            instead of `order`. Defaults to `None`.
+
+    Returns:
+        A list of `Task`.
+
+    Example:
+
+    ```python
+    from keras_pam.datasets import make_suite
+
+    suite = make_suite("order2", num_train=4, num_test=2)
+    print([task.name for task in suite])
+    ```
+    """
+    if tasks is None:
+        if order not in ORDERS:
+            raise ValueError(
+                f"Unknown order {order!r}. Known orders: {', '.join(ORDERS)}."
+            )
+        tasks = ORDERS[order]
+    if isinstance(tasks, str):
+        raise TypeError("tasks must be a sequence of task names, not a str.")
+    for name in tasks:
+        _check_task_name(name)
+    return [
+        make_task(name, num_train, num_test, image_size, seed) for name in tasks
+    ]
+
+
+def _caption(rng, size):
+    kind = rng.random()
+    if kind < 0.3:
+        image, shape, color = _single_object(rng, size)
+        return image, _object_phrase(shape, color)
+    if kind < 0.5:
+        count = int(rng.integers(2, MAX_COUNT + 1))
+        return _many_objects(rng, size, count), f"{NUMBER_WORDS[count]} shapes"
+    if kind < 0.75:
+        digit = int(rng.integers(10))
+        return _digit_image(rng, size, digit), f"digit {NUMBER_WORDS[digit]}"
+    relation = RELATIONS[rng.integers(len(RELATIONS))]
+    image, objects = _pair(rng, size, relation)
+    return image, _pair_caption(objects[0], objects[1], relation)
+
+
+def _article(word):
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _object_phrase(shape, color):
+    return f"{_article(color)} {color} {shape}"
+
+
+def _pair_caption(first, second, relation):
+    phrase = f"{relation} of" if relation in ("left", "right") else relation
+    return (
+        f"{_object_phrase(first[0], first[1])} {phrase} "
+        f"{_object_phrase(second[0], second[1])}"
+    )
+
+
+def pretraining_mixture(num_examples, image_size=32, seed=0):
+    """Generates a generic captioning mixture over the generated world.
+
+    Every prompt is `"caption en\\n"`. The captions describe one shape
+    (`"a red circle"`, `"an orange cross"`), a number of shapes
+    (`"three shapes"`), a rendered digit (`"digit five"`) or two shapes and
+    their relation (`"a red circle left of a blue square"`), so a small model
+    pretrained on the mixture learns colours, shapes, counts, digits and
+    positions, but not the question formats of the tasks. Scikit-learn
+    digits and the multiple-choice format are deliberately absent.
+
+    Args:
+        num_examples: int. Number of examples.
+        image_size: int. Image side. Defaults to `32`.
+        seed: int. Random seed. Defaults to `0`.
+
+    Returns:
+        A split dict with `"images"`, `"prompts"` and `"responses"`.
+
+    Example:
+
+    ```python
+    from keras_pam.datasets import pretraining_mixture
+
+    data = pretraining_mixture(16)
+    print(data["prompts"][0], data["responses"][0])
+    ```
+    """
+    _check_sizes(image_size, num_examples=num_examples)
+    rng = _rng(seed, "pretraining", "pretraining")
+    images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
+    captions = []
+    for i in range(num_examples):
+        images[i], text = _caption(rng, image_size)
+        captions.append(text)
+    return _as_split(images, [CAPTION_PROMPT] * num_examples, captions)
+
+
+def vocabulary_texts():
+    """Returns every prompt, response and caption the generators can produce.
+
+    Useful to train the tokenizer of a small model on the suite's texts.
+
+    Returns:
+        A list of unique str, in a fixed order.
+
+    Example:
+
+    ```python
+    from keras_pam.datasets import vocabulary_texts
+
+    texts = vocabulary_texts()
+    assert "answer en what color is the shape\\n" in texts
+    assert "digit seven" in texts
+    ```
+    """
+    texts = [
+        CAPTION_PROMPT,
+        COLOR_PROMPT,
+        SHAPE_PROMPT,
+        COUNT_PROMPT,
+        DIGITS_PROMPT,
+        SKLEARN_DIGITS_PROMPT,
+    ]
+    for answers in _ANSWERS.values():
+        texts.extend(answers)
+    for a, b in itertools.permutations(COLOR_NAMES, 2):
+        texts.append(_position_prompt(a, b, True))
+        texts.append(_position_prompt(a, b, False))
+    for names in (SHAPES, COLOR_NAMES):
+        for n in (2, 3):
+            for options in itertools.permutations(names, n):
+                texts.append(_choice_prompt(options, True))
+                texts.append(_choice_prompt(options, False))
+    objects = [(s, c) for c in COLOR_NAMES for s in SHAPES]
+    texts.extend(_object_phrase(s, c) for s, c in objects)
+    texts.extend(f"{NUMBER_WORDS[n]} shapes" for n in range(2, MAX_COUNT + 1))
+    texts.extend(f"digit {word}" for word in NUMBER_WORDS)
+    for first, second in itertools.product(objects, objects):
+        if first[1] == second[1]:
+            continue
+        for relation in RELATIONS:
+            texts.append(_pair_caption(first, second, relation))
+    return list(dict.fromkeys(texts))

@@ -1,0 +1,192 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_pam import alignment
+from keras_pam.alignment import SignAlignmentCallback
+from keras_pam.alignment import align
+from keras_pam.alignment import importance_mask
+from keras_pam.lora import AdapterState
+from keras_pam.lora import lora_variables
+
+
+def as_numpy(state):
+    return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in state.items()}
+
+
+def test_importance_mask_per_tensor_keeps_ties_and_skips_zeros():
+    g = AdapterState(
+        {
+            # |g| = 4, 2, 2, 1, 0, 0: k = ceil(0.5 * 6) = 3, tau = 2, and
+            # both entries tied at tau are kept.
+            "a": np.array([4.0, -2.0, 2.0, -1.0, 0.0, 0.0]),
+            # All zero: nothing important, whatever p.
+            "b": np.zeros((2, 2)),
+        }
+    )
+    mask = as_numpy(importance_mask(g, p=0.5))
+    np.testing.assert_array_equal(mask["a"], [1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(mask["b"], np.zeros((2, 2), bool))
+    # p = 1 marks every non-zero entry.
+    mask = as_numpy(importance_mask(g, p=1.0))
+    np.testing.assert_array_equal(mask["a"], [1, 1, 1, 1, 0, 0])
+
+
+def test_importance_mask_global_scope_ranks_over_all_tensors():
+    g = AdapterState(
+        {"a": np.array([10.0, 9.0, 8.0]), "b": np.array([1.0, -2.0, 3.0])}
+    )
+    # Six entries, k = 3: the three largest all sit in "a".
+    mask = as_numpy(importance_mask(g, p=0.5, scope="global"))
+    np.testing.assert_array_equal(mask["a"], [1, 1, 1])
+    np.testing.assert_array_equal(mask["b"], [0, 0, 0])
+    # Per tensor, each tensor keeps its own top 2 (k = ceil(1.5) = 2).
+    mask = as_numpy(importance_mask(g, p=0.5, scope="tensor"))
+    np.testing.assert_array_equal(mask["a"], [1, 1, 0])
+    np.testing.assert_array_equal(mask["b"], [0, 1, 1])
+
+
+def test_num_important_is_robust_to_float_error():
+    assert alignment.num_important(0.3, 10) == 3
+    assert alignment.num_important(0.5, 5) == 3
+    assert alignment.num_important(1.0, 7) == 7
+    assert alignment.num_important(1e-9, 7) == 1
+
+
+@pytest.mark.parametrize("reinit", ["global", "zero"])
+def test_align_reinitialises_only_strict_conflicts(reinit):
+    g = AdapterState({"w": np.array([3.0, -2.0, 1.0, 0.0, 4.0, -5.0])})
+    # Entry 0: opposite sign, important -> conflict.
+    # Entry 1: opposite sign, important -> conflict.
+    # Entry 2: opposite sign, not important (|1| below tau = 3) -> kept.
+    # Entry 3: global zero -> never important -> kept.
+    # Entry 4: temp zero: 0 * 4 is not < 0 -> kept.
+    # Entry 5: same sign -> kept.
+    w = AdapterState({"w": np.array([-1.0, 7.0, -1.0, -9.0, 0.0, -1.0])})
+    mask = importance_mask(g, p=0.5)  # k = 3: |5|, |4|, |3|; tau = 3
+    np.testing.assert_array_equal(
+        as_numpy(mask)["w"], [1, 0, 0, 0, 1, 1]
+    )
+    aligned = as_numpy(align(w, g, mask, reinit=reinit))["w"]
+    replaced = 3.0 if reinit == "global" else 0.0
+    np.testing.assert_allclose(aligned, [replaced, 7.0, -1.0, -9.0, 0.0, -1.0])
+
+
+def test_align_multi_dimensional_tensors_and_count():
+    g = np.array([[[1.0, -1.0], [2.0, -2.0]]])  # 3-D, like EinsumDense A
+    w = np.array([[[-1.0, 1.0], [-2.0, -2.0]]])
+    aligned, conflicts, count = alignment.align_tensors(
+        [keras.ops.convert_to_tensor(w)],
+        [keras.ops.convert_to_tensor(g)],
+        alignment.importance_masks([g], p=1.0),
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(aligned[0]), [[[1.0, -1.0], [2.0, -2.0]]]
+    )
+    assert int(keras.ops.convert_to_numpy(count)) == 3
+
+
+def test_align_rejects_mismatched_states():
+    g = AdapterState({"w": np.ones(3)})
+    with pytest.raises(ValueError, match="shape"):
+        align(AdapterState({"w": np.ones(4)}), g, importance_mask(g))
+    with pytest.raises(ValueError, match="missing"):
+        align(AdapterState({"v": np.ones(3)}), g, importance_mask(g))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"p": 0.0}, "`p`"),
+        ({"p": 1.5}, "`p`"),
+        ({"p": "half"}, "`p`"),
+        ({"every": 0}, "`every`"),
+        ({"every": 2.5}, "`every`"),
+        ({"reinit": "random"}, "`reinit`"),
+        ({"scope": "layer"}, "`scope`"),
+    ],
+)
+def test_callback_validates_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SignAlignmentCallback({}, **kwargs)
+
+
+def test_importance_mask_validates_arguments():
+    g = AdapterState({"w": np.ones(3)})
+    with pytest.raises(ValueError, match="`p`"):
+        importance_mask(g, p=0)
+    with pytest.raises(ValueError, match="`scope`"):
+        importance_mask(g, scope="row")
+    with pytest.raises(ValueError, match="`reinit`"):
+        align(g, g, importance_mask(g), reinit="noise")
+
+
+def _lora_mlp():
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, name="dense")
+    outputs = dense(inputs)
+    model = keras.Model(inputs, outputs)
+    dense.enable_lora(2)
+    return model
+
+
+def test_callback_changes_weights_inside_fit():
+    """The alignment must really write the weights during `fit`, on every
+    backend (on JAX only writes through `self.model` survive)."""
+    keras.utils.set_random_seed(0)
+    model = _lora_mlp()
+    # A learning rate of zero: only the alignment can move the weights.
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    start = AdapterState.from_model(model)
+    # A global state of opposite sign everywhere, all important (p = 1).
+    global_state = start.map(lambda t: -2.0 * t - 1.0 * (t == 0))
+    callback = SignAlignmentCallback(global_state, p=1.0, every=2)
+    x = np.ones((8, 4), "float32")
+    y = np.zeros((8, 3), "float32")
+    model.fit(x, y, batch_size=2, epochs=1, callbacks=[callback], verbose=0)
+    after = AdapterState.from_model(model)
+    # Four batches, alignments after batches 2 and 4.
+    assert len(callback.reinitialised_counts) == 2
+    expected = start.map(
+        lambda t: np.where(t != 0, -2.0 * t, t)  # B starts at zero: kept
+    )
+    for path in after:
+        np.testing.assert_allclose(after[path], expected[path], rtol=1e-6)
+    num_nonzero = sum(int(np.count_nonzero(t)) for t in start.values())
+    assert callback.reinitialised_counts == [num_nonzero, 0]
+    assert callback.num_reinitialised == num_nonzero
+
+
+def test_callback_with_zero_reinit_and_moment_reset():
+    keras.utils.set_random_seed(0)
+    model = _lora_mlp()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    start = AdapterState.from_model(model)
+    global_state = start.map(lambda t: -t)
+    callback = SignAlignmentCallback(
+        global_state, p=1.0, every=1, reinit="zero", reset_moments=True
+    )
+    x = np.ones((2, 4), "float32")
+    y = np.ones((2, 3), "float32")
+    model.fit(x, y, batch_size=2, epochs=1, callbacks=[callback], verbose=0)
+    after = AdapterState.from_model(model)
+    a_path = [p for p in after if p.endswith("lora_kernel_a")][0]
+    # Every non-zero entry of A conflicted with -A, so it was zeroed after
+    # the step (an Adam step moves each entry by about 1e-3, keeping signs).
+    np.testing.assert_array_equal(after[a_path], np.zeros_like(after[a_path]))
+    variable = lora_variables(model)[a_path]
+    slots = alignment._optimizer_slots(model.optimizer, variable)
+    for slot in slots:
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(slot.value), 0.0
+        )
+
+
+def test_callback_rejects_a_state_of_another_model():
+    model = _lora_mlp()
+    model.compile(optimizer="sgd", loss="mse")
+    callback = SignAlignmentCallback({"other/lora_kernel_a": np.ones((4, 2))})
+    with pytest.raises(ValueError, match="global state"):
+        model.fit(
+            np.ones((2, 4)), np.ones((2, 3)), callbacks=[callback], verbose=0
+        )

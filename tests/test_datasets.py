@@ -1,0 +1,507 @@
+"""Tests of keras_pam.datasets (only this subpackage is imported)."""
+
+import collections
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_pam import datasets
+from keras_pam.datasets import generated
+
+NUM_TRAIN = 300
+NUM_TEST = 100
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return {
+        name: datasets.make_task(name, NUM_TRAIN, NUM_TEST, seed=0)
+        for name in datasets.TASK_NAMES
+    }
+
+
+def _keys(split):
+    return {
+        (image.tobytes(), prompt)
+        for image, prompt in zip(split["images"], split["prompts"], strict=True)
+    }
+
+
+def test_task_names_and_orders():
+    assert len(datasets.TASK_NAMES) >= 7
+    for name in (
+        "color",
+        "shape",
+        "count",
+        "position",
+        "digits",
+        "choice",
+        "sklearn_digits",
+    ):
+        assert name in datasets.TASK_NAMES
+    assert set(datasets.ORDERS) == {"order1", "order2", "order3"}
+    for order, names in datasets.ORDERS.items():
+        coin = datasets.COIN_ORDERS[order]
+        assert len(names) == len(coin) == len(set(names)) == 6
+        for coin_name, name in zip(coin, names, strict=True):
+            assert datasets.COIN_ANALOGUES[coin_name] == name
+    assert datasets.ORDERS["order1"][0] == "choice"  # ScienceQA first.
+
+
+@pytest.mark.parametrize("name", generated.TASK_NAMES)
+def test_task_format(tasks, name):
+    task = tasks[name]
+    assert isinstance(task, datasets.Task)
+    assert task.name == name
+    assert task.metric in ("vqa", "exact")
+    assert task.description
+    for split, n in ((task.train, NUM_TRAIN), (task.test, NUM_TEST)):
+        assert datasets.validate_split(split) == n
+        assert split["images"].shape == (n, 32, 32, 3)
+        assert split["images"].dtype == np.uint8
+        assert split["prompts"].dtype == object
+        assert split["responses"].dtype == object
+        assert all(p.endswith("\n") for p in split["prompts"])
+        assert all(p.count("\n") == 1 for p in split["prompts"])
+        vocabulary = set(datasets.answer_vocabulary(name))
+        assert set(split["responses"]) <= vocabulary
+        if task.metric == "vqa":
+            assert split["answers"].shape == (n,)
+            for answers, response in zip(
+                split["answers"], split["responses"], strict=True
+            ):
+                assert answers == [response] * generated.NUM_ANNOTATORS
+        else:
+            assert "answers" not in split
+        # Images are not blank.
+        assert split["images"].std(axis=(1, 2, 3)).min() > 0
+
+
+@pytest.mark.parametrize("name", generated.TASK_NAMES)
+def test_labels_not_degenerate(tasks, name):
+    responses = tasks[name].train["responses"]
+    counts = collections.Counter(responses)
+    assert len(counts) >= 2
+    assert counts.most_common(1)[0][1] / len(responses) < 0.6
+    # Every answer of the vocabulary shows up.
+    assert set(counts) == set(datasets.answer_vocabulary(name))
+
+
+@pytest.mark.parametrize("name", generated.TASK_NAMES)
+def test_train_test_disjoint(tasks, name):
+    task = tasks[name]
+    assert not _keys(task.train) & _keys(task.test)
+
+
+@pytest.mark.parametrize("name", generated.TASK_NAMES)
+def test_determinism(tasks, name):
+    again = datasets.make_task(name, NUM_TRAIN, NUM_TEST, seed=0)
+    other = datasets.make_task(name, NUM_TRAIN, NUM_TEST, seed=1)
+    for key in ("images", "prompts", "responses"):
+        np.testing.assert_array_equal(again.train[key], tasks[name].train[key])
+        np.testing.assert_array_equal(again.test[key], tasks[name].test[key])
+    assert not np.array_equal(other.train["images"], again.train["images"])
+
+
+def test_image_size_and_empty_splits():
+    task = datasets.make_task("position", 5, 0, image_size=64, seed=2)
+    assert task.train["images"].shape == (5, 64, 64, 3)
+    assert task.test["images"].shape == (0, 64, 64, 3)
+    assert task.num_train == 5 and task.num_test == 0
+    task = datasets.make_task("sklearn_digits", 3, 2, image_size=48)
+    assert task.train["images"].shape == (3, 48, 48, 3)
+
+
+def test_sklearn_digits_large_split_repeats_only_after_pool():
+    # 1797 images: a test pool of 359, so 400 test examples repeat some.
+    task = datasets.make_task("sklearn_digits", 10, 400)
+    unique = {image.tobytes() for image in task.test["images"]}
+    assert len(unique) == 1797 // 5
+    assert not _keys(task.train) & _keys(task.test)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="Known tasks"):
+        datasets.make_task("nope")
+    with pytest.raises(ValueError, match="image_size"):
+        datasets.make_task("color", image_size=8)
+    with pytest.raises(ValueError, match="num_train"):
+        datasets.make_task("color", num_train=-1)
+    with pytest.raises(ValueError, match="seed"):
+        datasets.make_task("color", seed=-3)
+    with pytest.raises(ValueError, match="Known orders"):
+        datasets.make_suite("order9")
+    with pytest.raises(ValueError, match="metric"):
+        datasets.Task("x", {}, {}, metric="bleu")
+
+
+def test_digit_glyphs_are_distinct():
+    glyphs = generated.GLYPHS.reshape(10, -1)
+    assert glyphs.shape == (10, 35)
+    assert len({g.tobytes() for g in glyphs}) == 10
+
+
+def test_choice_answer_is_the_visual_extreme():
+    # Recompute, from the drawn image, which named option is the biggest
+    # or smallest: the answer letter must name it.
+    task = datasets.make_task("choice", 60, 0, seed=5)
+    checked = 0
+    for image, prompt, answer in zip(
+        task.train["images"],
+        task.train["prompts"],
+        task.train["responses"],
+        strict=True,
+    ):
+        question, options = prompt[len("answer en ") : -1].split("? ")
+        parts = options.split(" ")
+        names = {
+            k.rstrip(":"): v
+            for k, v in zip(parts[0::2], parts[1::2], strict=True)
+        }
+        if set(names.values()) <= set(generated.COLOR_NAMES):
+            areas = {}
+            for letter, color in names.items():
+                rgb = np.array(generated.COLORS[color], np.uint8)
+                areas[letter] = int((image == rgb).all(-1).sum())
+            wants_big = "bigg" in question
+            pick = max if wants_big else min
+            assert pick(areas, key=areas.get) == answer
+            checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.parametrize("order", ["order1", "order2", "order3"])
+def test_make_suite(order):
+    suite = datasets.make_suite(order, num_train=8, num_test=4, seed=0)
+    assert [task.name for task in suite] == list(datasets.ORDERS[order])
+    for task in suite:
+        assert task.num_train == 8 and task.num_test == 4
+
+
+def test_make_suite_explicit_tasks():
+    suite = datasets.make_suite(tasks=["count", "color"], num_train=4)
+    assert [task.name for task in suite] == ["count", "color"]
+    with pytest.raises(TypeError):
+        datasets.make_suite(tasks="count")
+
+
+def test_pretraining_mixture_and_vocabulary():
+    data = datasets.pretraining_mixture(400, seed=0)
+    assert datasets.validate_split(data) == 400
+    assert set(data["prompts"]) == {"caption en\n"}
+    again = datasets.pretraining_mixture(400, seed=0)
+    np.testing.assert_array_equal(data["images"], again["images"])
+    np.testing.assert_array_equal(data["responses"], again["responses"])
+    captions = list(data["responses"])
+    assert any(c.startswith("digit ") for c in captions)
+    assert any(c.endswith(" shapes") for c in captions)
+    assert any(" left of " in c or " above " in c for c in captions)
+    assert any(c.split()[-1] in generated.SHAPES for c in captions)
+    counts = collections.Counter(captions)
+    assert counts.most_common(1)[0][1] / len(captions) < 0.2
+
+    texts = datasets.vocabulary_texts()
+    assert len(texts) == len(set(texts))
+    text_set = set(texts)
+    assert set(captions) <= text_set
+    for name in datasets.TASK_NAMES:
+        task = datasets.make_task(name, 50, 10, seed=3)
+        for split in (task.train, task.test):
+            assert set(split["prompts"]) <= text_set
+            assert set(split["responses"]) <= text_set
+    words = {w for t in texts for w in t.split()}
+    assert len(words) < 80  # A small, consistent vocabulary.
+
+
+def test_generation_speed():
+    start = time.perf_counter()
+    datasets.make_task("position", num_train=1000, num_test=0)
+    assert time.perf_counter() - start < 2.0
+
+
+# LLaVA / CoIN JSON ----------------------------------------------------------
+
+
+def _write_llava(root, records, images=("a.png", "b.jpg")):
+    for i, name in enumerate(images):
+        color = (200, 10 * i, 30)
+        Image.new("RGB", (40 + i, 30), color).save(os.path.join(root, name))
+    path = os.path.join(root, "data.json")
+    with open(path, "w") as f:
+        json.dump(records, f)
+    return path
+
+
+def _record(image, question, answer):
+    return {
+        "id": image,
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": f"<image>\n{question}"},
+            {"from": "gpt", "value": answer},
+        ],
+    }
+
+
+def test_load_llava_json(tmp_path):
+    records = [
+        _record("a.png", "What color is it?\nAnswer in one word.", "Red"),
+        _record("b.jpg", "Is it big?", " yes "),
+    ]
+    records[1]["conversations"] += [
+        {"from": "human", "value": "And red?"},
+        {"from": "gpt", "value": "No"},
+    ]
+    path = _write_llava(tmp_path, records)
+    split = datasets.load_llava_json(path, tmp_path, image_size=24)
+    assert datasets.validate_split(split) == 3
+    assert split["images"].shape == (3, 24, 24, 3)
+    assert list(split["prompts"]) == [
+        "answer en What color is it? Answer in one word.\n",
+        "answer en Is it big?\n",
+        "answer en And red?\n",
+    ]
+    assert list(split["responses"]) == ["red", "yes", "no"]
+    np.testing.assert_array_equal(split["images"][0, 5, 5], [200, 0, 30])
+    limited = datasets.load_llava_json(
+        path, tmp_path, image_size=16, prompt_prefix="", max_examples=2
+    )
+    assert list(limited["prompts"]) == [
+        "What color is it? Answer in one word.\n",
+        "Is it big?\n",
+    ]
+
+
+def test_load_llava_json_errors(tmp_path):
+    good = _record("a.png", "Q?", "a")
+    with pytest.raises(ValueError, match="JSON file not found"):
+        datasets.load_llava_json(tmp_path / "missing.json", tmp_path)
+    path = _write_llava(tmp_path, [{"conversations": good["conversations"]}])
+    with pytest.raises(ValueError, match="Record 0 has no 'image'"):
+        datasets.load_llava_json(path, tmp_path)
+    path = _write_llava(tmp_path, [good, {"image": "a.png"}])
+    with pytest.raises(ValueError, match="Record 1 has no 'conversations'"):
+        datasets.load_llava_json(path, tmp_path)
+    only_human = dict(good, conversations=good["conversations"][:1])
+    path = _write_llava(tmp_path, [only_human])
+    with pytest.raises(ValueError, match="no human turn followed by"):
+        datasets.load_llava_json(path, tmp_path)
+    path = _write_llava(tmp_path, [_record("gone.png", "Q?", "a")])
+    missing = os.path.join(tmp_path, "gone.png")
+    with pytest.raises(ValueError, match=f"image file not found: {missing}"):
+        datasets.load_llava_json(path, tmp_path)
+    path = _write_llava(tmp_path, [])
+    with pytest.raises(ValueError, match="non-empty JSON list"):
+        datasets.load_llava_json(path, tmp_path)
+    path = _write_llava(tmp_path, [good])
+    with pytest.raises(ValueError, match="No examples"):
+        datasets.load_llava_json(path, tmp_path, max_examples=0)
+    path = _write_llava(tmp_path, {"not": "a list"})
+    with pytest.raises(ValueError, match="JSON list of records"):
+        datasets.load_llava_json(path, tmp_path)
+    with open(path, "w") as f:
+        f.write("{broken")
+    with pytest.raises(ValueError, match="Invalid JSON"):
+        datasets.load_llava_json(path, tmp_path)
+
+
+# TFDS -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tfds():
+    return pytest.importorskip("tensorflow_datasets")
+
+
+@pytest.fixture(scope="module")
+def toy_builder(tfds):
+    """A small VQA-like tfds builder whose data is generated in memory."""
+
+    class ToyVqaForKerasPam(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "question": tfds.features.Text(),
+                    "answers": tfds.features.Sequence(tfds.features.Text()),
+                    "answer": tfds.features.Text(),
+                }
+            )
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(3):
+                yield (
+                    i,
+                    {
+                        "image": np.full((10, 12, 3), 50 * i, np.uint8),
+                        "question": f"What is\n{i}?",
+                        "answers": ["Cat", "dog", "dog", "cat", "cat"],
+                        "answer": "Yes",
+                    },
+                )
+
+    return ToyVqaForKerasPam
+
+
+def test_load_tfds_mock_data_random_examples(tfds, toy_builder):
+    # MockPolicy.USE_CODE: tfds makes random examples from the features.
+    policy = tfds.testing.MockPolicy.USE_CODE
+    with tfds.testing.mock_data(num_examples=4, policy=policy):
+        split = datasets.load_tfds(
+            "toy_vqa_for_keras_pam",
+            "train",
+            image_key="image",
+            question_key="question",
+            answer_key="answers",
+            image_size=16,
+        )
+    assert datasets.validate_split(split) == 4
+    assert split["images"].shape == (4, 16, 16, 3)
+    for response, answers in zip(
+        split["responses"], split["answers"], strict=True
+    ):
+        assert response in answers
+    with tfds.testing.mock_data(num_examples=2, policy=policy):
+        split = datasets.load_tfds(
+            "toy_vqa_for_keras_pam", "train", "image", "question", "answer"
+        )
+    assert "answers" not in split
+    assert split["images"].shape == (2, 224, 224, 3)
+
+
+def test_load_tfds_mock_data_fixed_examples(tfds):
+    tf = pytest.importorskip("tensorflow")
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        del self, split, decoders, read_config, kwargs
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                "image": np.stack(
+                    [np.full((8, 6, 1), v, np.uint8) for v in (0, 90, 180)]
+                ),
+                "qa": {
+                    "question": ["What  is\nit?", "Which one?", "Why?"],
+                    "answers": [
+                        ["Cat", "dog", "dog"],
+                        ["a", "b", "b"],
+                        ["x", "y", "x"],
+                    ],
+                },
+            }
+        )
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        split = datasets.load_tfds(
+            "mnist",
+            "test",
+            image_key="image",
+            question_key="qa/question",
+            answer_key="qa/answers",
+            image_size=4,
+            prompt_prefix="answer en ",
+            max_examples=2,
+        )
+        with pytest.raises(ValueError, match="'nope' not found"):
+            datasets.load_tfds("mnist", "test", "image", "nope", "qa/answers")
+    assert list(split["prompts"]) == [
+        "answer en What is it?\n",
+        "answer en Which one?\n",
+    ]
+    assert list(split["responses"]) == ["dog", "b"]
+    assert list(split["answers"]) == [["cat", "dog", "dog"], ["a", "b", "b"]]
+    np.testing.assert_array_equal(split["images"][1], np.full((4, 4, 3), 90))
+
+
+def test_load_tfds_prepared_builder(tfds, toy_builder, tmp_path):
+    builder = toy_builder(data_dir=os.fspath(tmp_path))
+    with pytest.raises(ValueError, match="could not be read"):
+        datasets.load_tfds(
+            "toy_vqa_for_keras_pam",
+            "train",
+            "image",
+            "question",
+            "answers",
+            data_dir=os.fspath(tmp_path),
+        )
+    builder.download_and_prepare()  # Local, in-memory examples only.
+    split = datasets.load_tfds(
+        builder, "train", "image", "question", "answers", image_size=8
+    )
+    assert list(split["responses"]) == ["cat"] * 3
+    assert split["answers"][0] == ["cat", "dog", "dog", "cat", "cat"]
+    assert sorted(split["images"][:, 0, 0, 0]) == [0, 50, 100]
+    assert split["prompts"][0].startswith("answer en What is ")
+    split = datasets.load_tfds(
+        "toy_vqa_for_keras_pam",
+        "train[:2]",
+        "image",
+        "question",
+        "answer",
+        data_dir=os.fspath(tmp_path),
+    )
+    assert list(split["responses"]) == ["yes", "yes"]
+
+
+# Registry -------------------------------------------------------------------
+
+
+def test_registry_values():
+    hp = datasets.PAPER_TASKS
+    coin = {"ScienceQA", "TextVQA", "GQA", "VizWizVQA", "VQAv2", "OCR-VQA"}
+    assert coin <= set(hp)
+    expected = {
+        "ScienceQA": (20, 128, 0.0, 0.0),
+        "TextVQA": (5, 256, 0.0, 0.0),
+        "GQA": (1, 256, 0.0, 0.0),
+        "VizWizVQA": (10, 256, 0.0, 0.0),
+        "VQAv2": (10, 256, 1e-6, 0.0),
+        "OCR-VQA": (3, 128, 0.0, 0.0),
+        "RSVQA-lr": (3, 256, 0.0, 0.2),
+        "AI2D": (10, 256, 1e-6, 0.0),
+        "OKVQA": (10, 128, 0.0, 0.0),
+        "AOKVQA-MC": (15, 128, 0.0, 0.0),
+        "ActivityNet-QA": (1, 128, 1e-6, 0.0),
+        "MSRVTT-QA": (1, 128, 0.0, 0.0),
+        "MSVD-QA": (1, 128, 3e-7, 0.0),
+    }
+    assert set(hp) == set(expected)
+    for name, values in expected.items():
+        got = datasets.hyperparameters(name)
+        assert (
+            got.epochs,
+            got.batch_size,
+            got.weight_decay,
+            got.label_smoothing,
+        ) == values
+        assert got.metric in ("vqa", "exact")
+    assert hp["ScienceQA"].metric == "exact"
+    assert hp["VQAv2"].metric == "vqa"
+    assert datasets.hyperparameters("vqav2") is hp["VQAv2"]
+    assert datasets.COIN_ORDERS["order1"] == (
+        "ScienceQA",
+        "TextVQA",
+        "GQA",
+        "VizWizVQA",
+        "VQAv2",
+        "OCR-VQA",
+    )
+    assert datasets.COIN_ORDERS["order2"][0] == "GQA"
+    assert datasets.COIN_ORDERS["order3"][0] == "TextVQA"
+    for order in datasets.COIN_ORDERS.values():
+        assert set(order) == coin
+    with pytest.raises(ValueError, match="Known tasks: ScienceQA"):
+        datasets.hyperparameters("ImageNet")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hp["GQA"].epochs = 3
