@@ -123,7 +123,7 @@ class ContinualReport:
 
     def format_matrix(self):
         """The accuracy matrix as a text table."""
-        width = max([8] + [len(n) for n in self.eval_task_names]) + 1
+        width = max([9] + [len(n) for n in self.eval_task_names]) + 2
         lines = [
             " " * width + "".join(n.rjust(width) for n in self.eval_task_names)
         ]

@@ -60,6 +60,7 @@ def train_tokenizer(texts, vocabulary_size=None):
         bos_piece="<bos>",
         eos_piece="<eos>",
         unk_piece="<unk>",
+        hard_vocab_limit=False,
         minloglevel=2,
     )
     return keras_hub.models.PaliGemmaTokenizer(proto=proto.getvalue())

@@ -1,0 +1,132 @@
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_pam import ContinualLearner
+from keras_pam.lora import LORA_FACTOR_NAMES
+from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
+from keras_pam.lora import AdapterState
+from keras_pam.lora import adapted_layers
+from keras_pam.lora import enable_lora
+
+# The tiny model: 2 Gemma blocks x 7 projections + 2 SigLIP blocks x 6.
+NUM_ADAPTED_LAYERS = 2 * 7 + 2 * 6
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_preset):
+    keras.utils.set_random_seed(1)
+    return ContinualLearner.from_preset(tiny_preset, rank=4, alpha=8.0)
+
+
+def random_state(state, seed):
+    rng = np.random.default_rng(seed)
+    return state.map(
+        lambda t: rng.normal(0.0, 0.3, np.shape(t)).astype("float32")
+    )
+
+
+def test_only_lora_factors_are_trainable(learner):
+    trainable = learner.trainable_variables
+    assert len(trainable) == 2 * NUM_ADAPTED_LAYERS
+    assert {v.name for v in trainable} == set(LORA_FACTOR_NAMES)
+    layers = adapted_layers(learner.causal_lm.backbone)
+    assert len(layers) == NUM_ADAPTED_LAYERS
+    for layer in layers:
+        assert layer.lora_alpha == 8.0
+        assert not layer._kernel.trainable
+        if getattr(layer, "bias", None) is not None:
+            assert not layer.bias.trainable
+    # Both towers are adapted.
+    paths = [v.path for v in trainable]
+    assert any(p.startswith("image_encoder/") for p in paths)
+    assert any(p.startswith("decoder_block_") for p in paths)
+    # Norms and embeddings stay frozen.
+    frozen = learner.causal_lm.backbone.token_embedding.trainable_variables
+    assert not frozen
+
+
+def test_lora_factor_shapes(learner):
+    state = learner.global_state
+    # EinsumDense (Gemma): A is 3-D; Dense (SigLIP): A is 2-D.
+    query_a = state["decoder_block_0/attention/query/lora_kernel_a"]
+    assert np.ndim(query_a) == 3 and np.shape(query_a)[-1] == 4
+    vit_a = state[
+        "image_encoder/encoder_block_0/multi_head_attention/query_proj/"
+        "lora_kernel_a"
+    ]
+    assert np.ndim(vit_a) == 2 and np.shape(vit_a)[-1] == 4
+    assert state.rank == 4
+    # G_0: every B factor is zero, so the adapter computes the base model.
+    for path, tensor in state.items():
+        if path.endswith("lora_kernel_b"):
+            assert not np.any(tensor)
+
+
+def test_enable_lora_errors(learner):
+    with pytest.raises(ValueError, match="already enabled"):
+        enable_lora(learner.causal_lm.backbone, rank=4)
+    with pytest.raises(ValueError, match="`rank`"):
+        enable_lora(learner.causal_lm.backbone, rank=0)
+
+
+def test_adapter_state_is_a_copy_and_assign_is_checked(learner):
+    before = AdapterState.from_model(learner)
+    bad = dict(before)
+    path = next(iter(bad))
+    bad[path] = np.zeros((1, 1))
+    with pytest.raises(ValueError, match="shape"):
+        AdapterState(bad).assign_to(learner)
+    after = AdapterState.from_model(learner)
+    for key in before:  # Nothing was half-written.
+        np.testing.assert_array_equal(before[key], after[key])
+    with pytest.raises(ValueError, match="missing"):
+        AdapterState({"x/lora_kernel_a": np.ones(2)}).assign_to(learner)
+
+
+def test_lora_h5_round_trip_gives_identical_generations(
+    learner, tiny_preset, two_tasks, tmp_path
+):
+    state = random_state(learner.global_state, seed=0)
+    state.assign_to(learner)
+    learner.global_state = state
+    path = str(tmp_path / "adapter.lora.h5")
+    learner.save_adapter(path)
+    data = two_tasks[0].test
+    inputs = {"images": data["images"][:4], "prompts": data["prompts"][:4]}
+    expected = learner.scorer.predict(inputs, num_steps=4)
+    expected_generate = learner.generate(inputs, max_length=20)
+
+    # keras_pam: a fresh learner from the same preset loads the file.
+    fresh = ContinualLearner.from_preset(tiny_preset, rank=4, alpha=8.0)
+    fresh.load_adapter(path)
+    for key in state:
+        np.testing.assert_array_equal(fresh.global_state[key], state[key])
+    assert fresh.scorer.predict(inputs, num_steps=4) == expected
+
+    # KerasHub: a plain PaliGemmaCausalLM loads it with load_lora_weights.
+    causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(tiny_preset)
+    causal_lm.backbone.enable_lora(
+        4, target_layer_names=list(PALI_GEMMA_LORA_TARGETS)
+    )
+    for layer in adapted_layers(causal_lm.backbone):
+        layer.lora_alpha = 8.0  # KerasHub's .lora.h5 does not record alpha.
+    causal_lm.backbone.load_lora_weights(path)
+    assert causal_lm.generate(inputs, max_length=20) == expected_generate
+
+
+def test_load_refuses_other_rank_and_keeps_state(learner, tiny_preset, tmp_path):
+    path = str(tmp_path / "rank4.lora.h5")
+    learner.save_adapter(path)
+    other = ContinualLearner.from_preset(tiny_preset, rank=2)
+    before = other.global_state
+    with pytest.raises(ValueError, match="rank 4.*rank 2"):
+        other.load_adapter(path)
+    after = AdapterState.from_model(other)
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+    with pytest.raises(ValueError, match="lora.h5"):
+        learner.save_adapter(str(tmp_path / "adapter.h5"))
+    with pytest.raises(FileNotFoundError):
+        learner.load_adapter(str(tmp_path / "missing.lora.h5"))
