@@ -204,7 +204,7 @@ class ContinualLearner(keras.Model):
         return self.causal_lm(inputs, training=training)
 
     def generate(self, inputs, max_length=None, **kwargs):
-        """Generate with the global adapter; see `PaliGemmaCausalLM.generate`."""
+        """Generate with the global adapter (`PaliGemmaCausalLM.generate`)."""
         return self.causal_lm.generate(inputs, max_length=max_length, **kwargs)
 
     # --- Evaluation tasks ----------------------------------------------------
@@ -259,7 +259,9 @@ class ContinualLearner(keras.Model):
         self.initial_state.assign_to(self)
         try:
             for name in missing:
-                self._zero_shot[name] = self.scorer.score(self._eval_tasks[name])
+                self._zero_shot[name] = self.scorer.score(
+                    self._eval_tasks[name]
+                )
         finally:
             self.global_state.assign_to(self)
 
@@ -314,9 +316,15 @@ class ContinualLearner(keras.Model):
             raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
         if name in self._learned:
             raise ValueError(f"The task {name!r} has already been learned.")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        if (
+            isinstance(epochs, bool)
+            or not isinstance(epochs, int)
+            or epochs < 1
+        ):
             raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
-        examples = data_lib.as_examples(train_data, self.image_size, "train_data")
+        examples = data_lib.as_examples(
+            train_data, self.image_size, "train_data"
+        )
         dataset = data_lib.training_dataset(
             examples, batch_size, self.causal_lm.preprocessor, shuffle, seed
         )
@@ -410,7 +418,7 @@ class ContinualLearner(keras.Model):
             return math.nan
         return int(keras.ops.convert_to_numpy(count)) / important
 
-    # --- Results ---------------------------------------------------------------
+    # --- Results ----------------------------------------------------------
 
     def evaluate_all(self):
         """The accuracy matrix so far and the paper's metrics.
@@ -447,7 +455,7 @@ class ContinualLearner(keras.Model):
             task_reports=list(self.task_reports),
         )
 
-    # --- Adapters and config ----------------------------------------------------
+    # --- Adapters and config ----------------------------------------------
 
     def save_adapter(self, filepath):
         """Save the global adapter as a KerasHub `.lora.h5` file."""

@@ -157,9 +157,7 @@ class AdapterState(collections.abc.Mapping):
         return len(self._tensors)
 
     def __repr__(self):
-        return (
-            f"AdapterState({len(self)} tensors, {self.num_entries} entries)"
-        )
+        return f"AdapterState({len(self)} tensors, {self.num_entries} entries)"
 
     @property
     def num_entries(self):

@@ -14,7 +14,9 @@ from keras_pam.lora import AdapterState
 
 
 def _check_states(states, weights):
-    states = [s if isinstance(s, AdapterState) else AdapterState(s) for s in states]
+    states = [
+        s if isinstance(s, AdapterState) else AdapterState(s) for s in states
+    ]
     if not states:
         raise ValueError("`states` is empty: there is nothing to merge.")
     for index, state in enumerate(states[1:], start=1):

@@ -119,7 +119,9 @@ class Scorer:
         if self.max_answer_tokens is not None:
             return _bucket(self.max_answer_tokens)
         answers = [
-            a for ref in references for a in ([ref] if isinstance(ref, str) else ref)
+            a
+            for ref in references
+            for a in ([ref] if isinstance(ref, str) else ref)
         ]
         tokens = self.tokenizer(list(answers))
         longest = max(len(t) for t in _to_lists(tokens))
@@ -156,20 +158,18 @@ class Scorer:
 
     def detokenize(self, token_ids):
         """Token ids to strings, cut at the first `<eos>` or `<pad>`."""
-        end_ids = {self.tokenizer.end_token_id, self.tokenizer.pad_token_id}
+        stops = {self.tokenizer.end_token_id, self.tokenizer.pad_token_id}
         rows = []
         for row in np.asarray(token_ids).tolist():
-            cut = [i for i in row]
-            for position, token in enumerate(row):
-                if token in end_ids:
-                    cut = row[:position]
-                    break
-            rows.append(cut)
-        texts = []
-        for row in rows:
-            text = self.tokenizer.detokenize([row]) if row else [""]
-            text = ops.convert_to_numpy(text)[0] if row else ""
-            texts.append(text.decode() if isinstance(text, bytes) else str(text))
+            ends = [i for i, token in enumerate(row) if token in stops]
+            rows.append(row[: ends[0]] if ends else row)
+        # Detokenize the non-empty rows in one call.
+        filled = [i for i, row in enumerate(rows) if row]
+        texts = [""] * len(rows)
+        if filled:
+            decoded = self.tokenizer.detokenize([rows[i] for i in filled])
+            for i, text in zip(filled, ops.convert_to_numpy(decoded).tolist()):
+                texts[i] = text.decode() if isinstance(text, bytes) else text
         return texts
 
     def score(self, data):

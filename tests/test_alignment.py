@@ -11,7 +11,9 @@ from keras_pam.lora import lora_variables
 
 
 def as_numpy(state):
-    return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in state.items()}
+    return {
+        k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in state.items()
+    }
 
 
 def test_importance_mask_per_tensor_keeps_ties_and_skips_zeros():
@@ -64,9 +66,7 @@ def test_align_reinitialises_only_strict_conflicts(reinit):
     # Entry 5: same sign -> kept.
     w = AdapterState({"w": np.array([-1.0, 7.0, -1.0, -9.0, 0.0, -1.0])})
     mask = importance_mask(g, p=0.5)  # k = 3: |5|, |4|, |3|; tau = 3
-    np.testing.assert_array_equal(
-        as_numpy(mask)["w"], [1, 0, 0, 0, 1, 1]
-    )
+    np.testing.assert_array_equal(as_numpy(mask)["w"], [1, 0, 0, 0, 1, 1])
     aligned = as_numpy(align(w, g, mask, reinit=reinit))["w"]
     replaced = 3.0 if reinit == "global" else 0.0
     np.testing.assert_allclose(aligned, [replaced, 7.0, -1.0, -9.0, 0.0, -1.0])

@@ -116,7 +116,9 @@ def test_lora_h5_round_trip_gives_identical_generations(
     assert causal_lm.generate(inputs, max_length=20) == expected_generate
 
 
-def test_load_refuses_other_rank_and_keeps_state(learner, tiny_preset, tmp_path):
+def test_load_refuses_other_rank_and_keeps_state(
+    learner, tiny_preset, tmp_path
+):
     path = str(tmp_path / "rank4.lora.h5")
     learner.save_adapter(path)
     other = ContinualLearner.from_preset(tiny_preset, rank=2)

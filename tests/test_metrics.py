@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 
 from keras_pam import metrics
-from keras_pam.metrics import (
-    answer_accuracy,
-    continual_metrics,
-    exact_match,
-    normalize_answer,
-    vqa_accuracy,
-)
+from keras_pam.metrics import answer_accuracy
+from keras_pam.metrics import continual_metrics
+from keras_pam.metrics import exact_match
+from keras_pam.metrics import normalize_answer
+from keras_pam.metrics import vqa_accuracy
 
 NAN = float("nan")
 

@@ -6,26 +6,23 @@ A split is a dict of numpy arrays: `"images"` (uint8, `(N, S, S, 3)`),
 lists of str). A `Task` bundles a train and a test split with its metric.
 """
 
-from keras_pam.datasets.generated import (
-    COIN_ANALOGUES,
-    ORDERS,
-    TASK_NAMES,
-    answer_vocabulary,
-    make_suite,
-    make_task,
-    pretraining_mixture,
-    vocabulary_texts,
-)
-from keras_pam.datasets.loaders import load_llava_json, load_tfds
-from keras_pam.datasets.registry import (
-    COIN_ORDERS,
-    PAPER_TASKS,
-    Task,
-    TaskHyperparameters,
-    hyperparameters,
-    object_array,
-    validate_split,
-)
+from keras_pam.datasets.generated import COIN_ANALOGUES
+from keras_pam.datasets.generated import ORDERS
+from keras_pam.datasets.generated import TASK_NAMES
+from keras_pam.datasets.generated import answer_vocabulary
+from keras_pam.datasets.generated import make_suite
+from keras_pam.datasets.generated import make_task
+from keras_pam.datasets.generated import pretraining_mixture
+from keras_pam.datasets.generated import vocabulary_texts
+from keras_pam.datasets.loaders import load_llava_json
+from keras_pam.datasets.loaders import load_tfds
+from keras_pam.datasets.registry import COIN_ORDERS
+from keras_pam.datasets.registry import PAPER_TASKS
+from keras_pam.datasets.registry import Task
+from keras_pam.datasets.registry import TaskHyperparameters
+from keras_pam.datasets.registry import hyperparameters
+from keras_pam.datasets.registry import object_array
+from keras_pam.datasets.registry import validate_split
 
 __all__ = [
     "COIN_ANALOGUES",

@@ -28,9 +28,12 @@ import itertools
 import zlib
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
-from keras_pam.datasets.registry import COIN_ORDERS, Task, object_array
+from keras_pam.datasets.registry import COIN_ORDERS
+from keras_pam.datasets.registry import Task
+from keras_pam.datasets.registry import object_array
 
 COLORS = {
     "red": (220, 40, 40),
