@@ -11,10 +11,17 @@ from keras_pam import data as data_lib
 from keras_pam import metrics as metrics_lib
 from keras_pam.lora import AdapterState
 from keras_pam.lora import enable_lora
-from keras_pam.merging import get_merge
 from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport
 from keras_pam.scoring import Scorer
+from keras_pam.strategies import PAM
+from keras_pam.strategies import Average
+from keras_pam.strategies import Finetune
+from keras_pam.strategies import TaskContext
+from keras_pam.strategies import get_strategy
+
+# The inputs of the causal LM; other keys of `x` feed strategy losses.
+MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
 
 
 @keras.saving.register_keras_serializable(package="keras_pam")
@@ -62,6 +69,12 @@ class ContinualLearner(keras.Model):
             of a list of states `[global, temporary]`; `None` keeps the
             temporary adapter (sequential fine-tuning). Defaults to
             `"average"`.
+        strategy: str or `keras_pam.strategies.Strategy`. The continual
+            learning method, by name (`keras_pam.strategies.STRATEGY_NAMES`:
+            `"pam"`, `"average"`, `"finetune"`, `"ties"`, `"tall+pam"`,
+            `"er+pam"`, ...) or as an object; named methods that align take
+            the alignment settings above. Defaults to `None`: built from
+            `align` and `merge` (PAM with the defaults).
         target_layer_names: list of str. Layers to adapt. Defaults to
             `None`: `keras_pam.lora.PALI_GEMMA_LORA_TARGETS`.
         eval_batch_size: int. Batch size of scoring. Defaults to `32`.
@@ -92,17 +105,29 @@ class ContinualLearner(keras.Model):
         align_first_task=True,
         reset_moments=False,
         merge="average",
+        strategy=None,
         target_layer_names=None,
         eval_batch_size=32,
         max_answer_tokens=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        # Validate the alignment settings now, not at the first task.
-        alignment.SignAlignmentCallback(
-            {}, p=p, every=align_every, reinit=reinit, scope=scope
+        settings = dict(
+            p=p,
+            every=align_every,
+            reinit=reinit,
+            scope=scope,
+            align_first_task=align_first_task,
+            reset_moments=reset_moments,
         )
-        self._merge_fn = get_merge(merge) if merge is not None else None
+        if strategy is not None:
+            self.strategy = get_strategy(strategy, **settings)
+        elif align:
+            self.strategy = PAM(merge=merge, **settings)
+        elif merge is not None:
+            self.strategy = Average(merge)
+        else:
+            self.strategy = Finetune()
         if causal_lm.preprocessor is None:
             raise ValueError(
                 "`causal_lm` needs a preprocessor (it tokenizes the prompts)."
@@ -127,6 +152,7 @@ class ContinualLearner(keras.Model):
         self.align_first_task = align_first_task
         self.reset_moments = reset_moments
         self.merge = merge
+        self.strategy_name = strategy if isinstance(strategy, str) else None
         self.target_layer_names = target_layer_names
         self.eval_batch_size = eval_batch_size
         self.max_answer_tokens = max_answer_tokens
@@ -141,6 +167,7 @@ class ContinualLearner(keras.Model):
         self._pre_merge = {}
         self.task_reports = []
         self.built = True
+        self.strategy.attach(self)
         self.compile()
 
     @classmethod
@@ -201,7 +228,30 @@ class ContinualLearner(keras.Model):
         )
 
     def call(self, inputs, training=False):
+        inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
         return self.causal_lm(inputs, training=training)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss = super().compute_loss(
+            x=x,
+            y=y,
+            y_pred=y_pred,
+            sample_weight=sample_weight,
+            training=training,
+        )
+        extra = self.strategy.extra_loss(x, y, y_pred, sample_weight)
+        return loss if extra is None else loss + extra
+
+    def predict_logits(self, examples, batch_size=32):
+        """Token logits of the current adapter on a split's training inputs
+        (prompt and answer), as numpy `(N, sequence_length, vocabulary)`."""
+        dataset = data_lib.training_dataset(
+            examples, batch_size, self.causal_lm.preprocessor, shuffle=False
+        )
+        dataset = dataset.map(lambda x, y, w: x)
+        return np.asarray(self.predict(dataset, verbose=0), dtype="float32")
 
     def generate(self, inputs, max_length=None, **kwargs):
         """Generate with the global adapter (`PaliGemmaCausalLM.generate`)."""
@@ -325,72 +375,73 @@ class ContinualLearner(keras.Model):
         examples = data_lib.as_examples(
             train_data, self.image_size, "train_data"
         )
-        dataset = data_lib.training_dataset(
-            examples, batch_size, self.causal_lm.preprocessor, shuffle, seed
-        )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
+            )
         if eval_data is not None and name not in self._eval_tasks:
             self.add_eval_task(name, eval_data)
         self._evaluate_zero_shot()
 
-        callbacks = list(callbacks or [])
-        aligner = None
-        if self.align and (index > 1 or self.align_first_task):
-            aligner = alignment.SignAlignmentCallback(
-                self.global_state,
-                p=self.p,
-                every=self.align_every,
-                reinit=self.reinit,
-                scope=self.scope,
-                reset_moments=self.reset_moments,
+        task = TaskContext(name=name, index=index, examples=examples)
+        strategy = self.strategy
+        strategy_callbacks = list(strategy.callbacks(task))
+        aligners = [
+            c
+            for c in strategy_callbacks
+            if isinstance(c, alignment.SignAlignmentCallback)
+        ]
+        history = {}
+        if strategy.trains:
+            train_examples = strategy.training_data(task)
+            dataset = data_lib.training_dataset(
+                train_examples,
+                batch_size,
+                self.causal_lm.preprocessor,
+                shuffle,
+                seed,
+                extra_inputs=strategy.extra_inputs(train_examples, task),
             )
-            callbacks.insert(0, aligner)
+            strategy.start_state(task).assign_to(self)
+            self._reset_optimizer()
+            try:
+                history = self.fit(
+                    dataset,
+                    epochs=epochs,
+                    callbacks=strategy_callbacks + list(callbacks or []),
+                    verbose=verbose,
+                    shuffle=False,  # The dataset is already shuffled.
+                    **fit_kwargs,
+                ).history
+                temporary = AdapterState.from_model(self)
+            finally:
+                # Whatever happened in `fit`, the model holds the global one.
+                self.global_state.assign_to(self)
+        else:
+            temporary = self.global_state
 
-        self.global_state.assign_to(self)
-        self._reset_optimizer()
-        try:
-            history = self.fit(
-                dataset,
-                epochs=epochs,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # The dataset is already shuffled.
-                **fit_kwargs,
-            )
-            temporary = AdapterState.from_model(self)
-        finally:
-            # Whatever happened in `fit`, the model holds the global adapter.
-            self.global_state.assign_to(self)
-
-        has_eval = name in self._eval_tasks
         pre_merge = math.nan
-        if has_eval:
+        if name in self._eval_tasks:
             pre_merge = self._score_with(temporary, name)
-        merged = (
-            temporary
-            if self._merge_fn is None
-            else self._merge_fn([self.global_state, temporary])
-        )
+        merged = AdapterState(strategy.merge(temporary, task)).numpy()
         misaligned = self._misaligned_fraction(temporary)
+        # The strategy sees the previous global adapter in `end_task`.
+        strategy.end_task(temporary, task)
         merged.assign_to(self)
-        self.global_state = AdapterState(merged).numpy()
+        self.global_state = merged
         self._learned.append(name)
         self._pre_merge[name] = pre_merge
-        self._rows.append(
-            {
-                task: self.scorer.score(examples)
-                for task, examples in self._eval_tasks.items()
-            }
-        )
+        self._rows.append(self._evaluate_row())
         report = TaskReport(
             name=name,
             index=index,
-            history=dict(history.history),
+            history=dict(history),
             pre_merge_accuracy=pre_merge,
             post_merge_accuracy=self._rows[-1].get(name, math.nan),
-            num_reinitialised=aligner.num_reinitialised if aligner else 0,
-            reinitialised_counts=(
-                aligner.reinitialised_counts if aligner else []
-            ),
+            num_reinitialised=sum(a.num_reinitialised for a in aligners),
+            reinitialised_counts=[
+                c for a in aligners for c in a.reinitialised_counts
+            ],
             num_entries=self.global_state.num_entries,
             misaligned_fraction=misaligned,
             seconds=time.time() - start,
@@ -399,6 +450,18 @@ class ContinualLearner(keras.Model):
         if verbose:
             print(report.summary())
         return report
+
+    def _evaluate_row(self):
+        """Score every registered task with the adapter the strategy picks
+        for it (the global adapter unless told otherwise)."""
+        row = {}
+        for name, examples in self._eval_tasks.items():
+            state = self.strategy.evaluation_state(name)
+            if state is None:
+                row[name] = self.scorer.score(examples)
+            else:
+                row[name] = self._score_with(state, name)
+        return row
 
     def _misaligned_fraction(self, temporary):
         """Of the important entries of the global adapter, the fraction
@@ -438,13 +501,17 @@ class ContinualLearner(keras.Model):
         zero_shot = np.array([self._zero_shot[t] for t in columns], float)
         pre_merge = np.array([self._pre_merge[t] for t in self._learned], float)
         metrics = None
-        learned = len(self._learned)
-        if learned and all(n in self._eval_tasks for n in self._learned):
+        if self._learned and all(n in self._eval_tasks for n in self._learned):
+            # Columns in learning order, whatever order they were added in.
+            order = [columns.index(n) for n in self._learned]
             metrics = metrics_lib.continual_metrics(
-                matrix[:, :learned],
-                zero_shot[:learned],
-                pre_merge if self._merge_fn is not None else None,
+                matrix[:, order], zero_shot[order], pre_merge
             )
+            metrics = {
+                k: v
+                for k, v in metrics.items()
+                if k in self.strategy.reported_metrics
+            }
         return ContinualReport(
             task_names=list(self._learned),
             eval_task_names=columns,
@@ -484,6 +551,7 @@ class ContinualLearner(keras.Model):
                 "scope": self.scope,
                 "align_first_task": self.align_first_task,
                 "reset_moments": self.reset_moments,
+                "strategy": self.strategy_name,
                 "merge": (
                     self.merge
                     if self.merge is None or isinstance(self.merge, str)

@@ -153,7 +153,14 @@ def as_examples(data, image_size=None, name="data"):
     return examples
 
 
-def training_dataset(examples, batch_size, preprocessor, shuffle=True, seed=0):
+def training_dataset(
+    examples,
+    batch_size,
+    preprocessor,
+    shuffle=True,
+    seed=0,
+    extra_inputs=None,
+):
     """A batched, preprocessed `tf.data.Dataset` for `fit`.
 
     Args:
@@ -163,20 +170,29 @@ def training_dataset(examples, batch_size, preprocessor, shuffle=True, seed=0):
             `(x, y, sample_weight)` with the loss on the answer tokens only.
         shuffle: bool. Reshuffle every epoch. Defaults to `True`.
         seed: int. The shuffling seed. Defaults to `0`.
+        extra_inputs: dict of arrays. Per-example arrays added to `x` under
+            their keys (e.g. a teacher's logits), shuffled with the examples.
+            Defaults to `None`.
     """
     import tensorflow as tf
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
-        )
-    ds = tf.data.Dataset.from_tensor_slices(
-        {k: examples[k] for k in REQUIRED_KEYS}
-    )
+    extra_inputs = dict(extra_inputs or {})
+    num_examples = len(examples["prompts"])
+    for key, value in extra_inputs.items():
+        if len(value) != num_examples:
+            raise ValueError(
+                f"Extra input {key!r} has {len(value)} rows for "
+                f"{num_examples} examples."
+            )
+    raw = {k: examples[k] for k in REQUIRED_KEYS}
+    ds = tf.data.Dataset.from_tensor_slices((raw, extra_inputs))
     if shuffle:
-        ds = ds.shuffle(
-            len(examples["prompts"]), seed=seed, reshuffle_each_iteration=True
-        )
+        ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def preprocess(raw, extra):
+        x, y, sample_weight = preprocessor(raw)
+        return {**x, **extra}, y, sample_weight
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

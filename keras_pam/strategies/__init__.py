@@ -1,0 +1,103 @@
+"""Continual-learning methods as `Strategy` objects, selectable by name.
+
+`get_strategy("pam")` builds one by name; composite names (`er+pam`,
+`lwf+pam`, `tall+pam`) wrap PAM. A new method is a new file with a
+`Strategy` subclass and one line in `_FACTORIES`.
+"""
+
+from keras_pam.strategies.average import Average
+from keras_pam.strategies.experience_replay import ExperienceReplay
+from keras_pam.strategies.finetune import Finetune
+from keras_pam.strategies.ilora import ILoRA
+from keras_pam.strategies.independent import Independent
+from keras_pam.strategies.lwf import LwF
+from keras_pam.strategies.magmax import MagMax
+from keras_pam.strategies.multitask import Multitask
+from keras_pam.strategies.olora import OLoRA
+from keras_pam.strategies.pam import PAM
+from keras_pam.strategies.post_align import PostAlign
+from keras_pam.strategies.strategy import Strategy
+from keras_pam.strategies.strategy import StrategyWrapper
+from keras_pam.strategies.strategy import TaskContext
+from keras_pam.strategies.tall import TALL
+from keras_pam.strategies.ties import TIES
+from keras_pam.strategies.zero_shot import ZeroShot
+
+
+def _post_align(alignment):
+    return PostAlign(
+        p=alignment["p"], reinit=alignment["reinit"], scope=alignment["scope"]
+    )
+
+
+def _olora(alignment, num_tasks=None):
+    if num_tasks is None:
+        raise ValueError(
+            "O-LoRA gives each task its own rank slice: pass `num_tasks` "
+            "(the length of the sequence)."
+        )
+    return OLoRA(num_tasks)
+
+
+_FACTORIES = {
+    "zero-shot": lambda alignment: ZeroShot(),
+    "independent": lambda alignment: Independent(),
+    "multitask": lambda alignment: Multitask(),
+    "finetune": lambda alignment: Finetune(),
+    "average": lambda alignment: Average(),
+    "pam": lambda alignment: PAM(**alignment),
+    "ties": lambda alignment: TIES(),
+    "tall": lambda alignment: TALL(Average()),
+    "tall+pam": lambda alignment: TALL(PAM(**alignment)),
+    "magmax": lambda alignment: MagMax(),
+    "post-align": _post_align,
+    "lwf": lambda alignment: LwF(Finetune()),
+    "lwf+pam": lambda alignment: LwF(PAM(**alignment)),
+    "er": lambda alignment: ExperienceReplay(Finetune()),
+    "er+pam": lambda alignment: ExperienceReplay(PAM(**alignment)),
+    "ilora": lambda alignment: ILoRA(),
+    "olora": _olora,
+}
+STRATEGY_NAMES = tuple(_FACTORIES)
+
+
+def get_strategy(
+    name,
+    p=0.5,
+    every=100,
+    reinit="global",
+    scope="tensor",
+    align_first_task=True,
+    reset_moments=False,
+    num_tasks=None,
+):
+    """Build a strategy by name, with PAM's alignment settings.
+
+    Args:
+        name: str or `Strategy`. One of `STRATEGY_NAMES`; a `Strategy` is
+            returned as it is.
+        p, every, reinit, scope, align_first_task, reset_moments: the
+            alignment settings of the strategies that align (see `PAM`).
+        num_tasks: int. The sequence's length, needed by `"olora"` (the
+            learner's rank is split among the tasks). Defaults to `None`.
+
+    Returns:
+        A `Strategy`.
+    """
+    if isinstance(name, Strategy):
+        return name
+    if name not in _FACTORIES:
+        raise ValueError(
+            f"Unknown strategy {name!r}. Choose one of {list(STRATEGY_NAMES)}."
+        )
+    alignment = dict(
+        p=p,
+        every=every,
+        reinit=reinit,
+        scope=scope,
+        align_first_task=align_first_task,
+        reset_moments=reset_moments,
+    )
+    if name == "olora":
+        return _olora(alignment, num_tasks)
+    return _FACTORIES[name](alignment)

@@ -1,0 +1,39 @@
+"""Post-training alignment: PAM's sign rule applied once, after training."""
+
+from keras_pam import alignment
+from keras_pam.strategies.average import Average
+
+
+class PostAlign(Average):
+    """Apply PAM's sign rule once to the trained adapter, then merge (the
+    paper's Fig. 4 ablation of aligning during versus after training).
+
+    Args:
+        p: float. Fraction of important global entries. Defaults to `0.5`.
+        reinit: str. `"global"` or `"zero"`. Defaults to `"global"`.
+        scope: str. `"tensor"` or `"global"`. Defaults to `"tensor"`.
+        merge: str or callable. The merge. Defaults to `"average"`.
+
+    Example:
+    ```python
+    learner = ContinualLearner(causal_lm, strategy=PostAlign())
+    ```
+    """
+
+    name = "post-align"
+
+    def __init__(self, p=0.5, reinit="global", scope="tensor", merge="average"):
+        super().__init__(merge)
+        alignment.SignAlignmentCallback({}, p=p, reinit=reinit, scope=scope)
+        self.p = p
+        self.reinit = reinit
+        self.scope = scope
+
+    def merge(self, temporary, task):
+        global_state = self.learner.global_state
+        mask = alignment.importance_mask(global_state, self.p, self.scope)
+        aligned = alignment.align(temporary, global_state, mask, self.reinit)
+        return super().merge(aligned.numpy(), task)
+
+    def get_config(self):
+        return {"p": self.p, "reinit": self.reinit, "scope": self.scope}

@@ -1,0 +1,25 @@
+"""TIES merging of the trained adapter into the global one."""
+
+from keras_pam.strategies.average import Average
+
+
+class TIES(Average):
+    """Merge `[G_{t-1}, W']` with TIES (trim, elect sign, disjoint mean) in
+    place of the plain average: post-training sign resolution.
+
+    Args:
+        density: float. Fraction of entries kept per tensor by the trim.
+            Defaults to `0.9` (the PAM paper's best).
+        majority_sign: str. `"total"` (sign of the summed mass) or
+            `"frequency"`. Defaults to `"total"`.
+
+    Example:
+    ```python
+    learner = ContinualLearner(causal_lm, strategy=TIES(density=0.9))
+    ```
+    """
+
+    name = "ties"
+
+    def __init__(self, density=0.9, majority_sign="total"):
+        super().__init__("ties", density=density, majority_sign=majority_sign)
