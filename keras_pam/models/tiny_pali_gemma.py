@@ -61,6 +61,8 @@ def train_tokenizer(texts, vocabulary_size=None):
         eos_piece="<eos>",
         unk_piece="<unk>",
         hard_vocab_limit=False,
+        # Every character, digits included, must reach the vocabulary.
+        character_coverage=1.0,
         minloglevel=2,
     )
     return keras_hub.models.PaliGemmaTokenizer(proto=proto.getvalue())

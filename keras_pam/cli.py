@@ -1,0 +1,594 @@
+"""The `keras-pam` command line: a whole continual-learning study, offline.
+
+`keras-pam run` pretrains (once, cached) a tiny PaliGemma, generates the
+task suite, teaches the tasks one after another with each method, and prints
+the accuracy matrices and the paper's metrics (ACC, BWT, FWT, A_t, A_m);
+results go to an output folder as JSON, CSV and heatmaps.
+
+```
+keras-pam run                                # finetune, average, pam
+keras-pam run --methods all --order order2   # every method, another order
+keras-pam run --quick                        # under a minute
+keras-pam base                               # only build the tiny base
+python -m keras_pam run --help
+```
+
+The CLI uses JAX unless `KERAS_BACKEND` says otherwise.
+"""
+
+import argparse
+import csv
+import datetime
+import inspect
+import json
+import math
+import os
+import sys
+import time
+
+if "keras" not in sys.modules:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+
+DEFAULT_METHODS = ("finetune", "average", "pam")
+METRIC_COLUMNS = (
+    ("acc", "ACC"),
+    ("bwt", "BWT"),
+    ("fwt", "FWT"),
+    ("a_t", "A_t"),
+    ("a_m", "A_m"),
+)
+
+# The default study: LoRA of rank 8 on every attention and feed-forward
+# projection of the tiny pretrained base, 1000 examples x 4 epochs per task.
+DEFAULTS = {
+    "order": "order1",
+    "rank": 8,
+    "alpha": None,
+    "p": 0.5,
+    "every": 20,
+    "reinit": "global",
+    "scope": "tensor",
+    "epochs": 4,
+    "batch_size": 16,
+    "num_train": 1000,
+    "num_test": 200,
+    "learning_rate": 2e-3,
+    "seed": 0,
+    "base_steps": 4000,
+}
+# `--quick`: small enough that the whole run, base included, takes < 1 min.
+QUICK = {
+    "tasks": "color,shape",
+    "every": 2,
+    "epochs": 1,
+    "num_train": 48,
+    "num_test": 16,
+    "base_steps": 30,
+}
+TINY_BASE_NAME = "tiny_pali_gemma"
+
+
+def _strategy_names():
+    from keras_pam.strategies import STRATEGY_NAMES
+
+    return tuple(STRATEGY_NAMES)
+
+
+def parse_methods(text):
+    """Split `--methods` into names of `keras_pam.strategies`.
+
+    Args:
+        text: str. A comma-separated list of method names, or `"all"`.
+
+    Returns:
+        A list of method names, without duplicates.
+    """
+    known = _strategy_names()
+    names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
+    if not names:
+        raise ValueError("`--methods` is empty.")
+    if "all" in names:
+        return list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown method(s) {', '.join(repr(n) for n in unknown)}. "
+            f"Choose from: {', '.join(known)}, or all."
+        )
+    return list(dict.fromkeys(names))
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def build_parser():
+    """The argument parser of `keras-pam`."""
+    parser = argparse.ArgumentParser(
+        prog="keras-pam",
+        description=(
+            "Continual learning of PaliGemma by aligned merging of LoRA "
+            "adapters (PAM), on a generated task suite. Nothing is "
+            "downloaded."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="command")
+    run = commands.add_parser(
+        "run",
+        help="learn a task sequence with each method and report metrics",
+        description=(
+            "Learn the generated task suite with each method, one after "
+            "another, from the same base, and print the accuracy matrices "
+            "and ACC, BWT, FWT, A_t, A_m (the paper's Table 2)."
+        ),
+    )
+    run.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=(
+            "comma-separated methods, or 'all' (default: "
+            f"{','.join(DEFAULT_METHODS)}); known: "
+            f"{', '.join(_strategy_names())}"
+        ),
+    )
+    run.add_argument(
+        "--order",
+        default=None,
+        help=f"task order, order1..order3 (default: {DEFAULTS['order']})",
+    )
+    run.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated task names, used instead of --order",
+    )
+    run.add_argument(
+        "--preset",
+        default=None,
+        help=(
+            "a KerasHub PaliGemma preset name or a local preset directory "
+            "(default: the tiny pretrained base, built once and cached)"
+        ),
+    )
+    run.add_argument("--rank", type=_positive_int, help="LoRA rank (8)")
+    run.add_argument(
+        "--alpha", type=float, help="LoRA alpha (default: the rank)"
+    )
+    run.add_argument(
+        "--p", type=_fraction, help="PAM: fraction of important entries (0.5)"
+    )
+    run.add_argument(
+        "--every",
+        type=_positive_int,
+        help=f"PAM: align every this many steps ({DEFAULTS['every']})",
+    )
+    run.add_argument(
+        "--reinit",
+        choices=("global", "zero"),
+        help="PAM: re-initialise conflicts to the global value or zero",
+    )
+    run.add_argument(
+        "--scope",
+        choices=("tensor", "global"),
+        help="PAM: rank magnitudes per tensor or over all entries",
+    )
+    run.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help=f"epochs per task ({DEFAULTS['epochs']})",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help=f"training batch size ({DEFAULTS['batch_size']})",
+    )
+    run.add_argument(
+        "--num-train",
+        type=_positive_int,
+        help=f"training examples per task ({DEFAULTS['num_train']})",
+    )
+    run.add_argument(
+        "--num-test",
+        type=_positive_int,
+        help=f"test examples per task ({DEFAULTS['num_test']})",
+    )
+    run.add_argument(
+        "--learning-rate",
+        type=float,
+        help=f"Adam learning rate ({DEFAULTS['learning_rate']})",
+    )
+    run.add_argument(
+        "--seed", type=int, help="seed of the data, LoRA init and shuffling"
+    )
+    run.add_argument(
+        "--output",
+        default=None,
+        help="output folder (default: runs/<timestamp>)",
+    )
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, for a smoke test: the whole run takes < 1 minute",
+    )
+    run.add_argument(
+        "--home",
+        default=None,
+        help="cache folder of the tiny base (default: $KERAS_PAM_HOME, "
+        "else ~/.keras/keras_pam)",
+    )
+    run.add_argument(
+        "--verbose",
+        type=int,
+        default=0,
+        choices=(0, 1, 2),
+        help="Keras progress of each task's fit (default: 0)",
+    )
+    base = commands.add_parser(
+        "base",
+        help="build (once) the tiny pretrained base and print its folder",
+    )
+    base.add_argument("--home", default=None, help="cache folder")
+    base.add_argument(
+        "--steps", type=_positive_int, default=DEFAULTS["base_steps"]
+    )
+    base.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    base.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def resolve_settings(args):
+    """The settings of a run: the flags, over `--quick`, over `DEFAULTS`."""
+    settings = dict(DEFAULTS)
+    settings["tasks"] = None
+    if args.quick:
+        settings.update(QUICK)
+    for key in (
+        "order",
+        "rank",
+        "alpha",
+        "p",
+        "every",
+        "reinit",
+        "scope",
+        "epochs",
+        "batch_size",
+        "num_train",
+        "num_test",
+        "learning_rate",
+        "seed",
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    if args.order is not None and args.tasks is None:
+        settings["tasks"] = None  # An explicit order beats --quick's tasks.
+    if args.tasks is not None:
+        settings["tasks"] = args.tasks
+    if settings["tasks"] is not None:
+        settings["tasks"] = [
+            t.strip() for t in str(settings["tasks"]).split(",") if t.strip()
+        ]
+    settings["methods"] = parse_methods(args.methods)
+    settings["quick"] = bool(args.quick)
+    return settings
+
+
+def _output_folder(output):
+    if output is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = os.path.join("runs", stamp)
+        suffix = 1
+        while os.path.exists(output):
+            suffix += 1
+            output = os.path.join("runs", f"{stamp}-{suffix}")
+    os.makedirs(output, exist_ok=True)
+    return os.path.abspath(output)
+
+
+def _format_metric(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{100 * value:.2f}"
+
+
+def format_table(metrics_by_method):
+    """The side-by-side table of the paper's metrics, in percent.
+
+    Args:
+        metrics_by_method: dict. Method name to its metrics dict (`acc`,
+            `bwt`, `fwt`, `a_t`, `a_m`; a missing metric is left blank).
+
+    Returns:
+        The table as str.
+    """
+    width = max([6] + [len(m) for m in metrics_by_method]) + 2
+    lines = [
+        "method".ljust(width) + "".join(h.rjust(8) for _, h in METRIC_COLUMNS)
+    ]
+    for method, metrics in metrics_by_method.items():
+        metrics = metrics or {}
+        cells = "".join(
+            _format_metric(metrics.get(key)).rjust(8)
+            for key, _ in METRIC_COLUMNS
+        )
+        lines.append(method.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def _make_strategy(name, settings, num_tasks):
+    from keras_pam.strategies import get_strategy
+
+    options = dict(
+        p=settings["p"],
+        every=settings["every"],
+        reinit=settings["reinit"],
+        scope=settings["scope"],
+        num_tasks=num_tasks,
+    )
+    accepted = inspect.signature(get_strategy).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        options = {k: v for k, v in options.items() if k in accepted}
+    return get_strategy(name, **options)
+
+
+def run_method(method, preset, suite, settings, verbose=0):
+    """Learn `suite` with one method from a fresh learner on `preset`.
+
+    Args:
+        method: str. A name of `keras_pam.strategies.STRATEGY_NAMES`.
+        preset: str. The base preset (name or directory).
+        suite: list of `keras_pam.datasets.Task`. The task sequence.
+        settings: dict. The run's settings (see `resolve_settings`).
+        verbose: int. Passed to each task's `fit`. Defaults to `0`.
+
+    Returns:
+        A `keras_pam.ContinualReport`.
+    """
+    import keras
+
+    from keras_pam.continual_learner import ContinualLearner
+
+    keras.utils.set_random_seed(settings["seed"])
+    learner = ContinualLearner.from_preset(
+        preset,
+        rank=settings["rank"],
+        alpha=settings["alpha"],
+        p=settings["p"],
+        align_every=settings["every"],
+        reinit=settings["reinit"],
+        scope=settings["scope"],
+        strategy=_make_strategy(method, settings, len(suite)),
+    )
+    learner.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=settings["learning_rate"])
+    )
+    for task in suite:  # Register every task first: FWT needs them all.
+        learner.add_eval_task(task.name, task.test)
+    for i, task in enumerate(suite, start=1):
+        report = learner.learn_task(
+            task.train,
+            name=task.name,
+            epochs=settings["epochs"],
+            batch_size=settings["batch_size"],
+            seed=settings["seed"] + i,
+            verbose=verbose,
+        )
+        if not verbose:
+            print(f"[{method} {i}/{len(suite)}] {report.summary()}", flush=True)
+    return learner.evaluate_all()
+
+
+def _write_results(output, settings, preset, reports, seconds):
+    import keras
+
+    from keras_pam import report as report_lib
+
+    results = {
+        "settings": settings,
+        "preset": preset,
+        "backend": keras.backend.backend(),
+        "metrics": {m: r.metrics for m, r in reports.items()},
+        "methods": {
+            method: {"seconds": seconds[method], **report.to_dict()}
+            for method, report in reports.items()
+        },
+    }
+    path = os.path.join(output, "results.json")
+    with open(path, "w") as f:
+        json.dump(report_lib._jsonable(results), f, indent=2)
+    with open(os.path.join(output, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method"] + [k for k, _ in METRIC_COLUMNS] + ["sec"])
+        for method, report in reports.items():
+            metrics = report.metrics or {}
+            writer.writerow(
+                [method]
+                + [
+                    "" if metrics.get(k) is None else f"{metrics[k]:.6f}"
+                    for k, _ in METRIC_COLUMNS
+                ]
+                + [f"{seconds[method]:.1f}"]
+            )
+    with open(os.path.join(output, "matrices.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        for method, report in reports.items():
+            writer.writerow(["method", "after"] + report.eval_task_names)
+            writer.writerow([method, "zero-shot"] + list(report.zero_shot))
+            for name, row in zip(report.task_names, report.matrix):
+                writer.writerow([method, name] + list(row))
+    for method, report in reports.items():
+        safe = "".join(c if c.isalnum() else "_" for c in method)
+        report.plot(
+            os.path.join(output, f"matrix_{safe}.png"),
+            title=f"{method}: accuracy after each task",
+        )
+
+
+def check_settings(settings):
+    """Raise `ValueError` on an unknown order or task, before any work."""
+    from keras_pam import datasets
+
+    if settings["tasks"] is None and settings["order"] not in datasets.ORDERS:
+        raise ValueError(
+            f"Unknown order {settings['order']!r}. Choose from: "
+            f"{', '.join(datasets.ORDERS)}."
+        )
+    for name in settings["tasks"] or ():
+        if name not in datasets.TASK_NAMES:
+            raise ValueError(
+                f"Unknown task {name!r}. Choose from: "
+                f"{', '.join(datasets.TASK_NAMES)}."
+            )
+    if settings["tasks"] is not None and not settings["tasks"]:
+        raise ValueError("`--tasks` is empty.")
+
+
+def run(args, settings=None):
+    """`keras-pam run`: see the module docstring.
+
+    Args:
+        args: `argparse.Namespace`. The parsed flags of `run`.
+        settings: dict. Settings already resolved from `args`. Defaults to
+            `None`: `resolve_settings(args)`.
+
+    Returns:
+        A dict of method name to `keras_pam.ContinualReport`.
+    """
+    start = time.time()
+    if settings is None:
+        settings = resolve_settings(args)
+        check_settings(settings)
+    from keras_pam import datasets
+
+    output = _output_folder(args.output)
+
+    import keras
+
+    print(
+        f"keras-pam run: methods {', '.join(settings['methods'])}; "
+        f"backend {keras.backend.backend()}; output {output}",
+        flush=True,
+    )
+    preset = args.preset
+    if preset is None:
+        from keras_pam.models.tiny_base import tiny_base_preset
+
+        name = TINY_BASE_NAME + ("_quick" if settings["quick"] else "")
+        preset = tiny_base_preset(
+            name=name,
+            home=args.home,
+            steps=settings["base_steps"],
+            seed=settings["seed"],
+            verbose=1,
+        )
+        print(f"Base: {preset}", flush=True)
+    import keras_hub
+
+    image_size = keras_hub.models.PaliGemmaBackbone.from_preset(
+        preset, load_weights=False
+    ).image_size
+    suite = datasets.make_suite(
+        order=settings["order"],
+        num_train=settings["num_train"],
+        num_test=settings["num_test"],
+        image_size=image_size,
+        seed=settings["seed"],
+        tasks=settings["tasks"],
+    )
+    print(f"Tasks: {', '.join(t.name for t in suite)}", flush=True)
+    reports, seconds = {}, {}
+    for method in settings["methods"]:
+        method_start = time.time()
+        reports[method] = run_method(
+            method, preset, suite, settings, verbose=args.verbose
+        )
+        seconds[method] = time.time() - method_start
+        print(f"[{method}] done in {seconds[method]:.1f}s", flush=True)
+
+    for method, report in reports.items():
+        print(f"\n{method}: accuracy after each task (rows) on each task")
+        print(report.format_matrix())
+    table = format_table({m: r.metrics for m, r in reports.items()})
+    print("\nMetrics (%):")
+    print(table)
+    _write_results(output, settings, preset, reports, seconds)
+    with open(os.path.join(output, "table.txt"), "w") as f:
+        f.write(table + "\n")
+    print(f"\nResults in {output} ({time.time() - start:.1f}s)")
+    return reports
+
+
+def build_base(args):
+    """`keras-pam base`: build the tiny base once and print its folder."""
+    from keras_pam.models.tiny_base import tiny_base_preset
+
+    print(
+        tiny_base_preset(
+            name=TINY_BASE_NAME,
+            home=args.home,
+            steps=args.steps,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    )
+
+
+def _reexec_with_jax(argv):
+    """Restart on JAX when no backend was asked for but another one loaded.
+
+    Importing `keras_pam` imports Keras, whose backend then comes from
+    `~/.keras/keras.json`; the CLI's default is JAX.
+    """
+    if os.environ.get("KERAS_BACKEND") or "keras" not in sys.modules:
+        return
+    import keras
+
+    if keras.backend.backend() == "jax":
+        return
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    sys.stdout.flush()
+    os.execve(
+        sys.executable,
+        [sys.executable, "-m", "keras_pam"] + list(argv),
+        env,
+    )
+
+
+def main(argv=None):
+    """Entry point of `keras-pam` and `python -m keras_pam`.
+
+    Args:
+        argv: list of str. The arguments. Defaults to `None`:
+            `sys.argv[1:]` (and a restart on JAX if no `KERAS_BACKEND` is
+            set and Keras loaded another backend).
+
+    Returns:
+        The exit status, `0` on success.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+        _reexec_with_jax(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "base":
+        build_base(args)
+        return 0
+    try:
+        settings = resolve_settings(args)
+        check_settings(settings)
+    except ValueError as e:
+        parser.error(str(e))  # Exits with status 2 and the usage.
+    run(args, settings)
+    return 0
