@@ -18,6 +18,7 @@ EXPECTED_METRICS = {
     "lwf": {"acc", "bwt", "fwt", "a_t"},
     "er": {"acc", "bwt", "fwt", "a_t"},
     "olora": {"acc", "bwt", "fwt", "a_t"},
+    "moelora": {"acc", "bwt", "fwt", "a_t"},
 }
 ALL_METRICS = {"acc", "bwt", "fwt", "a_t", "a_m"}
 
@@ -56,7 +57,9 @@ def run_two_tasks(tiny_preset, two_tasks, strategy, rank=4, snapshots=None):
 
 @pytest.mark.parametrize("name", strategies.STRATEGY_NAMES)
 def test_every_strategy_learns_two_tasks(tiny_preset, two_tasks, name):
-    strategy = strategies.get_strategy(name, every=2, num_tasks=2)
+    strategy = strategies.get_strategy(
+        name, every=2, num_tasks=2, num_experts=2
+    )
     learner = run_two_tasks(tiny_preset, two_tasks, strategy)
     report = learner.evaluate_all()
     assert report.matrix.shape == (2, 2)

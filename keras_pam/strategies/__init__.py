@@ -12,6 +12,7 @@ from keras_pam.strategies.ilora import ILoRA
 from keras_pam.strategies.independent import Independent
 from keras_pam.strategies.lwf import LwF
 from keras_pam.strategies.magmax import MagMax
+from keras_pam.strategies.moelora import MoELoRA
 from keras_pam.strategies.multitask import Multitask
 from keras_pam.strategies.olora import OLoRA
 from keras_pam.strategies.pam import PAM
@@ -57,6 +58,7 @@ _FACTORIES = {
     "er+pam": lambda alignment: ExperienceReplay(PAM(**alignment)),
     "ilora": lambda alignment: ILoRA(),
     "olora": _olora,
+    "moelora": lambda alignment: MoELoRA(),
 }
 STRATEGY_NAMES = tuple(_FACTORIES)
 
@@ -70,6 +72,7 @@ def get_strategy(
     align_first_task=True,
     reset_moments=False,
     num_tasks=None,
+    num_experts=8,
 ):
     """Build a strategy by name, with PAM's alignment settings.
 
@@ -80,6 +83,8 @@ def get_strategy(
             alignment settings of the strategies that align (see `PAM`).
         num_tasks: int. The sequence's length, needed by `"olora"` (the
             learner's rank is split among the tasks). Defaults to `None`.
+        num_experts: int. The number of LoRA experts of `"moelora"`; the
+            learner's rank must be a multiple of it. Defaults to `8`.
 
     Returns:
         A `Strategy`.
@@ -100,4 +105,6 @@ def get_strategy(
     )
     if name == "olora":
         return _olora(alignment, num_tasks)
+    if name == "moelora":
+        return MoELoRA(num_experts)
     return _FACTORIES[name](alignment)
