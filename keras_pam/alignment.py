@@ -301,6 +301,17 @@ class SignAlignmentCallback(keras.callbacks.Callback):
                 slot.assign(value)
         self._counts.append(count)
 
+    def backup_state(self):
+        """Its progress within a `fit`, for a task restarted mid-way."""
+        return {
+            "batches": self._batches,
+            "counts": [int(ops.convert_to_numpy(c)) for c in self._counts],
+        }
+
+    def restore_backup_state(self, state):
+        self._batches = int(state["batches"])
+        self._counts = list(state["counts"])
+
     def on_train_end(self, logs=None):
         counts = [int(ops.convert_to_numpy(c)) for c in self._counts]
         self.reinitialised_counts.extend(counts)

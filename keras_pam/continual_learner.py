@@ -1,12 +1,16 @@
 """`ContinualLearner`: continual learning of PaliGemma by aligned merging."""
 
+import json
 import math
+import os
+import shutil
 import time
 
 import keras
 import numpy as np
 
 from keras_pam import alignment
+from keras_pam import checkpoint
 from keras_pam import data as data_lib
 from keras_pam import metrics as metrics_lib
 from keras_pam.lora import AdapterState
@@ -15,13 +19,45 @@ from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport
 from keras_pam.scoring import Scorer
 from keras_pam.strategies import PAM
+from keras_pam.strategies import STRATEGY_NAMES
 from keras_pam.strategies import Average
 from keras_pam.strategies import Finetune
 from keras_pam.strategies import TaskContext
 from keras_pam.strategies import get_strategy
+from keras_pam.task_backup import TaskBackup
+from keras_pam.task_backup import load_task_backup
 
 # The inputs of the causal LM; other keys of `x` feed strategy losses.
 MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop `fit` at the first non-finite loss with an error naming the
+    task and the step."""
+
+    def __init__(self, task_name):
+        super().__init__()
+        self.task_name = task_name
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(keras.ops.convert_to_numpy(loss))
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"Task {self.task_name!r}: the loss became {loss} at epoch "
+                f"{self._epoch + 1}, step {batch + 1}. The temporary adapter "
+                "was discarded; the global adapter and the accuracy matrix "
+                "are unchanged. Try a lower learning rate."
+            )
 
 
 @keras.saving.register_keras_serializable(package="keras_pam")
@@ -80,6 +116,10 @@ class ContinualLearner(keras.Model):
         eval_batch_size: int. Batch size of scoring. Defaults to `32`.
         max_answer_tokens: int. Cap on generated answer tokens when scoring.
             Defaults to `None` (from the longest reference).
+        run_dir: str. A folder to checkpoint the run into after every task
+            (and the temporary adapter after every epoch), so that
+            `ContinualLearner.resume(run_dir)` continues a killed run.
+            Defaults to `None` (no checkpoints).
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -109,6 +149,7 @@ class ContinualLearner(keras.Model):
         target_layer_names=None,
         eval_batch_size=32,
         max_answer_tokens=None,
+        run_dir=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -169,6 +210,10 @@ class ContinualLearner(keras.Model):
         self.built = True
         self.strategy.attach(self)
         self.compile()
+        self.preset = None
+        self.run_dir = None
+        if run_dir is not None:
+            self._open_run_dir(run_dir)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
@@ -184,10 +229,29 @@ class ContinualLearner(keras.Model):
         """
         import keras_hub
 
-        causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(
-            preset, load_weights=load_weights, dtype=dtype
-        )
-        return cls(causal_lm, **kwargs)
+        run_dir = kwargs.pop("run_dir", None)
+        try:
+            causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(
+                preset, load_weights=load_weights, dtype=dtype
+            )
+        except Exception as error:
+            if isinstance(preset, str) and os.path.isdir(preset):
+                raise
+            raise ValueError(
+                f"Could not load the preset {preset!r}: {error}\n"
+                "A KerasHub preset name is downloaded from Kaggle: accept the "
+                "model's licence on kaggle.com, then set the environment "
+                "variables KAGGLE_USERNAME and KAGGLE_KEY (or "
+                "~/.kaggle/kaggle.json; on Colab/Kaggle, the notebook "
+                "secrets). Offline, pass the path of a local preset "
+                "directory saved with `save_to_preset`."
+            ) from error
+        learner = cls(causal_lm, **kwargs)
+        if isinstance(preset, str):
+            learner.preset = preset
+        if run_dir is not None:
+            learner._open_run_dir(run_dir)
+        return learner
 
     @property
     def image_size(self):
@@ -319,6 +383,8 @@ class ContinualLearner(keras.Model):
 
     def _reset_optimizer(self):
         """Zero the step count and moments; keep the learning rate."""
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
         learning_rate = getattr(self.optimizer, "_learning_rate", None)
         for variable in self.optimizer.variables:
             if variable is not learning_rate:
@@ -335,9 +401,14 @@ class ContinualLearner(keras.Model):
         shuffle=True,
         seed=0,
         verbose="auto",
+        relearn=False,
         **fit_kwargs,
     ):
         """Learn one task: clone, fit with alignment, merge, evaluate.
+
+        With a `run_dir`, the run is checkpointed after the task and the
+        temporary adapter after every epoch, so a killed task restarts from
+        its last finished epoch (see `resume`).
 
         Args:
             train_data: dict, `tf.data.Dataset` or generator. The task's
@@ -350,35 +421,48 @@ class ContinualLearner(keras.Model):
             batch_size: int. Training batch size. Defaults to `8`.
             callbacks: list of `keras.callbacks.Callback`. Added to `fit`
                 after the alignment callback. Defaults to `None`.
-            shuffle: bool. Shuffle the examples every epoch. Defaults to
-                `True`.
+            shuffle: bool. Shuffle the examples every epoch (epoch `e` with
+                the seed `(seed, e)`). Defaults to `True`.
             seed: int. Shuffling seed. Defaults to `0`.
             verbose: passed to `fit`. Defaults to `"auto"`.
+            relearn: bool. Allow a name that was already learned (it gets a
+                new row). Defaults to `False`.
             **fit_kwargs: passed to `fit`.
 
         Returns:
             A `TaskReport`.
+
+        Raises:
+            NonFiniteLossError: the loss became NaN or infinite; the
+                temporary adapter is discarded and nothing else changes.
         """
         start = time.time()
         index = len(self._learned) + 1
         name = name if name is not None else f"task_{index}"
         if not isinstance(name, str) or not name:
             raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
-        if name in self._learned:
-            raise ValueError(f"The task {name!r} has already been learned.")
+        if name in self._learned and not relearn:
+            raise ValueError(
+                f"The task {name!r} has already been learned; pass "
+                "`relearn=True` to learn it again."
+            )
         if (
             isinstance(epochs, bool)
             or not isinstance(epochs, int)
             or epochs < 1
         ):
             raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
-        examples = data_lib.as_examples(
-            train_data, self.image_size, "train_data"
-        )
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or batch_size < 1
+        ):
             raise ValueError(
                 f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
             )
+        examples = data_lib.as_examples(
+            train_data, self.image_size, "train_data"
+        )
         if eval_data is not None and name not in self._eval_tasks:
             self.add_eval_task(name, eval_data)
         self._evaluate_zero_shot()
@@ -393,30 +477,17 @@ class ContinualLearner(keras.Model):
         ]
         history = {}
         if strategy.trains:
-            train_examples = strategy.training_data(task)
-            dataset = data_lib.training_dataset(
-                train_examples,
+            temporary, history = self._fit_task(
+                task,
+                strategy_callbacks,
+                list(callbacks or []),
+                epochs,
                 batch_size,
-                self.causal_lm.preprocessor,
                 shuffle,
                 seed,
-                extra_inputs=strategy.extra_inputs(train_examples, task),
+                verbose,
+                fit_kwargs,
             )
-            strategy.start_state(task).assign_to(self)
-            self._reset_optimizer()
-            try:
-                history = self.fit(
-                    dataset,
-                    epochs=epochs,
-                    callbacks=strategy_callbacks + list(callbacks or []),
-                    verbose=verbose,
-                    shuffle=False,  # The dataset is already shuffled.
-                    **fit_kwargs,
-                ).history
-                temporary = AdapterState.from_model(self)
-            finally:
-                # Whatever happened in `fit`, the model holds the global one.
-                self.global_state.assign_to(self)
         else:
             temporary = self.global_state
 
@@ -447,9 +518,81 @@ class ContinualLearner(keras.Model):
             seconds=time.time() - start,
         )
         self.task_reports.append(report)
+        if self.run_dir is not None:
+            self.save_checkpoint()
         if verbose:
             print(report.summary())
         return report
+
+    def _fit_task(
+        self,
+        task,
+        strategy_callbacks,
+        user_callbacks,
+        epochs,
+        batch_size,
+        shuffle,
+        seed,
+        verbose,
+        fit_kwargs,
+    ):
+        """Train the temporary adapter; return it and the loss history."""
+        backup = self._task_backup(task.name)
+        train_examples = self.strategy.training_data(task)
+        initial_epoch = backup["epoch"] if backup else 0
+        history = dict(backup["history"]) if backup else {}
+        self.strategy.start_state(task).assign_to(self)
+        self._reset_optimizer()
+        if backup:
+            backup["adapter"].assign_to(self)
+            for variable, value in zip(
+                self.optimizer.variables, backup["optimizer"]
+            ):
+                variable.assign(value)
+        fit_callbacks = strategy_callbacks + user_callbacks
+        fit_callbacks.append(_StopOnNonFiniteLoss(task.name))
+        if self.run_dir is not None:
+            fit_callbacks.append(
+                TaskBackup(
+                    self._backup_dir(),
+                    task.name,
+                    strategy_callbacks,
+                    history,
+                    backup,
+                )
+            )
+        try:
+            if initial_epoch < epochs:
+                dataset = data_lib.training_dataset(
+                    train_examples,
+                    batch_size,
+                    self.causal_lm.preprocessor,
+                    shuffle,
+                    seed,
+                    extra_inputs=self.strategy.extra_inputs(
+                        train_examples, task
+                    ),
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                )
+                steps = -(-len(train_examples["prompts"]) // batch_size)
+                fitted = self.fit(
+                    dataset,
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=steps,
+                    callbacks=fit_callbacks,
+                    verbose=verbose,
+                    shuffle=False,  # The dataset is already shuffled.
+                    **fit_kwargs,
+                ).history
+                for key, values in fitted.items():
+                    history[key] = list(history.get(key, [])) + list(values)
+            temporary = AdapterState.from_model(self)
+        finally:
+            # Whatever happened in `fit`, the model holds the global one.
+            self.global_state.assign_to(self)
+        return temporary, history
 
     def _evaluate_row(self):
         """Score every registered task with the adapter the strategy picks
@@ -521,6 +664,192 @@ class ContinualLearner(keras.Model):
             metrics=metrics,
             task_reports=list(self.task_reports),
         )
+
+    # --- Checkpoints -------------------------------------------------------
+
+    @property
+    def learned_task_names(self):
+        """The names of the tasks learned so far, in order."""
+        return list(self._learned)
+
+    def _run_config(self):
+        config = self.get_config()
+        for key in ("causal_lm", "name", "trainable", "dtype", "run_dir"):
+            config.pop(key, None)
+        config["strategy"] = {
+            "name": self.strategy.name,
+            "config": self.strategy.get_config(),
+        }
+        config["preset"] = self.preset
+        return json.loads(json.dumps(config, default=str))
+
+    def _open_run_dir(self, run_dir):
+        """Adopt `run_dir`, refusing one written by another configuration."""
+        config = self._run_config()
+        path = os.path.join(run_dir, "config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                existing = json.load(f)
+            if existing != config:
+                differing = sorted(
+                    k
+                    for k in set(existing) | set(config)
+                    if existing.get(k) != config.get(k)
+                )
+                raise ValueError(
+                    f"The run folder {run_dir!r} belongs to another "
+                    f"configuration (differing: {differing}). Resume it with "
+                    "the same settings (`ContinualLearner.resume`) or choose "
+                    "a new folder."
+                )
+        else:
+            os.makedirs(run_dir, exist_ok=True)
+            checkpoint.write_atomic(path, json.dumps(config, indent=1))
+        self.run_dir = run_dir
+
+    def _backup_dir(self):
+        return os.path.join(self.run_dir, "task_backup")
+
+    def _task_backup(self, task_name):
+        if self.run_dir is None:
+            return None
+        return load_task_backup(self._backup_dir(), task_name)
+
+    def save_checkpoint(self):
+        """Write the run's state after the last task into `run_dir`.
+
+        `learn_task` calls it after every task when the learner has a
+        `run_dir`; the write is atomic (see `keras_pam.checkpoint`).
+        """
+        if self.run_dir is None:
+            raise ValueError("The learner has no `run_dir` to checkpoint to.")
+        tree = {
+            "learned": list(self._learned),
+            "rows": [dict(row) for row in self._rows],
+            "zero_shot": dict(self._zero_shot),
+            "pre_merge": dict(self._pre_merge),
+            "eval_task_names": list(self._eval_tasks),
+            "task_reports": [r.to_dict() for r in self.task_reports],
+            "initial": self.initial_state,
+            "global": self.global_state,
+            "strategy": self.strategy.get_state(),
+            "optimizer": keras.optimizers.serialize(self.optimizer),
+        }
+        backbone = self.causal_lm.backbone
+
+        def write(folder):
+            checkpoint.save_tree(folder, tree)
+            # The global adapter, also in KerasHub's format for users.
+            self.global_state.save(
+                os.path.join(folder, "global.lora.h5"), backbone
+            )
+
+        checkpoint.commit(self.run_dir, f"task_{len(self._learned):04d}", write)
+        backup = self._backup_dir()
+        shutil.rmtree(backup, ignore_errors=True)
+
+    def _restore(self, tree):
+        self.initial_state = tree["initial"]
+        self.global_state = tree["global"]
+        self.global_state.assign_to(self)
+        self._learned = list(tree["learned"])
+        self._rows = [dict(row) for row in tree["rows"]]
+        self._zero_shot = dict(tree["zero_shot"])
+        self._pre_merge = dict(tree["pre_merge"])
+        self.task_reports = [TaskReport(**r) for r in tree["task_reports"]]
+        self.strategy.set_state(tree["strategy"])
+        self.compile(optimizer=keras.optimizers.deserialize(tree["optimizer"]))
+
+    @classmethod
+    def resume(cls, run_dir, eval_tasks=None, causal_lm=None, strategy=None):
+        """Continue a run from its last completed task.
+
+        Args:
+            run_dir: str. The run folder given as `run_dir` before.
+            eval_tasks: dict of name to split. The evaluation tasks the run
+                had registered (data is not checkpointed); all are needed.
+                Defaults to `None`.
+            causal_lm: The base model, when the run did not start from
+                `from_preset` (which records the preset). Defaults to `None`.
+            strategy: `Strategy`. The run's strategy, needed when it was not
+                built by name. Defaults to `None`.
+
+        Returns:
+            A `ContinualLearner` holding the run's state: learn the tasks
+            not in `learned_task_names` to continue. A task killed mid-way
+            restarts from its last finished epoch.
+
+        Example:
+        ```python
+        learner = ContinualLearner.resume("runs/pam", eval_tasks=tests)
+        for task in suite:
+            if task.name not in learner.learned_task_names:
+                learner.learn_task(task.train, name=task.name, epochs=4)
+        ```
+        """
+        path = os.path.join(run_dir, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{run_dir!r} is not a run folder: it has no config.json."
+            )
+        with open(path) as f:
+            config = json.load(f)
+        folder = checkpoint.latest(run_dir)
+        tree = None
+        if folder is not None:
+            checkpoint.verify(folder)
+            tree = checkpoint.load_tree(folder)
+        kwargs = dict(config)
+        preset = kwargs.pop("preset")
+        saved_strategy = kwargs.pop("strategy")
+        if isinstance(kwargs.get("merge"), dict):
+            kwargs["merge"] = keras.saving.deserialize_keras_object(
+                kwargs["merge"]
+            )
+        if strategy is not None:
+            kwargs["strategy"] = strategy
+        elif saved_strategy["name"] in STRATEGY_NAMES:
+            kwargs["strategy"] = get_strategy(
+                saved_strategy["name"],
+                p=config["p"],
+                every=config["align_every"],
+                reinit=config["reinit"],
+                scope=config["scope"],
+                align_first_task=config["align_first_task"],
+                reset_moments=config["reset_moments"],
+                num_tasks=saved_strategy["config"].get("num_tasks"),
+            )
+        else:
+            raise ValueError(
+                f"The run used the strategy {saved_strategy['name']!r}, "
+                "which is not built by name: pass it as `strategy`."
+            )
+        if causal_lm is None:
+            if preset is None:
+                raise ValueError(
+                    f"The run in {run_dir!r} did not start from a preset: "
+                    "pass its `causal_lm`."
+                )
+            learner = cls.from_preset(preset, **kwargs)
+        else:
+            learner = cls(causal_lm, **kwargs)
+            learner.preset = preset
+        learner._open_run_dir(run_dir)
+        names = tree["eval_task_names"] if tree else []
+        eval_tasks = dict(eval_tasks or {})
+        missing = [n for n in names if n not in eval_tasks]
+        if missing:
+            raise ValueError(
+                f"`eval_tasks` lacks the run's evaluation tasks {missing}."
+            )
+        for name in names:
+            learner.add_eval_task(name, eval_tasks[name])
+        for name, data in eval_tasks.items():
+            if name not in names:
+                learner.add_eval_task(name, data)
+        if tree is not None:
+            learner._restore(tree)
+        return learner
 
     # --- Adapters and config ----------------------------------------------
 

@@ -153,6 +153,26 @@ def as_examples(data, image_size=None, name="data"):
     return examples
 
 
+def epoch_orders(num_examples, epochs, shuffle=True, seed=0, initial_epoch=0):
+    """The example order of each epoch, a pure function of its arguments.
+
+    Epoch `e` is shuffled with the seed `(seed, e)`, so a task restarted at
+    epoch `initial_epoch` sees exactly the batches an uninterrupted run
+    would have.
+
+    Returns:
+        A list of index arrays, one per epoch from `initial_epoch`.
+    """
+    orders = []
+    for epoch in range(initial_epoch, epochs):
+        if shuffle:
+            rng = np.random.default_rng([seed, epoch])
+            orders.append(rng.permutation(num_examples))
+        else:
+            orders.append(np.arange(num_examples))
+    return orders
+
+
 def training_dataset(
     examples,
     batch_size,
@@ -160,8 +180,14 @@ def training_dataset(
     shuffle=True,
     seed=0,
     extra_inputs=None,
+    epochs=1,
+    initial_epoch=0,
 ):
     """A batched, preprocessed `tf.data.Dataset` for `fit`.
+
+    The dataset holds the batches of epochs `initial_epoch` to `epochs - 1`
+    back to back (no batch spans two epochs); give `fit` the matching
+    `steps_per_epoch = ceil(N / batch_size)`.
 
     Args:
         examples: dict. A split checked by `as_examples`.
@@ -173,6 +199,8 @@ def training_dataset(
         extra_inputs: dict of arrays. Per-example arrays added to `x` under
             their keys (e.g. a teacher's logits), shuffled with the examples.
             Defaults to `None`.
+        epochs: int. The last epoch (exclusive). Defaults to `1`.
+        initial_epoch: int. The first epoch. Defaults to `0`.
     """
     import tensorflow as tf
 
@@ -184,15 +212,24 @@ def training_dataset(
                 f"Extra input {key!r} has {len(value)} rows for "
                 f"{num_examples} examples."
             )
-    raw = {k: examples[k] for k in REQUIRED_KEYS}
-    ds = tf.data.Dataset.from_tensor_slices((raw, extra_inputs))
-    if shuffle:
-        ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    raw = {k: tf.constant(np.asarray(examples[k])) for k in REQUIRED_KEYS}
+    extra = {k: tf.constant(np.asarray(v)) for k, v in extra_inputs.items()}
+    orders = epoch_orders(num_examples, epochs, shuffle, seed, initial_epoch)
+    ds = None
+    for order in orders:
+        epoch = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        ds = epoch if ds is None else ds.concatenate(epoch)
+    if ds is None:
+        raise ValueError(
+            f"No epoch to run: `initial_epoch`={initial_epoch} and "
+            f"`epochs`={epochs}."
+        )
 
-    def preprocess(raw, extra):
-        x, y, sample_weight = preprocessor(raw)
-        return {**x, **extra}, y, sample_weight
+    def preprocess(indices):
+        batch = {k: tf.gather(v, indices) for k, v in raw.items()}
+        x, y, sample_weight = preprocessor(batch)
+        x = {**x, **{k: tf.gather(v, indices) for k, v in extra.items()}}
+        return x, y, sample_weight
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -100,5 +100,19 @@ class ExperienceReplay(StrategyWrapper):
                 buffer[k][slot] = new[k][item]
         self.buffer = buffer
 
+    def get_state(self):
+        return {
+            **super().get_state(),
+            "buffer": self.buffer,
+            "num_seen": self.num_seen,
+            "rng": self.rng,
+        }
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.buffer = state["buffer"]
+        self.num_seen = state["num_seen"]
+        self.rng = state["rng"]
+
     def get_config(self):
         return {"buffer_size": self.buffer_size, "seed": self.seed}

@@ -49,6 +49,15 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
             self._average, [variables[k].value for k in self._paths]
         )
 
+    def backup_state(self):
+        return {"average": self.state()}
+
+    def restore_backup_state(self, state):
+        self._average = [
+            ops.convert_to_tensor(state["average"][k], "float32")
+            for k in self._paths
+        ]
+
     def state(self):
         """The average as an `AdapterState` of numpy arrays."""
         return AdapterState(dict(zip(self._paths, self._average))).numpy()
@@ -92,6 +101,12 @@ class ILoRA(Strategy):
 
     def end_task(self, temporary, task):
         self.fast = temporary
+
+    def get_state(self):
+        return {"fast": self.fast}
+
+    def set_state(self, state):
+        self.fast = state["fast"]
 
     def get_config(self):
         return {"decay": self.decay}

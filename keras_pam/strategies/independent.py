@@ -32,6 +32,12 @@ class Independent(Strategy):
     def end_task(self, temporary, task):
         self.task_adapters[task.name] = temporary
 
+    def get_state(self):
+        return {"task_adapters": dict(self.task_adapters)}
+
+    def set_state(self, state):
+        self.task_adapters = dict(state["task_adapters"])
+
     def evaluation_state(self, eval_task_name):
         return self.task_adapters.get(
             eval_task_name, self.learner.initial_state

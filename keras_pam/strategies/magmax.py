@@ -38,6 +38,13 @@ class MagMax(Strategy):
             self.task_states, base=self.learner.initial_state, scale=self.scale
         )
 
+    def get_state(self):
+        return {"task_states": list(self.task_states), "merged": self.merged}
+
+    def set_state(self, state):
+        self.task_states = list(state["task_states"])
+        self.merged = state["merged"]
+
     def evaluation_state(self, eval_task_name):
         return self.merged
 

@@ -36,5 +36,11 @@ class Multitask(Strategy):
     def end_task(self, temporary, task):
         self.seen.append({k: task.examples[k] for k in REQUIRED_KEYS})
 
+    def get_state(self):
+        return {"seen": list(self.seen)}
+
+    def set_state(self, state):
+        self.seen = list(state["seen"])
+
     def start_state(self, task):
         return self.learner.initial_state

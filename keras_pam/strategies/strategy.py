@@ -84,6 +84,15 @@ class Strategy:
         """The adapter to evaluate a task with; `None` means the global."""
         return None
 
+    def get_state(self):
+        """What the method keeps between tasks, for checkpoints: a tree of
+        dicts, lists, numbers, str, numpy arrays, `AdapterState`s and numpy
+        `Generator`s."""
+        return {}
+
+    def set_state(self, state):
+        """Restore what `get_state` returned (after `attach`)."""
+
     def get_config(self):
         return {}
 
@@ -136,3 +145,9 @@ class StrategyWrapper(Strategy):
 
     def evaluation_state(self, eval_task_name):
         return self.inner.evaluation_state(eval_task_name)
+
+    def get_state(self):
+        return {"inner": self.inner.get_state()}
+
+    def set_state(self, state):
+        self.inner.set_state(state["inner"])

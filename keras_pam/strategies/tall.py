@@ -41,6 +41,16 @@ class TALL(StrategyWrapper):
         previous = self.learner.global_state
         self.task_vectors[task.name] = merging.subtract(temporary, previous)
 
+    def get_state(self):
+        return {
+            **super().get_state(),
+            "task_vectors": dict(self.task_vectors),
+        }
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.task_vectors = dict(state["task_vectors"])
+
     def evaluation_state(self, eval_task_name):
         if eval_task_name not in self.task_vectors:
             return self.inner.evaluation_state(eval_task_name)
