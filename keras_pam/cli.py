@@ -9,6 +9,7 @@ results go to an output folder as JSON, CSV and heatmaps.
 keras-pam run                                # finetune, average, pam
 keras-pam run --methods all --order order2   # every method, another order
 keras-pam run --quick                        # under a minute
+keras-pam run --resume runs/20261123-101500  # continue a killed run
 keras-pam base                               # only build the tiny base
 python -m keras_pam run --help
 ```
@@ -134,7 +135,7 @@ def build_parser():
     )
     run.add_argument(
         "--methods",
-        default=",".join(DEFAULT_METHODS),
+        default=None,
         help=(
             "comma-separated methods, or 'all' (default: "
             f"{','.join(DEFAULT_METHODS)}); known: "
@@ -226,6 +227,16 @@ def build_parser():
         "else ~/.keras/keras_pam)",
     )
     run.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help=(
+            "continue the killed run whose output folder is DIR from its "
+            "last completed task (its settings are reused; flags given "
+            "must agree with them)"
+        ),
+    )
+    run.add_argument(
         "--verbose",
         type=int,
         default=0,
@@ -277,9 +288,59 @@ def resolve_settings(args):
         settings["tasks"] = [
             t.strip() for t in str(settings["tasks"]).split(",") if t.strip()
         ]
-    settings["methods"] = parse_methods(args.methods)
+    methods = args.methods
+    settings["methods"] = parse_methods(
+        ",".join(DEFAULT_METHODS) if methods is None else methods
+    )
     settings["quick"] = bool(args.quick)
+    settings["preset"] = args.preset
     return settings
+
+
+RUN_FILE = "run.json"
+# Flags that `--resume` may differ in: they do not change the results.
+_NOT_COMPARED = ("output", "home", "verbose", "resume", "command")
+
+
+def resume_settings(args):
+    """The settings of the run in `args.resume`, checked against the flags.
+
+    Args:
+        args: `argparse.Namespace`. The parsed flags of `run`, with
+            `resume` set.
+
+    Returns:
+        The settings dict saved in the run folder.
+
+    Raises:
+        ValueError: the folder is not a `keras-pam run` output folder, or a
+            flag given now differs from the run's setting.
+    """
+    path = os.path.join(args.resume, RUN_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"`--resume {args.resume}`: not the output folder of a "
+            f"`keras-pam run` (it has no {RUN_FILE})."
+        )
+    with open(path) as f:
+        saved = json.load(f)["settings"]
+    given = resolve_settings(args)
+    differing = []
+    for key, value in vars(args).items():
+        if key in _NOT_COMPARED or value is None or value is False:
+            continue
+        if given.get(key) != saved.get(key):
+            differing.append(
+                f"--{key.replace('_', '-')} is {given.get(key)!r} here but "
+                f"{saved.get(key)!r} in the run"
+            )
+    if differing:
+        raise ValueError(
+            f"The run folder {args.resume!r} belongs to another "
+            f"configuration: {'; '.join(differing)}. Drop those flags to "
+            "resume it, or start a new run."
+        )
+    return saved
 
 
 def _output_folder(output):
@@ -340,7 +401,7 @@ def _make_strategy(name, settings, num_tasks):
     return get_strategy(name, **options)
 
 
-def run_method(method, preset, suite, settings, verbose=0):
+def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     """Learn `suite` with one method from a fresh learner on `preset`.
 
     Args:
@@ -349,6 +410,9 @@ def run_method(method, preset, suite, settings, verbose=0):
         suite: list of `keras_pam.datasets.Task`. The task sequence.
         settings: dict. The run's settings (see `resolve_settings`).
         verbose: int. Passed to each task's `fit`. Defaults to `0`.
+        run_dir: str. The method's checkpoint folder; when it holds a
+            checkpoint, the method continues from its last completed task.
+            Defaults to `None` (no checkpoints).
 
     Returns:
         A `keras_pam.ContinualReport`.
@@ -358,22 +422,39 @@ def run_method(method, preset, suite, settings, verbose=0):
     from keras_pam.continual_learner import ContinualLearner
 
     keras.utils.set_random_seed(settings["seed"])
-    learner = ContinualLearner.from_preset(
-        preset,
-        rank=settings["rank"],
-        alpha=settings["alpha"],
-        p=settings["p"],
-        align_every=settings["every"],
-        reinit=settings["reinit"],
-        scope=settings["scope"],
-        strategy=_make_strategy(method, settings, len(suite)),
-    )
-    learner.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=settings["learning_rate"])
-    )
-    for task in suite:  # Register every task first: FWT needs them all.
-        learner.add_eval_task(task.name, task.test)
+    tests = {task.name: task.test for task in suite}
+    if run_dir is not None and os.path.isfile(
+        os.path.join(run_dir, "config.json")
+    ):
+        learner = ContinualLearner.resume(run_dir, eval_tasks=tests)
+        done = learner.learned_task_names
+        print(
+            f"[{method}] resumed after {len(done)}/{len(suite)} tasks",
+            flush=True,
+        )
+    else:
+        learner = ContinualLearner.from_preset(
+            preset,
+            rank=settings["rank"],
+            alpha=settings["alpha"],
+            p=settings["p"],
+            align_every=settings["every"],
+            reinit=settings["reinit"],
+            scope=settings["scope"],
+            strategy=_make_strategy(method, settings, len(suite)),
+            run_dir=run_dir,
+        )
+        learner.compile(
+            optimizer=keras.optimizers.Adam(
+                learning_rate=settings["learning_rate"]
+            )
+        )
+        for name, test in tests.items():
+            # Register every task first: FWT needs them all.
+            learner.add_eval_task(name, test)
     for i, task in enumerate(suite, start=1):
+        if task.name in learner.learned_task_names:
+            continue
         report = learner.learn_task(
             task.train,
             name=task.name,
@@ -426,11 +507,14 @@ def _write_results(output, settings, preset, reports, seconds):
             for name, row in zip(report.task_names, report.matrix):
                 writer.writerow([method, name] + list(row))
     for method, report in reports.items():
-        safe = "".join(c if c.isalnum() else "_" for c in method)
         report.plot(
-            os.path.join(output, f"matrix_{safe}.png"),
+            os.path.join(output, f"matrix_{_safe_name(method)}.png"),
             title=f"{method}: accuracy after each task",
         )
+
+
+def _safe_name(method):
+    return "".join(c if c.isalnum() else "_" for c in method)
 
 
 def check_settings(settings):
@@ -464,21 +548,31 @@ def run(args, settings=None):
         A dict of method name to `keras_pam.ContinualReport`.
     """
     start = time.time()
+    resuming = getattr(args, "resume", None) is not None
     if settings is None:
-        settings = resolve_settings(args)
+        settings = resume_settings(args) if resuming else resolve_settings(args)
         check_settings(settings)
+    from keras_pam import checkpoint
     from keras_pam import datasets
 
-    output = _output_folder(args.output)
-
+    output = _output_folder(args.resume if resuming else args.output)
     import keras
+
+    if not resuming:
+        checkpoint.write_atomic(
+            os.path.join(output, RUN_FILE),
+            json.dumps(
+                {"settings": settings, "backend": keras.backend.backend()},
+                indent=1,
+            ),
+        )
 
     print(
         f"keras-pam run: methods {', '.join(settings['methods'])}; "
         f"backend {keras.backend.backend()}; output {output}",
         flush=True,
     )
-    preset = args.preset
+    preset = settings.get("preset")
     if preset is None:
         from keras_pam.models.tiny_base import tiny_base_preset
 
@@ -509,7 +603,12 @@ def run(args, settings=None):
     for method in settings["methods"]:
         method_start = time.time()
         reports[method] = run_method(
-            method, preset, suite, settings, verbose=args.verbose
+            method,
+            preset,
+            suite,
+            settings,
+            verbose=args.verbose,
+            run_dir=os.path.join(output, "checkpoints", _safe_name(method)),
         )
         seconds[method] = time.time() - method_start
         print(f"[{method}] done in {seconds[method]:.1f}s", flush=True)
@@ -586,7 +685,10 @@ def main(argv=None):
         build_base(args)
         return 0
     try:
-        settings = resolve_settings(args)
+        if args.resume is not None:
+            settings = resume_settings(args)
+        else:
+            settings = resolve_settings(args)
         check_settings(settings)
     except ValueError as e:
         parser.error(str(e))  # Exits with status 2 and the usage.

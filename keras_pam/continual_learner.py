@@ -817,7 +817,11 @@ class ContinualLearner(keras.Model):
                 scope=config["scope"],
                 align_first_task=config["align_first_task"],
                 reset_moments=config["reset_moments"],
-                num_tasks=saved_strategy["config"].get("num_tasks"),
+                **{
+                    key: value
+                    for key, value in saved_strategy["config"].items()
+                    if key in ("num_tasks", "num_experts")
+                },
             )
         else:
             raise ValueError(
