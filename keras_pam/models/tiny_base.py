@@ -10,7 +10,6 @@ cache folder and loaded back through `from_preset(directory)`, the same path
 that loads `pali_gemma_3b_224`. Nothing is downloaded.
 """
 
-import io
 import json
 import math
 import os
@@ -91,39 +90,6 @@ def _same_build(metadata, settings):
     return key(metadata.get("settings", {})) == key(settings)
 
 
-def _train_tokenizer(texts):
-    """A word-level `PaliGemmaTokenizer` that knows every word of `texts`.
-
-    Like `keras_pam.models.train_tokenizer`, but with full character
-    coverage: SentencePiece's default (0.9995) drops the rarest characters
-    and with them whole words of the suite (`"zero"`, `"six"`, `"black"`,
-    the digits), which then read as `<unk>`.
-    """
-    import sentencepiece
-
-    texts = [str(t).strip() for t in texts if str(t).strip()]
-    words = {w for t in texts for w in t.split()}
-    proto = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=proto,
-        vocab_size=len(words) + 4,
-        model_type="WORD",
-        character_coverage=1.0,
-        pad_id=0,
-        bos_id=1,
-        eos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        bos_piece="<bos>",
-        eos_piece="<eos>",
-        unk_piece="<unk>",
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    return keras_hub.models.PaliGemmaTokenizer(proto=proto.getvalue())
-
-
 def build_tiny_base_model(texts=()):
     """Build the randomly initialised model of the tiny base.
 
@@ -138,9 +104,10 @@ def build_tiny_base_model(texts=()):
         A `keras_hub.models.PaliGemmaCausalLM` with its preprocessor.
     """
     from keras_pam.models.tiny_pali_gemma import BASE_TEXTS
+    from keras_pam.models.tiny_pali_gemma import train_tokenizer
 
     config = TINY_BASE_CONFIG
-    tokenizer = _train_tokenizer(list(BASE_TEXTS) + list(texts))
+    tokenizer = train_tokenizer(list(BASE_TEXTS) + list(texts))
     hidden_dim, num_heads = config["hidden_dim"], config["num_heads"]
     backbone = keras_hub.models.PaliGemmaBackbone(
         vocabulary_size=tokenizer.vocabulary_size(),
