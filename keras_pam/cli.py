@@ -58,13 +58,13 @@ DEFAULTS = {
     "base_steps": 4000,
 }
 # `--quick`: small enough that the whole run, base included, takes < 1 min.
+# Its base is `keras_pam.models.quick_tiny_base_preset`.
 QUICK = {
     "tasks": "color,shape",
     "every": 2,
     "epochs": 1,
     "num_train": 48,
     "num_test": 16,
-    "base_steps": 30,
 }
 TINY_BASE_NAME = "tiny_pali_gemma"
 
@@ -293,6 +293,10 @@ def resolve_settings(args):
         ",".join(DEFAULT_METHODS) if methods is None else methods
     )
     settings["quick"] = bool(args.quick)
+    if settings["quick"]:
+        from keras_pam.models.tiny_base import QUICK_STEPS
+
+        settings["base_steps"] = QUICK_STEPS
     settings["preset"] = args.preset
     return settings
 
@@ -573,12 +577,18 @@ def run(args, settings=None):
         flush=True,
     )
     preset = settings.get("preset")
-    if preset is None:
+    if preset is None and settings["quick"]:
+        from keras_pam.models.tiny_base import quick_tiny_base_preset
+
+        preset = quick_tiny_base_preset(
+            home=args.home, seed=settings["seed"], verbose=1
+        )
+        print(f"Base: {preset}", flush=True)
+    elif preset is None:
         from keras_pam.models.tiny_base import tiny_base_preset
 
-        name = TINY_BASE_NAME + ("_quick" if settings["quick"] else "")
         preset = tiny_base_preset(
-            name=name,
+            name=TINY_BASE_NAME,
             home=args.home,
             steps=settings["base_steps"],
             seed=settings["seed"],

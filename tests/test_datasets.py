@@ -424,6 +424,65 @@ def test_load_tfds_mock_data_fixed_examples(tfds):
     np.testing.assert_array_equal(split["images"][1], np.full((4, 4, 3), 90))
 
 
+def test_load_tfds_several_questions_per_image(tfds):
+    # CLEVR's layout: `question_answer` is a sequence of question/answer.
+    tf = pytest.importorskip("tensorflow")
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        del self, split, decoders, read_config, kwargs
+        return tf.data.Dataset.from_generator(
+            lambda: iter(
+                [
+                    {
+                        "image": np.full((6, 8, 3), v, np.uint8),
+                        "question_answer": {
+                            "question": questions,
+                            "answer": answers,
+                        },
+                    }
+                    for v, questions, answers in (
+                        (10, ["How many\ncubes?", "Is it red?"], ["2", "Yes"]),
+                        (20, ["What shape?"], ["Sphere"]),
+                    )
+                ]
+            ),
+            output_signature={
+                "image": tf.TensorSpec((6, 8, 3), tf.uint8),
+                "question_answer": {
+                    "question": tf.TensorSpec((None,), tf.string),
+                    "answer": tf.TensorSpec((None,), tf.string),
+                },
+            },
+        )
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        split = datasets.load_tfds(
+            "clevr",
+            "validation",
+            image_key="image",
+            question_key="question_answer/question",
+            answer_key="question_answer/answer",
+            image_size=4,
+        )
+        with pytest.raises(ValueError, match="must hold as many answers"):
+            datasets.load_tfds(
+                "clevr",
+                "validation",
+                "image",
+                "question_answer/question",
+                "image",
+            )
+    assert datasets.validate_split(split) == 3
+    assert "answers" not in split
+    assert list(split["prompts"]) == [
+        "answer en How many cubes?\n",
+        "answer en Is it red?\n",
+        "answer en What shape?\n",
+    ]
+    assert list(split["responses"]) == ["2", "yes", "sphere"]
+    assert list(split["images"][:, 0, 0, 0]) == [10, 10, 20]
+
+
 def test_load_tfds_prepared_builder(tfds, toy_builder, tmp_path):
     builder = toy_builder(data_dir=os.fspath(tmp_path))
     with pytest.raises(ValueError, match="could not be read"):

@@ -99,3 +99,29 @@ def test_home_from_environment(monkeypatch, tmp_path):
 def test_invalid_steps():
     with pytest.raises(ValueError, match="steps"):
         tiny_base.pretrain_tiny_base(steps=0)
+
+
+def test_quick_tiny_base_preset(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_preset(**kwargs):
+        calls.append(kwargs)
+        return "preset-directory"
+
+    monkeypatch.setattr(tiny_base, "tiny_base_preset", fake_preset)
+    preset = tiny_base.quick_tiny_base_preset(home=str(tmp_path), seed=3)
+    assert preset == "preset-directory"
+    assert calls == [
+        dict(
+            name=tiny_base.QUICK_NAME,
+            home=str(tmp_path),
+            steps=tiny_base.QUICK_STEPS,
+            seed=3,
+            verbose=0,
+        )
+    ]
+    # `keras-pam run --quick` records the quick base's steps.
+    from keras_pam import cli
+
+    args = cli.build_parser().parse_args(["run", "--quick"])
+    assert cli.resolve_settings(args)["base_steps"] == tiny_base.QUICK_STEPS

@@ -188,6 +188,12 @@ def _get_feature(example, key):
     return value
 
 
+def _is_sequence(value):
+    return isinstance(value, (list, tuple)) or (
+        isinstance(value, np.ndarray) and value.ndim > 0
+    )
+
+
 def _most_common(answers):
     """The most frequent answer; ties go to the answer seen first."""
     return collections.Counter(answers).most_common(1)[0][0]
@@ -210,9 +216,13 @@ def load_tfds(
     The answer feature may be a string or a sequence of strings (one per
     annotator). With sequences, `"responses"` holds the most common answer
     (ties broken by the first occurrence) and `"answers"` the full lists;
-    with strings, no `"answers"` key is returned. Texts are folded to single
-    spaces; responses and answers are stripped and lower-cased. Images are
-    converted to RGB and resized to `image_size` x `image_size`.
+    with strings, no `"answers"` key is returned. A question feature that is
+    a sequence holds several questions about one image (CLEVR's
+    `"question_answer/question"`); the answer feature must then hold one
+    answer per question, and every pair becomes an example of its own.
+    Texts are folded to single spaces; responses and answers are stripped
+    and lower-cased. Images are converted to RGB and resized to
+    `image_size` x `image_size`.
 
     Args:
         name_or_builder: str or `tfds.core.DatasetBuilder`. A registered
@@ -224,8 +234,9 @@ def load_tfds(
         image_size: int. Output image side. Defaults to `224`.
         prompt_prefix: str. Text put before each question. Defaults to
             `"answer en "`.
-        max_examples: int, optional. Read at most this many examples.
-            Defaults to `None` (all).
+        max_examples: int, optional. Read at most this many dataset
+            examples (images, for several questions per image). Defaults to
+            `None` (all).
         data_dir: str, optional. The tfds data folder. Defaults to `None`
             (tfds's default).
         download: bool. Whether tfds may download and prepare the data.
@@ -297,27 +308,45 @@ def load_tfds(
                 f"Example {index}: image feature {image_key!r} has shape "
                 f"{image.shape}, expected (H, W, 1|3|4)."
             )
-        question = _clean_text(_decode(_get_feature(example, question_key)))
+        raw_question = _get_feature(example, question_key)
         raw = _get_feature(example, answer_key)
-        is_sequence = isinstance(raw, (list, tuple)) or (
-            isinstance(raw, np.ndarray) and raw.ndim > 0
-        )
+        if _is_sequence(raw_question):
+            # Several questions about one image (CLEVR's `question_answer`):
+            # one example per question, with its single answer.
+            questions = [_decode(q) for q in np.ravel(raw_question)]
+            items = [_decode(a).strip().lower() for a in np.ravel(raw)]
+            count = len(items) if _is_sequence(raw) else "one"
+            if count != len(questions):
+                raise ValueError(
+                    f"Example {index}: the question feature "
+                    f"{question_key!r} holds {len(questions)} questions, so "
+                    f"the answer feature {answer_key!r} must hold as many "
+                    f"answers; it holds {count}."
+                )
+            pairs = [(q, a, None) for q, a in zip(questions, items)]
+            is_sequence = False
+        else:
+            is_sequence = _is_sequence(raw)
+            if is_sequence:
+                items = [_decode(a).strip().lower() for a in np.ravel(raw)]
+                if not items:
+                    raise ValueError(
+                        f"Example {index}: answer feature {answer_key!r} is "
+                        "empty."
+                    )
+                answer = _most_common(items)
+            else:
+                answer = _decode(raw).strip().lower()
+                items = [answer]
+            pairs = [(_decode(raw_question), answer, items)]
         if sequence_answers is None:
             sequence_answers = is_sequence
-        if is_sequence:
-            items = [_decode(a).strip().lower() for a in np.ravel(raw)]
-            if not items:
-                raise ValueError(
-                    f"Example {index}: answer feature {answer_key!r} is empty."
-                )
-            answer = _most_common(items)
-        else:
-            answer = _decode(raw).strip().lower()
-            items = [answer]
-        images.append(_resize_rgb(image, image_size))
-        prompts.append(prompt_prefix + question + "\n")
-        responses.append(answer)
-        answers.append(items)
+        pixels = _resize_rgb(image, image_size)
+        for question, answer, items in pairs:
+            images.append(pixels)
+            prompts.append(prompt_prefix + _clean_text(question) + "\n")
+            responses.append(answer)
+            answers.append(items or [answer])
     if not prompts:
         raise ValueError(
             f"No examples were read from tfds dataset {name_or_builder!r}, "

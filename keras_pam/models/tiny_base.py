@@ -21,6 +21,10 @@ import keras_hub
 
 DEFAULT_NAME = "tiny_pali_gemma"
 DEFAULT_STEPS = 4000
+# The quick tiny base of smoke tests (`keras-pam run --quick`, the notebooks'
+# smoke mode): the same model, pretrained only briefly.
+QUICK_NAME = DEFAULT_NAME + "_quick"
+QUICK_STEPS = 30
 METADATA_FILE = "keras_pam_tiny_base.json"
 # Files `save_to_preset` writes; a preset directory missing one is not used.
 _PRESET_FILES = ("config.json", "metadata.json", "model.weights.h5")
@@ -305,6 +309,41 @@ def tiny_base_preset(
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return directory
+
+
+def quick_tiny_base_preset(home=None, seed=0, verbose=0):
+    """The preset directory of the quick tiny base, for smoke tests.
+
+    The model of `tiny_base_preset`, pretrained for only `QUICK_STEPS`
+    steps (seconds on a CPU) and cached as `QUICK_NAME`: its weights are
+    barely trained, so it shows that a pipeline runs end to end, not what
+    it measures. `keras-pam run --quick` and the TPU notebooks' smoke mode
+    (`KERAS_PAM_SMOKE=1`) use it. Nothing is downloaded.
+
+    Args:
+        home: str. The cache folder. Defaults to `None`: `KERAS_PAM_HOME`,
+            else `~/.keras/keras_pam` (see `keras_pam_home`).
+        seed: int. Seeds the build. Defaults to `0`.
+        verbose: int. `0` silent, `1` messages and a progress bar. Defaults
+            to `0`.
+
+    Returns:
+        The preset directory, a str to pass to
+        `ContinualLearner.from_preset`.
+
+    Example:
+    ```python
+    preset = quick_tiny_base_preset()
+    learner = keras_pam.ContinualLearner.from_preset(preset, rank=4)
+    ```
+    """
+    return tiny_base_preset(
+        name=QUICK_NAME,
+        home=home,
+        steps=QUICK_STEPS,
+        seed=seed,
+        verbose=verbose,
+    )
 
 
 def _move_into_place(temporary, directory):
