@@ -310,6 +310,22 @@ def test_load_llava_json_errors(tmp_path):
         datasets.load_llava_json(path, tmp_path)
 
 
+def test_write_llava_json_round_trip(tmp_path):
+    task = datasets.make_task("choice", num_train=5, num_test=1, image_size=32)
+    path = datasets.write_llava_json(
+        task.train, tmp_path / "train.json", tmp_path, image_folder="img"
+    )
+    assert path == os.fspath(tmp_path / "train.json")
+    assert sorted(os.listdir(tmp_path / "img")) == [
+        f"{i}.png" for i in range(5)
+    ]
+    split = datasets.load_llava_json(path, tmp_path, image_size=32)
+    for key in ("images", "prompts", "responses"):
+        np.testing.assert_array_equal(split[key], task.train[key])
+    with pytest.raises(ValueError, match="missing key"):
+        datasets.write_llava_json({}, tmp_path / "x.json", tmp_path)
+
+
 # TFDS -----------------------------------------------------------------------
 
 

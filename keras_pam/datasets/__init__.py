@@ -16,6 +16,7 @@ from keras_pam.datasets.generated import pretraining_mixture
 from keras_pam.datasets.generated import vocabulary_texts
 from keras_pam.datasets.loaders import load_llava_json
 from keras_pam.datasets.loaders import load_tfds
+from keras_pam.datasets.loaders import write_llava_json
 from keras_pam.datasets.registry import COIN_ORDERS
 from keras_pam.datasets.registry import PAPER_TASKS
 from keras_pam.datasets.registry import Task
@@ -42,4 +43,5 @@ __all__ = [
     "pretraining_mixture",
     "validate_split",
     "vocabulary_texts",
+    "write_llava_json",
 ]

@@ -166,6 +166,79 @@ def load_llava_json(
     return _to_split(images, prompts, responses)
 
 
+def write_llava_json(
+    split, json_path, image_root, image_folder="images", prefix="answer en "
+):
+    """Writes a split as a LLaVA / CoIN-style JSON file and an image folder.
+
+    The inverse of `load_llava_json`: every example becomes one record with
+    its image saved as a PNG file `<image_folder>/<index>.png` under
+    `image_root` and one human turn (`"<image>\\n"` + the question, the
+    prompt without `prefix` and its final `"\\n"`) followed by a gpt turn
+    (the response). Useful to hand generated data to tools that read the
+    CoIN format, and to exercise `load_llava_json` on local files.
+
+    Args:
+        split: dict. A split (see `validate_split`).
+        json_path: str. The JSON file to write.
+        image_root: str. The folder the records' image paths are relative
+            to; created if missing.
+        image_folder: str. The images' folder under `image_root`. Defaults
+            to `"images"`.
+        prefix: str. Removed from the start of each prompt, when there.
+            Defaults to `"answer en "` (what `load_llava_json` puts back).
+
+    Returns:
+        `json_path`.
+
+    Example:
+
+    ```python
+    import os, tempfile
+    from keras_pam import datasets
+
+    task = datasets.make_task("color", num_train=4, num_test=4)
+    root = tempfile.mkdtemp()
+    path = datasets.write_llava_json(
+        task.train, os.path.join(root, "train.json"), root
+    )
+    split = datasets.load_llava_json(path, root, image_size=32)
+    assert list(split["responses"]) == list(task.train["responses"])
+    ```
+    """
+    from keras_pam.datasets.registry import validate_split
+
+    count = validate_split(split)
+    json_path = os.fspath(json_path)
+    folder = os.path.join(os.fspath(image_root), image_folder)
+    os.makedirs(folder, exist_ok=True)
+    records = []
+    for index in range(count):
+        relative = f"{image_folder}/{index}.png"
+        Image.fromarray(split["images"][index]).save(
+            os.path.join(os.fspath(image_root), relative)
+        )
+        question = split["prompts"][index]
+        if prefix and question.startswith(prefix):
+            question = question[len(prefix) :]
+        records.append(
+            {
+                "id": str(index),
+                "image": relative,
+                "conversations": [
+                    {
+                        "from": "human",
+                        "value": IMAGE_TOKEN + "\n" + question.rstrip("\n"),
+                    },
+                    {"from": "gpt", "value": split["responses"][index]},
+                ],
+            }
+        )
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+    return json_path
+
+
 def _decode(value):
     if isinstance(value, bytes):
         return value.decode("utf-8")
