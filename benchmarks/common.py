@@ -1,0 +1,135 @@
+"""Helpers shared by the benchmark scripts: robust timing, machine peaks.
+
+Not a benchmark itself. The scripts in this folder import it as `common`
+(running `python benchmarks/<script>.py` puts this folder on `sys.path`).
+
+Timing on a shared machine is noisy, so every measurement here is
+repeated, variants are interleaved (A, B, A, B, ...) so that a burst of
+load from another process hits all of them alike, and both the median and
+the minimum are reported, with the load average before and after.
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# Quiet TensorFlow's C++ start-up messages in every script.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def environment():
+    """The machine and library versions a result was measured with."""
+    import keras
+
+    info = {
+        "keras_backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_average": load_average(),
+    }
+    for name in ("jax", "tensorflow", "torch", "keras_hub"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = getattr(module, "__version__", "?")
+    return info
+
+
+def summarize(samples):
+    """Median, minimum and count of a list of seconds."""
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "n": len(samples),
+    }
+
+
+def interleaved(variants, rounds):
+    """Run each variant once per round, in alternating order.
+
+    Args:
+        variants: dict of name to a callable that runs one measurement and
+            returns its seconds (e.g. seconds per step).
+        rounds: int. How many measurements of each variant.
+
+    Returns:
+        A dict of name to the list of its measurements.
+    """
+    names = list(variants)
+    samples = {name: [] for name in names}
+    for index in range(rounds):
+        # Reverse every other round so no variant always runs first.
+        order = names if index % 2 == 0 else names[::-1]
+        for name in order:
+            samples[name].append(variants[name]())
+    return samples
+
+
+def timed(fn, *args, **kwargs):
+    """Seconds taken by `fn(*args, **kwargs)` and its result."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def matmul_flops_per_second(size=1024, repeats=7):
+    """The machine's float32 matmul rate, the best of numpy and torch.
+
+    Multiplies two `size x size` float32 matrices (`2 size^3` FLOPs)
+    `repeats` times with each library on all cores and keeps the fastest.
+
+    Returns:
+        A dict of library name to its best FLOP/s, and `"best"`.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    flops = 2.0 * size**3
+    rates = {}
+    np.matmul(a, b)  # Warm up.
+    rates["numpy"] = flops / min(timed(np.matmul, a, b)[0] for _ in range(7))
+    try:
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        torch.matmul(ta, tb)
+        rates["torch"] = flops / min(
+            timed(torch.matmul, ta, tb)[0] for _ in range(repeats)
+        )
+    except ImportError:
+        pass
+    rates["best"] = max(rates.values())
+    return rates
+
+
+def memory_bandwidth_bytes_per_second(megabytes=512, repeats=5):
+    """The machine's memory bandwidth, from a big numpy copy.
+
+    `np.copyto(dst, src)` reads `src` and writes `dst`: `2 x nbytes` of
+    traffic. The fastest of `repeats` copies counts.
+    """
+    count = megabytes * 2**20 // 8
+    source = np.ones(count, dtype=np.float64)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # Fault the pages in.
+    best = min(timed(np.copyto, target, source)[0] for _ in range(repeats))
+    return 2 * source.nbytes / best
+
+
+def write_json(path, payload):
+    """Write `payload` as indented JSON, if a path was given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=1, default=str)
+        print(f"Wrote {path}")
