@@ -494,7 +494,7 @@ class ContinualLearner(keras.Model):
         pre_merge = math.nan
         if name in self._eval_tasks:
             pre_merge = self._score_with(temporary, name)
-        merged = AdapterState(strategy.merge(temporary, task)).numpy()
+        merged = AdapterState(strategy.merge(temporary, task)).snapshot()
         misaligned = self._misaligned_fraction(temporary)
         # The strategy sees the previous global adapter in `end_task`.
         strategy.end_task(temporary, task)

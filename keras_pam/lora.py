@@ -7,6 +7,9 @@ import os
 import keras
 import numpy as np
 
+from keras_pam.distribution import device_copy
+from keras_pam.distribution import is_distributed
+
 # Attention and feed-forward projections of both towers (paper, App. A).
 GEMMA_LORA_TARGETS = (
     "query",
@@ -108,6 +111,13 @@ def lora_variables(model):
     return variables
 
 
+def _copy_value(tensor):
+    """A numpy copy, or a device copy of a tensor sharded over devices."""
+    if is_distributed(tensor):
+        return device_copy(tensor)
+    return np.array(keras.ops.convert_to_numpy(tensor), copy=True)
+
+
 class AdapterState(collections.abc.Mapping):
     """The values of every LoRA factor of a model, keyed by variable path.
 
@@ -133,7 +143,13 @@ class AdapterState(collections.abc.Mapping):
 
     @classmethod
     def from_model(cls, model):
-        """Copy the LoRA factors of `model` (a layer, model or backbone)."""
+        """Copy the LoRA factors of `model` (a layer, model or backbone).
+
+        The copies are numpy arrays, except for variables laid out over
+        several devices by a `keras.distribution` (JAX): those are copied on
+        their devices and keep their sharding, so that no device or host
+        ever holds the whole adapter.
+        """
         variables = lora_variables(model)
         if not variables:
             raise ValueError(
@@ -142,7 +158,7 @@ class AdapterState(collections.abc.Mapping):
             )
         return cls(
             {
-                path: keras.ops.convert_to_numpy(variable.value).copy()
+                path: _copy_value(variable.value)
                 for path, variable in variables.items()
             }
         )
@@ -182,6 +198,15 @@ class AdapterState(collections.abc.Mapping):
         """The same state with every tensor as a numpy array."""
         return self.map(lambda t: np.asarray(keras.ops.convert_to_numpy(t)))
 
+    def snapshot(self):
+        """A copy that no later change of a model or tensor can alter.
+
+        Tensors become numpy arrays, except those laid out over several
+        devices by a `keras.distribution`, which are copied where they are,
+        with their sharding (`numpy()` would gather them on the host).
+        """
+        return self.map(_copy_value)
+
     def check_compatible(self, other, what="state"):
         """Raise a `ValueError` unless `other` has the same paths and shapes.
 
@@ -215,7 +240,13 @@ class AdapterState(collections.abc.Mapping):
         variables = lora_variables(model)
         AdapterState(variables).check_compatible(self, what="state assigned")
         for path, variable in variables.items():
-            variable.assign(self._tensors[path])
+            value = self._tensors[path]
+            if is_distributed(value):
+                # The variable's buffers are donated to the training step:
+                # it gets its own copy, and keeps its layout (`assign`
+                # re-lays out a value only if its sharding differs).
+                value = device_copy(value)
+            variable.assign(value)
 
     def save(self, filepath, backbone):
         """Save in KerasHub's `.lora.h5` format, atomically.

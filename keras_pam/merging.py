@@ -4,7 +4,11 @@ Every merge function takes `states` (a list of `AdapterState`, oldest first)
 and optional per-state `weights`, and returns a new `AdapterState` of numpy
 arrays, each in the dtype of the first state's tensor (the arithmetic runs
 in float64). `get_merge` resolves a name to a function so that the learner
-and the CLI can select merges by name.
+and the CLI can select merges by name. One exception: states of tensors
+sharded over several devices by a `keras.distribution` are merged by
+`average` and `task_arithmetic` (factor space) on those devices, in
+float32, into tensors with the same sharding; the other merges bring each
+tensor to the host.
 
 The merges of `MERGE_FUNCTIONS` except `magmax` take `space`:
 
@@ -38,6 +42,7 @@ import zlib
 import numpy as np
 from keras import ops
 
+from keras_pam.distribution import is_distributed
 from keras_pam.lora import LORA_FACTOR_NAMES
 from keras_pam.lora import AdapterState
 
@@ -215,7 +220,32 @@ def _merge(rule, states, weights, space, **kwargs):
 
     if space == "delta":
         return _in_delta_space(merge_tensors, states)
+    if rule in _WEIGHTED_SUM_RULES and _any_distributed(states):
+        return _weighted_sum_on_devices(states, weights)
     return _merge_entrywise(states, merge_tensors)
+
+
+def _any_distributed(states):
+    return any(is_distributed(t) for s in states for t in s.values())
+
+
+def _weighted_sum_on_devices(states, weights):
+    """`_weighted_sum` on sharded tensors where they are, in float32.
+
+    Under a `keras.distribution` the states hold tensors laid out over
+    several devices; element-wise ops keep their sharding, whereas the
+    float64 numpy path would gather each tensor on the host.
+    """
+    if weights is None:
+        weights = [1.0] * len(states)
+    merged = {}
+    for path in states[0]:
+        dtype = ops.dtype(states[0][path])
+        total = sum(
+            w * ops.cast(s[path], "float32") for w, s in zip(weights, states)
+        )
+        merged[path] = ops.cast(total, dtype)
+    return AdapterState(merged)
 
 
 # Per-tensor rules: float64 arrays in, a float64 array out.
@@ -276,6 +306,10 @@ def _average_rule(tensors, weights, path):
 
 def _task_arithmetic_rule(tensors, weights, path):
     return _weighted_sum(tensors, weights)
+
+
+# Rules that are weighted sums run on the devices of sharded states.
+_WEIGHTED_SUM_RULES = (_average_rule, _task_arithmetic_rule)
 
 
 def _magnitude_prune_rule(tensors, weights, path, density):
