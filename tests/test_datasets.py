@@ -313,9 +313,9 @@ def test_load_llava_json_errors(tmp_path):
 def test_write_llava_json_round_trip(tmp_path):
     task = datasets.make_task("choice", num_train=5, num_test=1, image_size=32)
     path = datasets.write_llava_json(
-        task.train, tmp_path / "train.json", tmp_path, image_folder="img"
+        task.train, tmp_path / "a" / "train.json", tmp_path, image_folder="img"
     )
-    assert path == os.fspath(tmp_path / "train.json")
+    assert path == os.fspath(tmp_path / "a" / "train.json")
     assert sorted(os.listdir(tmp_path / "img")) == [
         f"{i}.png" for i in range(5)
     ]

@@ -180,7 +180,8 @@ def write_llava_json(
 
     Args:
         split: dict. A split (see `validate_split`).
-        json_path: str. The JSON file to write.
+        json_path: str. The JSON file to write (its folder is created if
+            missing).
         image_root: str. The folder the records' image paths are relative
             to; created if missing.
         image_folder: str. The images' folder under `image_root`. Defaults
@@ -210,6 +211,7 @@ def write_llava_json(
 
     count = validate_split(split)
     json_path = os.fspath(json_path)
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     folder = os.path.join(os.fspath(image_root), image_folder)
     os.makedirs(folder, exist_ok=True)
     records = []

@@ -1,0 +1,105 @@
+"""The Kaggle and Colab TPU notebooks, run end to end in smoke mode.
+
+`KERAS_PAM_SMOKE=1` makes each notebook use the quick tiny base and
+generated tasks written to local files in the real data formats, so it runs
+on a CPU with nothing downloaded. The notebooks are JAX notebooks (TPU), so
+they run only when the tests run on the JAX backend.
+"""
+
+import json
+import math
+import pathlib
+
+import keras
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+NOTEBOOKS = ("kaggle_tpu_pam.ipynb", "colab_tpu_pam.ipynb")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="The notebooks are JAX/TPU notebooks: they run on JAX only.",
+)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One keras_pam cache for both notebooks: the base is built once."""
+    return tmp_path_factory.mktemp("keras_pam_home")
+
+
+def _read(name):
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(EXAMPLES / name, as_version=4)
+    nbformat.validate(notebook)
+    return notebook
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_committed_clean(name):
+    notebook = _read(name)
+    assert notebook.nbformat == 4
+    assert notebook.metadata.kernelspec.name == "python3"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code and any(c.cell_type == "markdown" for c in notebook.cells)
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None
+    source = "\n".join(c.source for c in code)
+    for text in (
+        'os.environ["KERAS_BACKEND"] = "jax"',
+        '"pali_gemma_3b_224"',
+        "keras.distribution.DataParallel",
+        "keras.distribution.set_distribution",
+        "load_llava_json",
+        "load_tfds",
+        "datasets.hyperparameters",
+        "report.plot",
+    ):
+        assert text in source, text
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_smoke_mode(name, home, tmp_path, monkeypatch):
+    nbclient = pytest.importorskip("nbclient")
+    notebook = _read(name)
+    # The kernel inherits the environment.
+    monkeypatch.setenv("KERAS_PAM_SMOKE", "1")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("KERAS_PAM_HOME", str(home))
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
+
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert len(results["task_names"]) == 3
+    assert results["eval_task_names"] == results["task_names"]
+    matrix = results["matrix"]
+    assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+    # Every task is registered first, so every cell is evaluated.
+    for row in matrix + [results["zero_shot"]]:
+        assert all(value is not None and 0 <= value <= 1 for value in row)
+    metrics = results["metrics"]
+    assert set(metrics) >= {"acc", "bwt", "fwt", "a_t", "a_m"}
+    for value in metrics.values():
+        assert value is not None and math.isfinite(value)
+    assert [r["name"] for r in results["task_reports"]] == (
+        results["task_names"]
+    )
+    png = (tmp_path / "results" / "matrix.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 5000
+
+    printed = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert "Smoke mode" in printed
+    assert "Metrics (%)" in printed and "zero-shot" in printed
+    shown = notebook.cells[-1].outputs
+    assert any("image/png" in output.get("data", {}) for output in shown)
