@@ -8,6 +8,7 @@ they run only when the tests run on the JAX backend.
 
 import json
 import math
+import os
 import pathlib
 
 import keras
@@ -63,10 +64,15 @@ def test_notebook_is_committed_clean(name):
 def test_notebook_runs_in_smoke_mode(name, home, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     notebook = _read(name)
-    # The kernel inherits the environment.
+    # The kernel inherits the environment. Eight CPU devices stand in for
+    # the eight cores of a TPU v3-8, so `DataParallel` splits every batch.
     monkeypatch.setenv("KERAS_PAM_SMOKE", "1")
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     monkeypatch.setenv("KERAS_PAM_HOME", str(home))
+    flags = os.environ.get("XLA_FLAGS", "")
+    monkeypatch.setenv(
+        "XLA_FLAGS", f"{flags} --xla_force_host_platform_device_count=8"
+    )
     client = nbclient.NotebookClient(
         notebook,
         timeout=600,
@@ -99,7 +105,7 @@ def test_notebook_runs_in_smoke_mode(name, home, tmp_path, monkeypatch):
         if cell.cell_type == "code"
         for output in cell.outputs
     )
-    assert "Smoke mode" in printed
+    assert "Smoke mode" in printed and "8 devices" in printed
     assert "Metrics (%)" in printed and "zero-shot" in printed
     shown = notebook.cells[-1].outputs
     assert any("image/png" in output.get("data", {}) for output in shown)
