@@ -18,7 +18,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 NOTEBOOKS = ("kaggle_tpu_pam.ipynb", "colab_tpu_pam.ipynb")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-pytestmark = pytest.mark.skipif(
+jax_only = pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="The notebooks are JAX/TPU notebooks: they run on JAX only.",
 )
@@ -60,6 +60,7 @@ def test_notebook_is_committed_clean(name):
         assert text in source, text
 
 
+@jax_only
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_in_smoke_mode(name, home, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
