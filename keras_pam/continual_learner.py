@@ -15,6 +15,7 @@ from keras_pam import data as data_lib
 from keras_pam import metrics as metrics_lib
 from keras_pam.lora import AdapterState
 from keras_pam.lora import enable_lora
+from keras_pam.lora import quantize_base
 from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport
 from keras_pam.scoring import Scorer
@@ -78,6 +79,31 @@ class ContinualLearner(keras.Model):
     `learn_task` and `evaluate_task` take raw splits in the PaliGemma dict
     format (`images`, `prompts`, `responses`).
 
+    Bigger models:
+
+    - Distribution: on the JAX backend the learner trains, aligns, merges
+      and evaluates under Keras's own `keras.distribution`. Build it inside
+      the distribution's scope (or after `keras.distribution.
+      set_distribution`): `DataParallel` replicates the model and splits
+      batches; `ModelParallel` with
+      `keras_pam.distribution.pali_gemma_layout_map(mesh)` splits the
+      kernels and their LoRA factors along the mesh's `"model"` axis.
+      Adapter states then hold sharded arrays that keep the variables'
+      layouts, and the default `"average"` merge runs on the devices, so
+      no device or host gathers the adapter. Batch sizes (`batch_size`,
+      `eval_batch_size`) must divide evenly over the batch axis.
+    - int8: `quantize="int8"` quantises the frozen projections of the base
+      (every dense and einsum-dense layer) with Keras's
+      `model.quantize("int8")` before LoRA is enabled, see
+      `keras_pam.lora.quantize_base`; the LoRA factors stay float32 and
+      are the only trainable weights. Adapters save and load as `.lora.h5`
+      as usual.
+    - bfloat16: build the model with `dtype="bfloat16"`
+      (`ContinualLearner.from_preset(preset, dtype="bfloat16")`): the base
+      weights and the computation are bfloat16, while Keras keeps the
+      LoRA factors float32 variables, so adapter states, merges and the
+      sign alignment are float32.
+
     Args:
         causal_lm: `keras_hub.models.PaliGemmaCausalLM`. The model, with its
             preprocessor. LoRA is enabled on it unless it already is.
@@ -120,6 +146,10 @@ class ContinualLearner(keras.Model):
             (and the temporary adapter after every epoch), so that
             `ContinualLearner.resume(run_dir)` continues a killed run.
             Defaults to `None` (no checkpoints).
+        quantize: str. `"int8"` quantises the frozen projections of the
+            base with Keras's quantisation before LoRA is enabled
+            (QLoRA-style); a base already quantised is kept. Defaults to
+            `None` (the base keeps its dtype).
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -129,6 +159,26 @@ class ContinualLearner(keras.Model):
     learner.add_eval_task("colour", colour_test)
     report = learner.learn_task(colour_train, name="colour", epochs=2)
     learner.evaluate_all().metrics
+    ```
+
+    On a TPU or multi-GPU host (JAX), with an int8 or bfloat16 base:
+    ```python
+    devices = keras.distribution.list_devices()
+    mesh = keras.distribution.DeviceMesh(
+        (1, len(devices)), ["batch", "model"], devices
+    )
+    distribution = keras.distribution.ModelParallel(
+        layout_map=keras_pam.distribution.pali_gemma_layout_map(mesh),
+        batch_dim_name="batch",
+    )
+    with distribution.scope():
+        learner = keras_pam.ContinualLearner.from_preset(
+            "pali_gemma_3b_224", dtype="bfloat16"
+        )
+        learner.learn_task(colour_train, name="colour", batch_size=8)
+    qlora = keras_pam.ContinualLearner.from_preset(
+        "pali_gemma_3b_224", quantize="int8"
+    )
     ```
     """
 
@@ -150,6 +200,7 @@ class ContinualLearner(keras.Model):
         eval_batch_size=32,
         max_answer_tokens=None,
         run_dir=None,
+        quantize=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -175,6 +226,9 @@ class ContinualLearner(keras.Model):
             )
         self.causal_lm = causal_lm
         backbone = causal_lm.backbone
+        if quantize is not None:
+            # Before LoRA: quantisation replaces the kernels.
+            quantize_base(backbone, quantize)
         if getattr(backbone, "_lora_enabled_layers", None):
             if backbone._lora_rank != rank:
                 raise ValueError(
@@ -197,6 +251,7 @@ class ContinualLearner(keras.Model):
         self.target_layer_names = target_layer_names
         self.eval_batch_size = eval_batch_size
         self.max_answer_tokens = max_answer_tokens
+        self.quantize_mode = quantize
 
         self.initial_state = AdapterState.from_model(causal_lm)
         self.global_state = self.initial_state
@@ -224,8 +279,17 @@ class ContinualLearner(keras.Model):
                 Kaggle access), a `kaggle://` or `hf://` handle, or a local
                 preset directory (saved with `save_to_preset`).
             load_weights: bool. Load the preset's weights. Defaults to `True`.
-            dtype: str. The dtype policy of the model. Defaults to `None`.
-            **kwargs: passed to `ContinualLearner`.
+            dtype: str. The dtype policy of the model, e.g. `"bfloat16"`
+                for a bfloat16 base (the LoRA factors stay float32).
+                Defaults to `None` (the preset's).
+            **kwargs: passed to `ContinualLearner`, e.g. `quantize="int8"`.
+
+        Example:
+        ```python
+        learner = ContinualLearner.from_preset(
+            "pali_gemma_3b_224", quantize="int8", rank=32
+        )
+        ```
         """
         import keras_hub
 
@@ -893,6 +957,7 @@ class ContinualLearner(keras.Model):
                 "target_layer_names": self.target_layer_names,
                 "eval_batch_size": self.eval_batch_size,
                 "max_answer_tokens": self.max_answer_tokens,
+                "quantize": self.quantize_mode,
             }
         )
         return config

@@ -87,6 +87,67 @@ def enable_lora(backbone, rank, alpha=None, target_layer_names=None):
     return layers
 
 
+# Keras quantisation modes a frozen base may take under LoRA.
+QUANTIZATION_MODES = ("int8",)
+
+
+def quantization_mode(backbone):
+    """The quantisation mode of a backbone's layers, or `None`."""
+    modes = {
+        getattr(layer, "quantization_mode", None)
+        for layer in backbone._flatten_layers(include_self=False)
+    }
+    modes.discard(None)
+    return modes.pop() if len(modes) == 1 else None
+
+
+def _is_projection(layer):
+    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
+
+
+def quantize_base(backbone, mode="int8"):
+    """Quantise the frozen projections of a backbone with Keras's
+    quantisation.
+
+    The dense and einsum-dense layers of both towers (attention,
+    feed-forward, the image-to-text projection: nearly all the weights
+    but the embeddings) get `mode` kernels through
+    `backbone.quantize(mode)`; LoRA, enabled afterwards with
+    `enable_lora`, trains float32 factors on top of them (Keras's quantised
+    layers add `A B` in their forward pass). Quantisation must come first:
+    it replaces the kernels that LoRA attaches to. The token embedding
+    keeps its dtype: it is also PaliGemma's output layer, and Keras's int8
+    reversible embedding quantises its input with a rounding that passes
+    no gradient, which would stop every LoRA gradient there. A backbone
+    already quantised in `mode` is left as it is.
+
+    Args:
+        backbone: `keras_hub.models.PaliGemmaBackbone`. The backbone, without
+            LoRA.
+        mode: str. One of `QUANTIZATION_MODES`. Defaults to `"int8"`.
+
+    Example:
+    ```python
+    causal_lm = keras_pam.models.build_tiny_pali_gemma()
+    keras_pam.lora.quantize_base(causal_lm.backbone, "int8")
+    keras_pam.lora.enable_lora(causal_lm.backbone, rank=4)
+    ```
+    """
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"`quantize` must be `None` or one of {QUANTIZATION_MODES}. "
+            f"Received: quantize={mode!r}"
+        )
+    if quantization_mode(backbone) == mode:
+        return
+    if getattr(backbone, "_lora_enabled_layers", None):
+        raise ValueError(
+            "LoRA is already enabled on this backbone: quantise the base "
+            "(`quantize`) before LoRA is enabled, on a fresh backbone."
+        )
+    backbone.quantize(mode, filters=_is_projection)
+
+
 def adapted_layers(backbone):
     """The LoRA-enabled layers of a backbone, in KerasHub's file order."""
     indices = getattr(backbone, "_lora_enabled_layers", None) or []
