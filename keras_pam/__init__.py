@@ -1,6 +1,7 @@
 """keras_pam: continual learning of PaliGemma by aligned model merging."""
 
 from keras_pam import alignment
+from keras_pam import distribution
 from keras_pam import merging
 from keras_pam import metrics
 from keras_pam import models
