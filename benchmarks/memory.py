@@ -1,0 +1,207 @@
+"""Peak memory of `learn_task` against a plain KerasHub `fit`.
+
+Run (from the repository root):
+
+    KERAS_BACKEND=jax python benchmarks/memory.py
+    KERAS_BACKEND=jax python benchmarks/memory.py --quick
+
+Each variant runs in its own Python process (so peaks do not mix), on a
+PaliGemma of 4 + 4 layers, hidden 768 (about 33 M parameters, large next
+to its rank-8 adapter), with the same data:
+
+- `fit`: KerasHub's `backbone.enable_lora` and a plain `fit`;
+- `learn_task`: `ContinualLearner.learn_task` with PAM (clone, fit with
+  alignment, merge), no evaluation tasks;
+- `learn_task_eval`: the same with the task registered for evaluation,
+  so the scorer (greedy decoding) runs too.
+
+A process records its resident set size after building the model and the
+data (`base`) and its peak (`ru_maxrss`) at the end; the extra memory of a
+variant is `peak - base`. keras_pam's extra copies (the global adapter,
+the temporary one, the merge's float64 work) should cost a few adapters,
+never a model. The variants are interleaved and repeated; medians are
+reported.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+VARIANTS = ("fit", "learn_task", "learn_task_eval")
+MODEL = dict(
+    image_size=32,
+    hidden_dim=768,
+    num_layers=4,
+    vit_num_layers=4,
+    num_heads=2,
+)
+RANK = 8
+
+
+def rss_bytes():
+    """The current resident set size of this process."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes():
+    """The peak resident set size of this process (Linux: KiB units)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_variant(variant, steps, batch_size):
+    """Run one variant in this process; return its measurements."""
+    import keras
+    import numpy as np
+
+    from keras_pam import ContinualLearner
+    from keras_pam import datasets
+    from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
+    from keras_pam.lora import AdapterState
+    from keras_pam.models import build_tiny_pali_gemma
+
+    keras.utils.set_random_seed(0)
+    causal_lm = build_tiny_pali_gemma(
+        texts=datasets.vocabulary_texts(), sequence_length=24, **MODEL
+    )
+    task = datasets.make_task(
+        "color",
+        num_train=steps * batch_size,
+        num_test=2 * batch_size,
+        image_size=MODEL["image_size"],
+    )
+    model_bytes = sum(
+        int(np.prod(v.shape)) * 4 for v in causal_lm.backbone.weights
+    )
+    if variant == "fit":
+        backbone = causal_lm.backbone
+        backbone.enable_lora(RANK, target_layer_names=PALI_GEMMA_LORA_TARGETS)
+        causal_lm.compile(
+            optimizer=keras.optimizers.Adam(5e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        )
+        adapter_bytes = AdapterState.from_model(causal_lm).num_entries * 4
+        raw = {k: task.train[k] for k in ("images", "prompts", "responses")}
+        base = rss_bytes()
+        causal_lm.fit(raw, batch_size=batch_size, epochs=1, verbose=0)
+    else:
+        learner = ContinualLearner(
+            causal_lm, rank=RANK, align_every=max(1, steps // 4)
+        )
+        adapter_bytes = learner.global_state.num_entries * 4
+        if variant == "learn_task_eval":
+            learner.add_eval_task("color", task.test)
+        base = rss_bytes()
+        learner.learn_task(
+            task.train,
+            name="color",
+            epochs=1,
+            batch_size=batch_size,
+            verbose=0,
+        )
+    peak = peak_rss_bytes()
+    return {
+        "variant": variant,
+        "base_rss": base,
+        "peak_rss": peak,
+        "extra": peak - base,
+        "model_bytes": model_bytes,
+        "adapter_bytes": adapter_bytes,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=None, help="write JSON here")
+    args = parser.parse_args()
+    if args.variant:
+        result = run_variant(args.variant, args.steps, args.batch_size)
+        print("RESULT " + json.dumps(result))
+        return
+    rounds = args.rounds or (1 if args.quick else 3)
+    load_before = common.load_average()
+    samples = {v: [] for v in VARIANTS}
+    for index in range(rounds):
+        order = VARIANTS if index % 2 == 0 else VARIANTS[::-1]
+        for variant in order:
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--variant",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+            output = subprocess.run(
+                command, capture_output=True, text=True, check=True
+            ).stdout
+            line = [x for x in output.splitlines() if x.startswith("RESULT ")]
+            samples[variant].append(json.loads(line[-1][len("RESULT ") :]))
+    load_after = common.load_average()
+
+    def median(variant, key):
+        return statistics.median(r[key] for r in samples[variant])
+
+    model_bytes = samples["fit"][0]["model_bytes"]
+    adapter_bytes = samples["fit"][0]["adapter_bytes"]
+    mib = 2**20
+    print(f"environment: {common.environment()}")
+    print(
+        f"model {model_bytes / mib:.1f} MiB of float32 weights, rank-{RANK} "
+        f"adapter {adapter_bytes / mib:.2f} MiB "
+        f"({100 * adapter_bytes / model_bytes:.2f}% of the model); "
+        f"{args.steps} steps of batch {args.batch_size}, {rounds} rounds"
+    )
+    print(f"{'variant':<16} {'base MiB':>9} {'peak MiB':>9} {'extra MiB':>10}")
+    summary = {}
+    for variant in VARIANTS:
+        summary[variant] = {
+            key: median(variant, key)
+            for key in ("base_rss", "peak_rss", "extra")
+        }
+        print(
+            f"{variant:<16} {summary[variant]['base_rss'] / mib:>9.1f} "
+            f"{summary[variant]['peak_rss'] / mib:>9.1f} "
+            f"{summary[variant]['extra'] / mib:>10.1f}"
+        )
+    for variant in VARIANTS[1:]:
+        over = summary[variant]["extra"] - summary["fit"]["extra"]
+        print(
+            f"{variant} extra over fit: {over / mib:+.1f} MiB = "
+            f"{over / adapter_bytes:+.1f} adapters = "
+            f"{over / model_bytes:+.2f} models"
+        )
+    print(f"load average {load_before} -> {load_after}")
+    common.write_json(
+        args.output,
+        {
+            "environment": common.environment(),
+            "model_bytes": model_bytes,
+            "adapter_bytes": adapter_bytes,
+            "summary": summary,
+            "samples": samples,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
