@@ -165,6 +165,47 @@ def align(temp_state, global_state, mask, reinit="global"):
     return AdapterState(dict(zip(paths, aligned)))
 
 
+# Compiled functions shared by every callback of a run, so that a new task
+# (a new callback) reuses the compiled graph instead of tracing again.
+_COMPILED = {}
+
+
+def _compiled(key, build):
+    key = (keras.backend.backend(),) + key
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_function(build())
+    return _COMPILED[key]
+
+
+def _compiled_masks(p, scope):
+    """`importance_masks` with `p` and `scope` fixed, compiled once."""
+
+    def build():
+        return lambda tensors: importance_masks(tensors, p, scope)
+
+    return _compiled(("masks", p, scope), build)
+
+
+def _compiled_update(reinit):
+    """The fused alignment update of `SignAlignmentCallback`, compiled
+    once per run and `reinit`."""
+
+    def build():
+        def update(temps, globals_, masks, slots):
+            aligned, conflicts, count = align_tensors(
+                temps, globals_, masks, reinit
+            )
+            new_slots = [
+                [ops.where(c, ops.zeros_like(s), s) for s in group]
+                for c, group in zip(conflicts, slots)
+            ]
+            return aligned, new_slots, count
+
+        return update
+
+    return _compiled(("update", reinit), build)
+
+
 def _optimizer_slots(optimizer, variable):
     """The per-entry moment variables an Adam-family optimizer keeps."""
     index = optimizer._get_variable_index(variable)
@@ -250,7 +291,7 @@ class SignAlignmentCallback(keras.callbacks.Callback):
             ops.convert_to_tensor(self.global_state[k], "float32")
             for k in self._paths
         ]
-        self._masks = importance_masks(self._globals, self.p, self.scope)
+        self._masks = _compiled_masks(self.p, self.scope)(self._globals)
         optimizer = self.model.optimizer
         if self.reset_moments and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
@@ -259,19 +300,8 @@ class SignAlignmentCallback(keras.callbacks.Callback):
                 "`reset_moments=True` needs an Adam-family optimizer; the "
                 f"model uses {type(optimizer).__name__}."
             )
-        reinit = self.reinit
-
-        def update(temps, globals_, masks, slots):
-            aligned, conflicts, count = align_tensors(
-                temps, globals_, masks, reinit
-            )
-            new_slots = [
-                [ops.where(c, ops.zeros_like(s), s) for s in group]
-                for c, group in zip(conflicts, slots)
-            ]
-            return aligned, new_slots, count
-
-        self._update = compile_function(update)
+        self._update = _compiled_update(self.reinit)
+        self._variables = None  # Found at the first alignment.
         self._batches = 0
         self._counts = []
 
@@ -279,15 +309,19 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         self._batches += 1
         if self._batches % self.every:
             return
-        # Reaching the variables through `self.model` makes Keras sync the
-        # JAX training state first and re-read it after this write.
+        # Reaching the model through `self.model` makes Keras sync the JAX
+        # training state first and re-read it after this write.
         model = self.model
-        variables = lora_variables(model)
-        variables = [variables[k] for k in self._paths]
-        slots = [
-            _optimizer_slots(model.optimizer, v) if self.reset_moments else []
-            for v in variables
-        ]
+        if self._variables is None:
+            variables = lora_variables(model)
+            self._variables = [variables[k] for k in self._paths]
+            self._slots = [
+                _optimizer_slots(model.optimizer, v)
+                if self.reset_moments
+                else []
+                for v in self._variables
+            ]
+        variables, slots = self._variables, self._slots
         aligned, new_slots, count = self._update(
             [v.value for v in variables],
             self._globals,

@@ -36,7 +36,9 @@ kept in row-major (C) order of the tensor: the earlier entry wins, so the
 result never depends on the sort implementation.
 """
 
+import concurrent.futures
 import numbers
+import os
 import zlib
 
 import numpy as np
@@ -124,17 +126,65 @@ def _check_space(space):
 # Entry-wise machinery and the delta space.
 
 
-def _merge_entrywise(states, fn):
+# Entries per block of the element-wise merges: the float64 copies of a
+# block and the rule's temporaries stay in the CPU cache.
+_BLOCK = 1 << 14
+# Threads of the element-wise merges (numpy releases the GIL in them).
+_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _blockwise(fn, arrays, dtype=None):
+    """`fn(blocks)` over equal-shape `arrays`, one block of entries at a time.
+
+    The same as `np.asarray(fn(arrays)).astype(dtype)` for an element-wise
+    `fn` (each output entry depends only on the same entry of the inputs),
+    but without full-size temporaries: a block of every array goes through
+    `fn` and lands in the preallocated output. `dtype=None` takes the
+    dtype of `fn`'s result.
+    """
+    shape = np.shape(arrays[0])
+    flats = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+    size = flats[0].size
+    out = None
+    for start in range(0, max(size, 1), _BLOCK):
+        stop = min(start + _BLOCK, size)
+        block = np.asarray(fn([f[start:stop] for f in flats]))
+        if out is None:
+            out = np.empty(size, dtype if dtype is not None else block.dtype)
+        out[start:stop] = block
+    return out.reshape(shape)
+
+
+def _merge_entrywise(states, fn, elementwise=False):
     """Apply `fn(tensors, path)` to each path's float64 numpy tensors.
 
-    Each result is cast to the dtype of the first state's tensor.
+    Each result is cast to the dtype of the first state's tensor. With
+    `elementwise=True` (`fn` computes each entry from the same entry of
+    the tensors), `fn` runs on blocks of entries: the same float64
+    arithmetic, with no full-size float64 copies.
     """
-    merged = {}
-    for path in states[0]:
+
+    def merge_path(path):
         tensors = [_to_numpy(s[path]) for s in states]
-        result = fn([t.astype(np.float64) for t in tensors], path)
-        merged[path] = np.asarray(result).astype(_output_dtype(tensors[0]))
-    return AdapterState(merged)
+        dtype = _output_dtype(tensors[0])
+        if not elementwise:
+            result = fn([t.astype(np.float64) for t in tensors], path)
+            return np.asarray(result).astype(dtype)
+        if getattr(fn, "casts_blocks", False):
+            return _blockwise(lambda blocks: fn(blocks, path), tensors, dtype)
+        return _blockwise(
+            lambda blocks: fn([b.astype(np.float64) for b in blocks], path),
+            tensors,
+            dtype,
+        )
+
+    paths = list(states[0])
+    if elementwise and _THREADS > 1 and len(paths) > 1:
+        with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
+            results = list(pool.map(merge_path, paths))
+    else:
+        results = [merge_path(path) for path in paths]
+    return AdapterState(dict(zip(paths, results)))
 
 
 def _lora_pairs(state):
@@ -212,7 +262,8 @@ def _in_delta_space(fn, states):
 
 def _merge(rule, states, weights, space, **kwargs):
     """Merge checked `states` with `rule(tensors, weights, path, **kwargs)`
-    applied per tensor, in factor or delta space."""
+    applied per tensor, in factor or delta space. The weighted sums run
+    block by block (each entry depends on the same entries alone)."""
     _check_space(space)
 
     def merge_tensors(tensors, path):
@@ -222,6 +273,13 @@ def _merge(rule, states, weights, space, **kwargs):
         return _in_delta_space(merge_tensors, states)
     if rule in _WEIGHTED_SUM_RULES and _any_distributed(states):
         return _weighted_sum_on_devices(states, weights)
+    if rule in _WEIGHTED_SUM_RULES:
+
+        def weighted_sum_blocks(blocks, path):
+            return _weighted_sum_of_blocks(blocks, weights)
+
+        weighted_sum_blocks.casts_blocks = True
+        return _merge_entrywise(states, weighted_sum_blocks, elementwise=True)
     return _merge_entrywise(states, merge_tensors)
 
 
@@ -257,6 +315,19 @@ def _weighted_sum(tensors, weights):
     return sum(w * t for w, t in zip(weights, tensors))
 
 
+def _weighted_sum_of_blocks(blocks, weights):
+    """`_weighted_sum` of blocks of any dtype, in float64: the same
+    operations (`0 + w0 t0 + w1 t1 + ...`) with the casts fused into the
+    products."""
+    if weights is None:
+        weights = [1.0] * len(blocks)
+    total = np.multiply(blocks[0], weights[0], dtype=np.float64)
+    total += 0.0  # `sum` starts from 0, which turns -0.0 into +0.0.
+    for weight, block in zip(weights[1:], blocks[1:]):
+        total += np.multiply(block, weight, dtype=np.float64)
+    return total
+
+
 def _trim(tensor, density):
     """Keep the `int(density * numel)` entries of largest magnitude.
 
@@ -265,10 +336,22 @@ def _trim(tensor, density):
     flat = tensor.reshape(-1)
     k = int(density * flat.size)
     kept = np.zeros_like(flat)
-    if k > 0:
+    if k <= 0:
+        return kept.reshape(tensor.shape)
+    magnitude = np.abs(flat)
+    if np.isnan(magnitude).any():
         # A stable sort keeps equal magnitudes in index order.
-        top = np.argsort(-np.abs(flat), kind="stable")[:k]
+        top = np.argsort(-magnitude, kind="stable")[:k]
         kept[top] = flat[top]
+        return kept.reshape(tensor.shape)
+    # The same selection in linear time: every entry above the k-th largest
+    # magnitude, then the earliest entries equal to it.
+    threshold = np.partition(magnitude, flat.size - k)[flat.size - k]
+    keep = magnitude > threshold
+    missing = k - int(np.count_nonzero(keep))
+    if missing > 0:
+        keep[np.flatnonzero(magnitude == threshold)[:missing]] = True
+    kept[keep] = flat[keep]
     return kept.reshape(tensor.shape)
 
 
@@ -624,15 +707,16 @@ def magmax(states, weights=None, base=None, scale=1.0):
     scale = float(scale)
 
     def select(tensors, path):
-        offset = 0.0 if base is None else _to_numpy(base[path])
-        offset = np.asarray(offset, dtype=np.float64)
+        # With a base, it rides along as the last tensor.
+        offset = 0.0 if base is None else tensors[-1]
         selected = np.zeros_like(tensors[0])
         for weight, tensor in zip(weights, tensors):
             tau = weight * (tensor - offset)
             selected = np.where(np.abs(tau) >= np.abs(selected), tau, selected)
         return offset + scale * selected
 
-    return _merge_entrywise(states, select)
+    inputs = states if base is None else states + [base]
+    return _merge_entrywise(inputs, select, elementwise=True)
 
 
 MERGE_FUNCTIONS = {
@@ -681,7 +765,10 @@ def _entrywise_pair(a, b, fn, what):
     a.check_compatible(b, what=what)
     return AdapterState(
         {
-            path: np.asarray(fn(_to_numpy(a[path]), _to_numpy(b[path])))
+            path: _blockwise(
+                lambda blocks: fn(*blocks),
+                [_to_numpy(a[path]), _to_numpy(b[path])],
+            )
             for path in a
         }
     )
