@@ -58,7 +58,7 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_variant(variant, steps, batch_size):
+def run_variant(variant, steps, batch_size, hidden_dim):
     """Run one variant in this process; return its measurements."""
     import keras
     import numpy as np
@@ -71,7 +71,9 @@ def run_variant(variant, steps, batch_size):
 
     keras.utils.set_random_seed(0)
     causal_lm = build_tiny_pali_gemma(
-        texts=datasets.vocabulary_texts(), sequence_length=24, **MODEL
+        texts=datasets.vocabulary_texts(),
+        sequence_length=24,
+        **{**MODEL, "hidden_dim": hidden_dim},
     )
     task = datasets.make_task(
         "color",
@@ -126,11 +128,19 @@ def main():
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--hidden-dim",
+        type=int,
+        default=MODEL["hidden_dim"],
+        help="width of both towers (scales the model, not the runtime)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None, help="write JSON here")
     args = parser.parse_args()
     if args.variant:
-        result = run_variant(args.variant, args.steps, args.batch_size)
+        result = run_variant(
+            args.variant, args.steps, args.batch_size, args.hidden_dim
+        )
         print("RESULT " + json.dumps(result))
         return
     rounds = args.rounds or (1 if args.quick else 3)
@@ -148,6 +158,8 @@ def main():
                 str(args.steps),
                 "--batch-size",
                 str(args.batch_size),
+                "--hidden-dim",
+                str(args.hidden_dim),
             ]
             output = subprocess.run(
                 command, capture_output=True, text=True, check=True

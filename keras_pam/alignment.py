@@ -180,10 +180,14 @@ def _compiled(key, build):
 def _compiled_masks(p, scope):
     """`importance_masks` with `p` and `scope` fixed, compiled once."""
 
-    def build():
-        return lambda tensors: importance_masks(tensors, p, scope)
+    def masks(tensors):
+        return importance_masks(tensors, p, scope)
 
-    return _compiled(("masks", p, scope), build)
+    if keras.backend.backend() != "jax":
+        # `top_k` needs static sizes, which a retracing-averse
+        # `tf.function` generalises away; once per task, eager is fine.
+        return masks
+    return _compiled(("masks", p, scope), lambda: masks)
 
 
 def _compiled_update(reinit):
