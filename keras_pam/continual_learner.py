@@ -38,19 +38,37 @@ class NonFiniteLossError(RuntimeError):
 
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stop `fit` at the first non-finite loss with an error naming the
-    task and the step."""
+    task and the step.
+
+    A batch's loss is read on the host at the end of the next batch (or of
+    the epoch): by then it is computed, so the check never makes the host
+    wait for the step in flight (JAX dispatches steps asynchronously). The
+    temporary adapter is discarded on error, so the one step trained past
+    the bad one changes nothing.
+    """
 
     def __init__(self, task_name):
         super().__init__()
         self.task_name = task_name
+        self._pending = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._pending = None
 
     def on_train_batch_end(self, batch, logs=None):
+        self._check_pending()
         loss = (logs or {}).get("loss")
-        if loss is None:
+        self._pending = None if loss is None else (batch, loss)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check_pending()
+
+    def _check_pending(self):
+        if self._pending is None:
             return
+        batch, loss = self._pending
+        self._pending = None
         loss = float(keras.ops.convert_to_numpy(loss))
         if not math.isfinite(loss):
             raise NonFiniteLossError(
