@@ -71,22 +71,7 @@ SIZES = {
     ),
 }
 SEQUENCE_LENGTH = 24
-# KerasHub layer names of the LoRA targets and their PEFT (HF) names.
-KERAS_TARGETS = [
-    "query",
-    "key",
-    "value",
-    "attention_output",
-    "ffw_gating",
-    "ffw_gating_2",
-    "ffw_linear",
-    "query_proj",
-    "key_proj",
-    "value_proj",
-    "out_proj",
-    "mlp_dense_1",
-    "mlp_dense_2",
-]
+# The PEFT (HF) names of keras_pam's LoRA targets.
 HF_TARGETS = [
     "q_proj",
     "k_proj",
@@ -178,9 +163,12 @@ def keras_pam_fitter(size, rank, batch, steps, batch_size):
 
 def kerashub_fitter(size, rank, batch, steps, batch_size):
     """A function that runs a plain KerasHub `fit` of the LoRA'd model."""
+    # The target names only; the step runs no keras_pam code.
+    from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
+
     causal_lm = build_causal_lm(size, 0)
     backbone = causal_lm.backbone
-    backbone.enable_lora(rank, target_layer_names=KERAS_TARGETS)
+    backbone.enable_lora(rank, target_layer_names=list(PALI_GEMMA_LORA_TARGETS))
     for layer in backbone._flatten_layers(include_self=False):
         # KerasHub leaves the biases of adapted layers trainable; freeze
         # them so both Keras variants train exactly the LoRA factors.
