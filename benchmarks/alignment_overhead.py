@@ -84,16 +84,8 @@ def fitter(learner, batch, steps, batch_size, every):
             )
             aligners.append(aligner)
             callbacks.insert(0, aligner)
-        seconds, _ = common.timed(
-            learner.fit,
-            x,
-            y,
-            sample_weight=sample_weight,
-            batch_size=batch_size,
-            epochs=1,
-            shuffle=False,
-            verbose=0,
-            callbacks=callbacks,
+        seconds = common.timed_fit(
+            learner, x, y, sample_weight, batch_size, callbacks
         )
         return seconds
 

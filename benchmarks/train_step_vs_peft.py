@@ -144,16 +144,8 @@ def keras_pam_fitter(size, rank, batch, steps, batch_size):
             SignAlignmentCallback(learner.global_state, p=0.5, every=100),
             _StopOnNonFiniteLoss("benchmark"),
         ]
-        seconds, _ = common.timed(
-            learner.fit,
-            x,
-            y,
-            sample_weight=sample_weight,
-            batch_size=batch_size,
-            epochs=1,
-            shuffle=False,
-            verbose=0,
-            callbacks=callbacks,
+        seconds = common.timed_fit(
+            learner, x, y, sample_weight, batch_size, callbacks
         )
         return seconds / steps
 
@@ -185,16 +177,7 @@ def kerashub_fitter(size, rank, batch, steps, batch_size):
     x, y, sample_weight = tile(batch, steps)
 
     def run():
-        seconds, _ = common.timed(
-            causal_lm.fit,
-            x,
-            y,
-            sample_weight=sample_weight,
-            batch_size=batch_size,
-            epochs=1,
-            shuffle=False,
-            verbose=0,
-        )
+        seconds = common.timed_fit(causal_lm, x, y, sample_weight, batch_size)
         return seconds / steps
 
     trainable = sum(int(np.prod(v.shape)) for v in causal_lm.trainable_weights)
