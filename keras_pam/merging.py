@@ -160,8 +160,9 @@ def _merge_entrywise(states, fn, elementwise=False):
 
     Each result is cast to the dtype of the first state's tensor. With
     `elementwise=True` (`fn` computes each entry from the same entry of
-    the tensors), `fn` runs on blocks of entries: the same float64
-    arithmetic, with no full-size float64 copies.
+    the tensors), `fn` runs on blocks of entries in the tensors' own dtype
+    and computes in float64 itself (fusing the casts into its arithmetic),
+    so no full-size float64 copy is made.
     """
 
     def merge_path(path):
@@ -170,13 +171,7 @@ def _merge_entrywise(states, fn, elementwise=False):
         if not elementwise:
             result = fn([t.astype(np.float64) for t in tensors], path)
             return np.asarray(result).astype(dtype)
-        if getattr(fn, "casts_blocks", False):
-            return _blockwise(lambda blocks: fn(blocks, path), tensors, dtype)
-        return _blockwise(
-            lambda blocks: fn([b.astype(np.float64) for b in blocks], path),
-            tensors,
-            dtype,
-        )
+        return _blockwise(lambda blocks: fn(blocks, path), tensors, dtype)
 
     paths = list(states[0])
     if elementwise and _THREADS > 1 and len(paths) > 1:
@@ -278,7 +273,6 @@ def _merge(rule, states, weights, space, **kwargs):
         def weighted_sum_blocks(blocks, path):
             return _weighted_sum_of_blocks(blocks, weights)
 
-        weighted_sum_blocks.casts_blocks = True
         return _merge_entrywise(states, weighted_sum_blocks, elementwise=True)
     return _merge_entrywise(states, merge_tensors)
 
@@ -707,6 +701,7 @@ def magmax(states, weights=None, base=None, scale=1.0):
     scale = float(scale)
 
     def select(tensors, path):
+        tensors = [t.astype(np.float64) for t in tensors]
         # With a base, it rides along as the last tensor.
         offset = 0.0 if base is None else tensors[-1]
         selected = np.zeros_like(tensors[0])
