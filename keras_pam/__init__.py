@@ -7,6 +7,7 @@ from keras_pam import metrics
 from keras_pam import models
 from keras_pam.alignment import SignAlignmentCallback
 from keras_pam.continual_learner import ContinualLearner
+from keras_pam.fused_sign_alignment import FusedSignAlignment
 from keras_pam.lora import AdapterState
 from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport

@@ -229,6 +229,12 @@ class SignAlignmentCallback(keras.callbacks.Callback):
     entries it re-initialised: `reinitialised_counts` (one int per
     alignment) and `num_reinitialised` (their sum), available after `fit`.
 
+    A model with a `fused_alignment` (a `FusedSignAlignment`, as
+    `ContinualLearner` has on the JAX backend) aligns inside its compiled
+    train step instead: the callback hands it the masks when training
+    begins and reads its counts, and never writes weights between batches,
+    which on JAX would copy the whole training state out and back.
+
     Args:
         global_state: `AdapterState`. The frozen global adapter `G_{t-1}`,
             with the same paths as the model's LoRA factors.
@@ -308,10 +314,33 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         self._variables = None  # Found at the first alignment.
         self._batches = 0
         self._counts = []
+        self._fused = getattr(self.model, "fused_alignment", None)
+        if self._fused is not None and (
+            self._fused.paths != self._paths or self._fused.active
+        ):
+            self._fused = None  # Another model's, or already in use.
+        if self._fused is not None:
+            self._fused.start(
+                self._globals,
+                self._masks,
+                self.every,
+                self.reinit,
+                self.reset_moments,
+            )
+            # The model holds them now, masked into one adapter-size copy.
+            self._globals = self._masks = None
+            self._num_read = 0  # Alignments whose counts were read.
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
         if self._batches % self.every:
+            return
+        if self._fused is not None:
+            # The train step aligned; read its counts before they wrap.
+            if self._batches // self.every - self._num_read == (
+                self._fused.capacity
+            ):
+                self._read_fused_counts()
             return
         # Reaching the model through `self.model` makes Keras sync the JAX
         # training state first and re-read it after this write.
@@ -339,8 +368,18 @@ class SignAlignmentCallback(keras.callbacks.Callback):
                 slot.assign(value)
         self._counts.append(count)
 
+    def _read_fused_counts(self):
+        # Through `self.model`: on JAX the training state is synced first.
+        fused = self.model.fused_alignment
+        done = self._batches // self.every
+        if done > self._num_read:
+            self._counts.extend(fused.read_counts(self._num_read + 1, done))
+            self._num_read = done
+
     def backup_state(self):
         """Its progress within a `fit`, for a task restarted mid-way."""
+        if self._fused is not None:
+            self._read_fused_counts()
         return {
             "batches": self._batches,
             "counts": [int(ops.convert_to_numpy(c)) for c in self._counts],
@@ -349,8 +388,14 @@ class SignAlignmentCallback(keras.callbacks.Callback):
     def restore_backup_state(self, state):
         self._batches = int(state["batches"])
         self._counts = list(state["counts"])
+        if self._fused is not None:
+            self._fused.set_step(self._batches)
+            self._num_read = self._batches // self.every
 
     def on_train_end(self, logs=None):
+        if self._fused is not None:
+            self._read_fused_counts()
+            self._fused.stop()
         counts = [int(ops.convert_to_numpy(c)) for c in self._counts]
         self.reinitialised_counts.extend(counts)
         self.num_reinitialised += sum(counts)

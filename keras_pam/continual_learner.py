@@ -13,8 +13,10 @@ from keras_pam import alignment
 from keras_pam import checkpoint
 from keras_pam import data as data_lib
 from keras_pam import metrics as metrics_lib
+from keras_pam.fused_sign_alignment import FusedSignAlignment
 from keras_pam.lora import AdapterState
 from keras_pam.lora import enable_lora
+from keras_pam.lora import lora_variables
 from keras_pam.lora import quantize_base
 from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport
@@ -96,6 +98,12 @@ class ContinualLearner(keras.Model):
     `padding_mask`, `response_mask`, `images`) and returns its logits;
     `learn_task` and `evaluate_task` take raw splits in the PaliGemma dict
     format (`images`, `prompts`, `responses`).
+
+    On the JAX backend the sign alignment runs inside the compiled train
+    step (`fused_alignment`, a `keras_pam.FusedSignAlignment`), so aligning
+    costs one fused select per step instead of a round trip of the training
+    state to the host; on the other backends `SignAlignmentCallback` writes
+    the factors between batches.
 
     Bigger models:
 
@@ -271,6 +279,10 @@ class ContinualLearner(keras.Model):
         self.max_answer_tokens = max_answer_tokens
         self.quantize_mode = quantize
 
+        # Before `built`: Keras takes no new variables after it.
+        self.fused_alignment = None
+        if keras.backend.backend() == "jax":
+            self.fused_alignment = FusedSignAlignment(lora_variables(causal_lm))
         self.initial_state = AdapterState.from_model(causal_lm)
         self.global_state = self.initial_state
         self.scorer = Scorer(causal_lm, eval_batch_size, max_answer_tokens)
@@ -376,6 +388,13 @@ class ContinualLearner(keras.Model):
     def call(self, inputs, training=False):
         inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
         return self.causal_lm(inputs, training=training)
+
+    def train_step(self, *args, **kwargs):
+        if self.fused_alignment is None:
+            return super().train_step(*args, **kwargs)
+        # JAX: `train_step(state, data)` is pure; the alignment joins it.
+        logs, state = super().train_step(*args, **kwargs)
+        return logs, self.fused_alignment.stateless_update(self, state)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -672,8 +691,11 @@ class ContinualLearner(keras.Model):
                     history[key] = list(history.get(key, [])) + list(values)
             temporary = AdapterState.from_model(self)
         finally:
-            # Whatever happened in `fit`, the model holds the global one.
+            # Whatever happened in `fit`, the model holds the global one
+            # and a later `fit` does not align.
             self.global_state.assign_to(self)
+            if self.fused_alignment is not None:
+                self.fused_alignment.stop()
         return temporary, history
 
     def _evaluate_row(self):
