@@ -13,11 +13,18 @@ adapter (so that both factors have important entries). It is fitted for
 variants are interleaved and repeated; the overhead is the ratio of
 median `fit` times minus one. The `fit` time includes the callback's
 one-off work at the start (the importance masks of the global adapter).
+The process's CPU time per `fit` (all threads) is reported beside the wall
+time: on a shared machine it moves much less than the wall time when
+other processes take the cores.
+
+On the JAX backend the learner aligns inside its compiled train step
+(`keras_pam.FusedSignAlignment`).
 """
 
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -62,9 +69,10 @@ def build_learner(rank, image_size, batch_size):
     return learner, batch
 
 
-def fitter(learner, batch, steps, batch_size, every):
+def fitter(learner, batch, steps, batch_size, every, cpu_seconds):
     """A function timing one `fit` of `steps` batches; `every=None` fits
-    without alignment."""
+    without alignment. Each call also appends the `fit`'s process CPU
+    seconds to `cpu_seconds`."""
     from keras_pam.alignment import SignAlignmentCallback
     from keras_pam.continual_learner import _StopOnNonFiniteLoss
 
@@ -84,9 +92,11 @@ def fitter(learner, batch, steps, batch_size, every):
             )
             aligners.append(aligner)
             callbacks.insert(0, aligner)
+        cpu_start = time.process_time()
         seconds = common.timed_fit(
             learner, x, y, sample_weight, batch_size, callbacks
         )
+        cpu_seconds.append(time.process_time() - cpu_start)
         return seconds
 
     return run, aligners
@@ -106,24 +116,31 @@ def main():
 
     learner, batch = build_learner(args.rank, 32, args.batch_size)
     variants, aligners = {}, {}
+    names = ["no_alignment"] + [f"every_{every}" for every in EVERY_VALUES]
+    cpu = {name: [] for name in names}
     variants["no_alignment"], _ = fitter(
-        learner, batch, steps, args.batch_size, None
+        learner, batch, steps, args.batch_size, None, cpu["no_alignment"]
     )
     for every in EVERY_VALUES:
         name = f"every_{every}"
         variants[name], aligners[name] = fitter(
-            learner, batch, steps, args.batch_size, every
+            learner, batch, steps, args.batch_size, every, cpu[name]
         )
     for run in variants.values():
         run()  # Compile everything once.
+    for values in cpu.values():
+        values.clear()
     load_before = common.load_average()
     samples = common.interleaved(variants, rounds)
     stats = {name: common.summarize(v) for name, v in samples.items()}
+    cpu_stats = {name: common.summarize(v) for name, v in cpu.items()}
     base = stats["no_alignment"]
+    cpu_base = cpu_stats["no_alignment"]["median"]
     overhead = {
         name: {
             "median": s["median"] / base["median"] - 1,
             "min": s["min"] / base["min"] - 1,
+            "cpu_median": cpu_stats[name]["median"] / cpu_base - 1,
         }
         for name, s in stats.items()
         if name != "no_alignment"
@@ -140,7 +157,8 @@ def main():
     )
     print(
         f"{'variant':<14} {'median s':>9} {'min s':>7} "
-        f"{'overhead (median)':>18} {'(min)':>7} {'re-inits/fit':>12}"
+        f"{'overhead (median)':>18} {'(min)':>7} {'CPU s':>7} "
+        f"{'(overhead)':>10} {'re-inits/fit':>12}"
     )
     for name, s in stats.items():
         extra = overhead.get(name)
@@ -149,8 +167,12 @@ def main():
             if extra
             else f"{'':>18} {'':>7}"
         )
+        cpu_text = (
+            f"{100 * extra['cpu_median']:>+9.1f}%" if extra else f"{'':>10}"
+        )
         print(
             f"{name:<14} {s['median']:>9.3f} {s['min']:>7.3f} {text} "
+            f"{cpu_stats[name]['median']:>7.3f} {cpu_text} "
             f"{reinitialised.get(name, 0):>12}"
         )
     load_after = common.load_average()
@@ -162,6 +184,8 @@ def main():
             "steps": steps,
             "rounds": rounds,
             "seconds_per_fit": stats,
+            "cpu_seconds_per_fit": cpu_stats,
+            "cpu_samples": cpu,
             "overhead": overhead,
             "reinitialised_per_fit": reinitialised,
             "samples": samples,

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_pam.alignment import REINIT_MODES
+from keras_pam.alignment import _optimizer_slots
 
 
 def align_to_targets(temps, targets, due, keep_global):
@@ -192,36 +193,46 @@ class FusedSignAlignment(keras.layers.Layer):
             every > 0, ops.equal(step % ops.maximum(every, 1), 0)
         )
         factors = [variables[path] for path in self.paths]
-        aligned, conflicts, count = align_to_targets(
-            [v.value for v in factors],
-            [t.value for t in self.targets],
-            due,
-            self.keep_global.value,
-        )
+        slots = [
+            _optimizer_slots(optimizer, v) if optimizer is not None else []
+            for v in factors
+        ]
+        temps = [v.value for v in factors]
+        moments = [[s.value for s in group] for group in slots]
+        reset = self.reset_moments.value > 0
+
+        def align_now():
+            aligned, conflicts, count = align_to_targets(
+                temps,
+                [t.value for t in self.targets],
+                True,
+                self.keep_global.value,
+            )
+
+            def zero_moments():
+                return [
+                    [ops.where(c, ops.zeros_like(m), m) for m in group]
+                    for c, group in zip(conflicts, moments)
+                ]
+
+            new_moments = ops.cond(reset, zero_moments, lambda: moments)
+            return aligned, new_moments, count
+
+        def skip():
+            return temps, moments, ops.convert_to_tensor(0, "int32")
+
+        # A conditional, not a select: steps that do not align skip the
+        # work (on JAX, `lax.cond` runs one branch).
+        aligned, new_moments, count = ops.cond(due, align_now, skip)
         for variable, value in zip(factors, aligned):
             variable.assign(value)
-        if optimizer is not None:
-            self._reset_moments(optimizer, factors, conflicts)
+        for group, values in zip(slots, new_moments):
+            for slot, value in zip(group, values):
+                slot.assign(value)
         index = (step // ops.maximum(every, 1) - 1) % self.capacity
         slot = ops.logical_and(due, ops.arange(self.capacity) == index)
         self.counts.assign(ops.where(slot, count, self.counts.value))
         self.step.assign(step)
-
-    def _reset_moments(self, optimizer, factors, conflicts):
-        if not getattr(optimizer, "_momentums", None):
-            return
-        reset = self.reset_moments.value > 0
-        for variable, conflict in zip(factors, conflicts):
-            index = optimizer._get_variable_index(variable)
-            for name in ("_momentums", "_velocities"):
-                slots = getattr(optimizer, name, None)
-                if not slots:
-                    continue
-                slot = slots[index]
-                zeroed = ops.logical_and(reset, conflict)
-                slot.assign(
-                    ops.where(zeroed, ops.zeros_like(slot.value), slot.value)
-                )
 
     def stateless_update(self, model, state):
         """`update` on a JAX train step's state tuple; returns the new one.
