@@ -21,6 +21,14 @@ variant is `peak - base`. keras_pam's extra copies (the global adapter,
 the temporary one, the merge's float64 work) should cost a few adapters,
 never a model. The variants are interleaved and repeated; medians are
 reported.
+
+RSS moves by tens of MiB from run to run (allocator caches, compilation),
+more than a small adapter, so two exact counts are taken too: the peak of
+host allocations traced by `tracemalloc` from `base` on (numpy arrays and
+Python objects: adapter states, merges, datasets; not the runtime's own
+C++ buffers), and on JAX the peak bytes of live device arrays
+(`jax.live_arrays()`, sampled after every training batch: weights,
+adapter, optimizer moments and whatever else is alive during `fit`).
 """
 
 import argparse
@@ -58,8 +66,34 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def live_device_bytes():
+    """Bytes of every live JAX array (0 on other backends)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return 0
+    import jax
+
+    return sum(a.nbytes for a in jax.live_arrays())
+
+
+def device_peak_sampler():
+    """A callback keeping the peak of `live_device_bytes` over batches."""
+    import keras
+
+    class DevicePeak(keras.callbacks.Callback):
+        peak = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.peak = max(self.peak, live_device_bytes())
+
+    return DevicePeak()
+
+
 def run_variant(variant, steps, batch_size, hidden_dim):
     """Run one variant in this process; return its measurements."""
+    import tracemalloc
+
     import keras
     import numpy as np
 
@@ -94,8 +128,16 @@ def run_variant(variant, steps, batch_size, hidden_dim):
         )
         adapter_bytes = AdapterState.from_model(causal_lm).num_entries * 4
         raw = {k: task.train[k] for k in ("images", "prompts", "responses")}
+        sampler = device_peak_sampler()
         base = rss_bytes()
-        causal_lm.fit(raw, batch_size=batch_size, epochs=1, verbose=0)
+        tracemalloc.start()
+        causal_lm.fit(
+            raw,
+            batch_size=batch_size,
+            epochs=1,
+            verbose=0,
+            callbacks=[sampler],
+        )
     else:
         learner = ContinualLearner(
             causal_lm, rank=RANK, align_every=max(1, steps // 4)
@@ -103,20 +145,27 @@ def run_variant(variant, steps, batch_size, hidden_dim):
         adapter_bytes = learner.global_state.num_entries * 4
         if variant == "learn_task_eval":
             learner.add_eval_task("color", task.test)
+        sampler = device_peak_sampler()
         base = rss_bytes()
+        tracemalloc.start()
         learner.learn_task(
             task.train,
             name="color",
             epochs=1,
             batch_size=batch_size,
             verbose=0,
+            callbacks=[sampler],
         )
     peak = peak_rss_bytes()
+    host_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     return {
         "variant": variant,
         "base_rss": base,
         "peak_rss": peak,
         "extra": peak - base,
+        "host_traced_peak": host_peak,
+        "device_peak": sampler.peak,
         "model_bytes": model_bytes,
         "adapter_bytes": adapter_bytes,
     }
@@ -181,25 +230,33 @@ def main():
         f"({100 * adapter_bytes / model_bytes:.2f}% of the model); "
         f"{args.steps} steps of batch {args.batch_size}, {rounds} rounds"
     )
-    print(f"{'variant':<16} {'base MiB':>9} {'peak MiB':>9} {'extra MiB':>10}")
+    print(
+        f"{'variant':<16} {'base MiB':>9} {'peak MiB':>9} {'extra MiB':>10} "
+        f"{'traced MiB':>10} {'device MiB':>10}"
+    )
     summary = {}
+    keys = ("base_rss", "peak_rss", "extra", "host_traced_peak", "device_peak")
     for variant in VARIANTS:
-        summary[variant] = {
-            key: median(variant, key)
-            for key in ("base_rss", "peak_rss", "extra")
-        }
+        summary[variant] = {key: median(variant, key) for key in keys}
         print(
             f"{variant:<16} {summary[variant]['base_rss'] / mib:>9.1f} "
             f"{summary[variant]['peak_rss'] / mib:>9.1f} "
-            f"{summary[variant]['extra'] / mib:>10.1f}"
+            f"{summary[variant]['extra'] / mib:>10.1f} "
+            f"{summary[variant]['host_traced_peak'] / mib:>10.2f} "
+            f"{summary[variant]['device_peak'] / mib:>10.2f}"
         )
     for variant in VARIANTS[1:]:
-        over = summary[variant]["extra"] - summary["fit"]["extra"]
-        print(
-            f"{variant} extra over fit: {over / mib:+.1f} MiB = "
-            f"{over / adapter_bytes:+.1f} adapters = "
-            f"{over / model_bytes:+.2f} models"
-        )
+        for key, what in (
+            ("extra", "RSS extra"),
+            ("host_traced_peak", "traced host peak"),
+            ("device_peak", "live device arrays peak"),
+        ):
+            over = summary[variant][key] - summary["fit"][key]
+            print(
+                f"{variant} {what} over fit: {over / mib:+.2f} MiB = "
+                f"{over / adapter_bytes:+.2f} adapters = "
+                f"{over / model_bytes:+.3f} models"
+            )
     print(f"load average {load_before} -> {load_after}")
     common.write_json(
         args.output,

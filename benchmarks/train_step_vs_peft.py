@@ -7,6 +7,8 @@ benchmarks/requirements.txt`):
     KERAS_BACKEND=tensorflow python benchmarks/train_step_vs_peft.py
     KERAS_BACKEND=torch python benchmarks/train_step_vs_peft.py
     KERAS_BACKEND=jax python benchmarks/train_step_vs_peft.py --quick
+    KERAS_BACKEND=torch python benchmarks/train_step_vs_peft.py \
+        --jit-compile true
 
 The first run spends most of its time in `torch.compile` (inductor builds
 C++ kernels: 44 s for tiny, 372 s for small on 2 loaded cores); later runs
@@ -128,14 +130,16 @@ def tile(batch, steps):
     )
 
 
-def keras_pam_fitter(size, rank, batch, steps, batch_size):
+def keras_pam_fitter(size, rank, batch, steps, batch_size, jit_compile):
     """A function that fits a `ContinualLearner` for `steps` steps."""
     from keras_pam import ContinualLearner
     from keras_pam.alignment import SignAlignmentCallback
     from keras_pam.continual_learner import _StopOnNonFiniteLoss
 
     learner = ContinualLearner(build_causal_lm(size, 0), rank=rank)
-    learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
+    learner.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE), jit_compile=jit_compile
+    )
     x, y, sample_weight = tile(batch, steps)
 
     def run():
@@ -153,7 +157,7 @@ def keras_pam_fitter(size, rank, batch, steps, batch_size):
     return run, trainable
 
 
-def kerashub_fitter(size, rank, batch, steps, batch_size):
+def kerashub_fitter(size, rank, batch, steps, batch_size, jit_compile):
     """A function that runs a plain KerasHub `fit` of the LoRA'd model."""
     # The target names only; the step runs no keras_pam code.
     from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
@@ -173,6 +177,7 @@ def kerashub_fitter(size, rank, batch, steps, batch_size):
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        jit_compile=jit_compile,
     )
     x, y, sample_weight = tile(batch, steps)
 
@@ -317,12 +322,15 @@ def benchmark_size(size, args, matmul_rate):
 
     print(f"[{size}] building variants ...", flush=True)
     variants, warmups = {}, {}
+    jit_compile = {"auto": "auto", "true": True, "false": False}[
+        args.jit_compile
+    ]
     run, keras_pam_trainable = keras_pam_fitter(
-        size, args.rank, batch, steps, args.batch_size
+        size, args.rank, batch, steps, args.batch_size, jit_compile
     )
     variants["keras_pam"] = run
     run, kerashub_trainable = kerashub_fitter(
-        size, args.rank, batch, steps, args.batch_size
+        size, args.rank, batch, steps, args.batch_size, jit_compile
     )
     variants["kerashub"] = run
     model = hf_model(size, vocabulary_size, args.rank)
@@ -347,6 +355,7 @@ def benchmark_size(size, args, matmul_rate):
         "sequence_length": SEQUENCE_LENGTH,
         "image_tokens": num_image_tokens,
         "rank": args.rank,
+        "jit_compile": args.jit_compile,
         "steps_per_measurement": steps,
         "rounds": rounds,
         "trainable_parameters": {
@@ -422,6 +431,13 @@ def main():
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="`jit_compile` of the Keras variants (torch: true is "
+        "torch.compile; tensorflow: XLA)",
+    )
     parser.add_argument("--output", default=None, help="write JSON here")
     args = parser.parse_args()
 
