@@ -93,6 +93,13 @@ def check_layouts(learner, num_devices, split):
         assert len(value.sharding.device_set) == num_devices, path
         assert len(tensor.sharding.device_set) == num_devices, path
         assert tensor.sharding.is_equivalent_to(value.sharding, tensor.ndim)
+    # The fused alignment's masked global copy is laid out like its factor.
+    fused = learner.fused_alignment
+    for path, target in zip(fused.paths, fused.targets):
+        value = variables[path].value
+        assert target.value.sharding.is_equivalent_to(
+            value.sharding, value.ndim
+        ), path
     value = variables[SPLIT_FACTOR].value
     tensor = learner.global_state[SPLIT_FACTOR]
     shard_shape = tensor.addressable_shards[0].data.shape
