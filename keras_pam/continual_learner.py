@@ -101,9 +101,9 @@ class ContinualLearner(keras.Model):
 
     On the JAX backend the sign alignment runs inside the compiled train
     step (`fused_alignment`, a `keras_pam.FusedSignAlignment`), so aligning
-    costs one fused select per step instead of a round trip of the training
-    state to the host; on the other backends `SignAlignmentCallback` writes
-    the factors between batches.
+    costs one fused select per alignment instead of a round trip of the
+    training state to the host; on the other backends
+    `SignAlignmentCallback` writes the factors between batches.
 
     Bigger models:
 
