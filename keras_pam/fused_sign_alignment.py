@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_pam.alignment import REINIT_MODES
+from keras_pam.alignment import _check_choice
 from keras_pam.alignment import _optimizer_slots
 
 
@@ -13,8 +14,7 @@ def align_to_targets(temps, targets, due, keep_global):
 
     `targets` hold `where(M, G, 0)`: the important global entries and zeros,
     so `W' * T < 0` is exactly `M & (W' * G < 0)`, PAM's conflict test.
-    Nothing changes where `due` is false, so the same traced function runs
-    at every step.
+    Nothing changes where `due` is false.
 
     Args:
         temps: list of tensors. The temporary adapter `W'`.
@@ -136,10 +136,7 @@ class FusedSignAlignment(keras.layers.Layer):
             reset_moments: bool. Zero the optimizer moments of re-initialised
                 entries. Defaults to `False`.
         """
-        if reinit not in REINIT_MODES:
-            raise ValueError(
-                f"`reinit` must be one of {REINIT_MODES}. Received: {reinit!r}"
-            )
+        _check_choice("reinit", reinit, REINIT_MODES)
         if len(globals_) != len(self.targets) or len(masks) != len(globals_):
             raise ValueError(
                 f"Expected {len(self.targets)} global tensors and masks, got "
