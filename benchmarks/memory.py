@@ -4,6 +4,7 @@ Run (from the repository root):
 
     KERAS_BACKEND=jax python benchmarks/memory.py
     KERAS_BACKEND=jax python benchmarks/memory.py --quick
+    KERAS_BACKEND=jax python benchmarks/memory.py --quick --rank 32
 
 Each variant runs in its own Python process (so peaks do not mix), on a
 PaliGemma of 4 + 4 layers, hidden 768 (about 33 M parameters, large next
@@ -90,7 +91,7 @@ def device_peak_sampler():
     return DevicePeak()
 
 
-def run_variant(variant, steps, batch_size, hidden_dim):
+def run_variant(variant, steps, batch_size, hidden_dim, rank):
     """Run one variant in this process; return its measurements."""
     import tracemalloc
 
@@ -120,7 +121,7 @@ def run_variant(variant, steps, batch_size, hidden_dim):
     )
     if variant == "fit":
         backbone = causal_lm.backbone
-        backbone.enable_lora(RANK, target_layer_names=PALI_GEMMA_LORA_TARGETS)
+        backbone.enable_lora(rank, target_layer_names=PALI_GEMMA_LORA_TARGETS)
         causal_lm.compile(
             optimizer=keras.optimizers.Adam(5e-4),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -140,7 +141,7 @@ def run_variant(variant, steps, batch_size, hidden_dim):
         )
     else:
         learner = ContinualLearner(
-            causal_lm, rank=RANK, align_every=max(1, steps // 4)
+            causal_lm, rank=rank, align_every=max(1, steps // 4)
         )
         adapter_bytes = learner.global_state.num_entries * 4
         if variant == "learn_task_eval":
@@ -183,12 +184,22 @@ def main():
         default=MODEL["hidden_dim"],
         help="width of both towers (scales the model, not the runtime)",
     )
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=RANK,
+        help="LoRA rank (scales the adapter, not the model)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None, help="write JSON here")
     args = parser.parse_args()
     if args.variant:
         result = run_variant(
-            args.variant, args.steps, args.batch_size, args.hidden_dim
+            args.variant,
+            args.steps,
+            args.batch_size,
+            args.hidden_dim,
+            args.rank,
         )
         print("RESULT " + json.dumps(result))
         return
@@ -209,6 +220,8 @@ def main():
                 str(args.batch_size),
                 "--hidden-dim",
                 str(args.hidden_dim),
+                "--rank",
+                str(args.rank),
             ]
             output = subprocess.run(
                 command, capture_output=True, text=True, check=True
@@ -225,8 +238,8 @@ def main():
     mib = 2**20
     print(f"environment: {common.environment()}")
     print(
-        f"model {model_bytes / mib:.1f} MiB of float32 weights, rank-{RANK} "
-        f"adapter {adapter_bytes / mib:.2f} MiB "
+        f"model {model_bytes / mib:.1f} MiB of float32 weights, "
+        f"rank-{args.rank} adapter {adapter_bytes / mib:.2f} MiB "
         f"({100 * adapter_bytes / model_bytes:.2f}% of the model); "
         f"{args.steps} steps of batch {args.batch_size}, {rounds} rounds"
     )

@@ -210,6 +210,21 @@ def _compiled_update(reinit):
     return _compiled(("update", reinit), build)
 
 
+def _compiled_conflict_count(p, scope):
+    """The number of important global entries and, of those, how many the
+    temporary adapter opposes in sign; compiled once per `(p, scope)`."""
+
+    def count(temps, globals_):
+        masks = importance_masks(globals_, p, scope)
+        _, _, conflicts = align_tensors(temps, globals_, masks)
+        important = sum(ops.sum(ops.cast(m, "int32")) for m in masks)
+        return conflicts, important
+
+    if keras.backend.backend() != "jax":
+        return count  # As `_compiled_masks`: `top_k` needs static sizes.
+    return _compiled(("conflict_count", p, scope), lambda: count)
+
+
 def _optimizer_slots(optimizer, variable):
     """The per-entry moment variables an Adam-family optimizer keeps."""
     index = optimizer._get_variable_index(variable)
@@ -310,7 +325,6 @@ class SignAlignmentCallback(keras.callbacks.Callback):
                 "`reset_moments=True` needs an Adam-family optimizer; the "
                 f"model uses {type(optimizer).__name__}."
             )
-        self._update = _compiled_update(self.reinit)
         self._variables = None  # Found at the first alignment.
         self._batches = 0
         self._counts = []
@@ -330,6 +344,8 @@ class SignAlignmentCallback(keras.callbacks.Callback):
             # The model holds them now, masked into one adapter-size copy.
             self._globals = self._masks = None
             self._num_read = 0  # Alignments whose counts were read.
+        else:
+            self._update = _compiled_update(self.reinit)
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1

@@ -714,19 +714,15 @@ class ContinualLearner(keras.Model):
         """Of the important entries of the global adapter, the fraction
         whose sign the temporary adapter strictly opposes."""
         paths = list(self.global_state)
-        globals_ = [self.global_state[k] for k in paths]
-        masks = alignment.importance_masks(globals_, self.p, self.scope)
-        _, conflicts, count = alignment.align_tensors(
+        count = alignment._compiled_conflict_count(self.p, self.scope)
+        conflicts, important = count(
             [keras.ops.convert_to_tensor(temporary[k]) for k in paths],
-            globals_,
-            masks,
+            [self.global_state[k] for k in paths],
         )
-        important = sum(
-            int(keras.ops.convert_to_numpy(keras.ops.sum(m))) for m in masks
-        )
+        important = int(keras.ops.convert_to_numpy(important))
         if not important:
             return math.nan
-        return int(keras.ops.convert_to_numpy(count)) / important
+        return int(keras.ops.convert_to_numpy(conflicts)) / important
 
     # --- Results ----------------------------------------------------------
 

@@ -9,17 +9,15 @@ from keras_pam.alignment import _check_choice
 from keras_pam.alignment import _optimizer_slots
 
 
-def align_to_targets(temps, targets, due, keep_global):
+def align_to_targets(temps, targets, keep_global):
     """One alignment against masked global values, as a select.
 
     `targets` hold `where(M, G, 0)`: the important global entries and zeros,
     so `W' * T < 0` is exactly `M & (W' * G < 0)`, PAM's conflict test.
-    Nothing changes where `due` is false.
 
     Args:
         temps: list of tensors. The temporary adapter `W'`.
         targets: list of tensors. `where(M, G, 0)` for each of `temps`.
-        due: boolean scalar tensor. Whether this step aligns.
         keep_global: float scalar tensor. `1` re-initialises a conflicting
             entry to the global value, `0` to zero.
 
@@ -33,7 +31,7 @@ def align_to_targets(temps, targets, due, keep_global):
     for temp, target in zip(temps, targets):
         temp = ops.convert_to_tensor(temp)
         target = ops.convert_to_tensor(target, temp.dtype)
-        conflict = ops.logical_and(due, ops.multiply(temp, target) < 0)
+        conflict = ops.multiply(temp, target) < 0
         replacement = ops.multiply(target, ops.cast(keep_global, temp.dtype))
         aligned.append(ops.where(conflict, replacement, temp))
         conflicts.append(conflict)
@@ -202,7 +200,6 @@ class FusedSignAlignment(keras.layers.Layer):
             aligned, conflicts, count = align_to_targets(
                 temps,
                 [t.value for t in self.targets],
-                True,
                 self.keep_global.value,
             )
 

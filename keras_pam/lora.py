@@ -179,6 +179,12 @@ def _copy_value(tensor):
     return np.array(keras.ops.convert_to_numpy(tensor), copy=True)
 
 
+def _detached(tensor):
+    if isinstance(tensor, np.ndarray) and tensor.flags.owndata:
+        return tensor
+    return _copy_value(tensor)
+
+
 class AdapterState(collections.abc.Mapping):
     """The values of every LoRA factor of a model, keyed by variable path.
 
@@ -260,13 +266,17 @@ class AdapterState(collections.abc.Mapping):
         return self.map(lambda t: np.asarray(keras.ops.convert_to_numpy(t)))
 
     def snapshot(self):
-        """A copy that no later change of a model or tensor can alter.
+        """The same values, detached from every model and tensor.
 
-        Tensors become numpy arrays, except those laid out over several
-        devices by a `keras.distribution`, which are copied where they are,
-        with their sharding (`numpy()` would gather them on the host).
+        A numpy array that owns its memory is kept as it is: keras_pam never
+        changes a state's arrays in place, and a merge returns new ones, so
+        copying them would only double the memory. Anything else (a backend
+        tensor, a variable, a numpy view that may share memory with one) is
+        copied: to a numpy array, or, when laid out over several devices by
+        a `keras.distribution`, where it is, with its sharding (`numpy()`
+        would gather it on the host).
         """
-        return self.map(_copy_value)
+        return self.map(_detached)
 
     def check_compatible(self, other, what="state"):
         """Raise a `ValueError` unless `other` has the same paths and shapes.

@@ -145,14 +145,17 @@ def _blockwise(fn, arrays, dtype=None):
     shape = np.shape(arrays[0])
     flats = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
     size = flats[0].size
-    out = None
+    out = flat_out = None
     for start in range(0, max(size, 1), _BLOCK):
         stop = min(start + _BLOCK, size)
         block = np.asarray(fn([f[start:stop] for f in flats]))
         if out is None:
-            out = np.empty(size, dtype if dtype is not None else block.dtype)
-        out[start:stop] = block
-    return out.reshape(shape)
+            # Allocated in its final shape, so that the result owns its
+            # memory (the learner keeps such arrays without a copy).
+            out = np.empty(shape, dtype if dtype is not None else block.dtype)
+            flat_out = out.reshape(-1)
+        flat_out[start:stop] = block
+    return out
 
 
 def _merge_entrywise(states, fn, elementwise=False):

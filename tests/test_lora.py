@@ -85,6 +85,30 @@ def test_adapter_state_is_a_copy_and_assign_is_checked(learner):
         AdapterState({"x/lora_kernel_a": np.ones(2)}).assign_to(learner)
 
 
+def test_snapshot_copies_only_what_may_change():
+    owned = np.ones((2, 3), "float32")
+    base = np.ones(6, "float32")
+    variable = keras.Variable(np.ones(3, "float32"))
+    state = AdapterState(
+        {
+            "owned": owned,
+            "view": base[:3],
+            "variable": variable,
+            "tensor": keras.ops.ones((3,)),
+        }
+    ).snapshot()
+    # An array that owns its memory is kept, not copied ...
+    assert state["owned"] is owned
+    # ... anything that may share memory with something mutable is.
+    for path in ("view", "variable", "tensor"):
+        assert isinstance(state[path], np.ndarray)
+        assert state[path].flags.owndata
+    base[:] = 5.0
+    variable.assign(np.zeros(3, "float32"))
+    np.testing.assert_array_equal(state["view"], np.ones(3))
+    np.testing.assert_array_equal(state["variable"], np.ones(3))
+
+
 def test_lora_h5_round_trip_gives_identical_generations(
     learner, tiny_preset, two_tasks, tmp_path
 ):

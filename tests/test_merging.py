@@ -380,6 +380,9 @@ def test_shapes_and_dtypes_preserved(name, dtype):
         assert isinstance(merged[path], np.ndarray)
         assert merged[path].shape == states[0][path].shape
         assert merged[path].dtype == dtype
+        # A result that owns its memory is kept by the learner as the
+        # global adapter without another copy.
+        assert merged[path].flags.owndata
 
 
 @pytest.mark.parametrize("name", sorted(merging.MERGE_FUNCTIONS))

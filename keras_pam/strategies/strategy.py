@@ -74,7 +74,11 @@ class Strategy:
         return None
 
     def merge(self, temporary, task):
-        """The new global adapter from the trained temporary one."""
+        """The new global adapter from the trained temporary one.
+
+        The learner keeps the returned numpy arrays as they are (no copy),
+        so a strategy must not change them in place afterwards.
+        """
         return temporary
 
     def end_task(self, temporary, task):
