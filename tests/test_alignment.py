@@ -86,6 +86,30 @@ def test_align_multi_dimensional_tensors_and_count():
     assert int(keras.ops.convert_to_numpy(count)) == 3
 
 
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_conflict_count_matches_mask_and_align(scope):
+    rng = np.random.default_rng(3)
+    g = AdapterState(
+        {
+            "a": rng.normal(size=(3, 4, 2)).astype("float32"),
+            "b": np.array([0.0, 1.0, -2.0, 3.0, 0.5], "float32"),
+        }
+    )
+    w = g.map(lambda t: rng.normal(size=np.shape(t)).astype("float32"))
+    mask = importance_mask(g, p=0.4, scope=scope)
+    aligned = align(w, g, mask)
+    paths = list(g)
+    count = alignment._compiled_conflict_count(0.4, scope)
+    conflicts, important = count([w[k] for k in paths], [g[k] for k in paths])
+    changed = sum(
+        int(np.sum(np.asarray(aligned[k]) != np.asarray(w[k]))) for k in paths
+    )
+    assert int(keras.ops.convert_to_numpy(conflicts)) == changed > 0
+    assert int(keras.ops.convert_to_numpy(important)) == sum(
+        int(np.sum(np.asarray(mask[k]))) for k in paths
+    )
+
+
 def test_align_rejects_mismatched_states():
     g = AdapterState({"w": np.ones(3)})
     with pytest.raises(ValueError, match="shape"):
