@@ -191,31 +191,52 @@ def test_make_suite_explicit_tasks():
 
 
 def test_pretraining_mixture_and_vocabulary():
-    data = datasets.pretraining_mixture(400, seed=0)
-    assert datasets.validate_split(data) == 400
-    assert set(data["prompts"]) == {"caption en\n"}
-    again = datasets.pretraining_mixture(400, seed=0)
+    data = datasets.pretraining_mixture(600, seed=0)
+    assert datasets.validate_split(data) == 600
+    again = datasets.pretraining_mixture(600, seed=0)
     np.testing.assert_array_equal(data["images"], again["images"])
     np.testing.assert_array_equal(data["responses"], again["responses"])
-    captions = list(data["responses"])
+    prompts = list(data["prompts"])
+    responses = list(data["responses"])
+    captions = [r for p, r in zip(prompts, responses) if p == "caption en\n"]
+    # Captions name colours, shapes, sizes, counts, positions and digits.
     assert any(c.startswith("digit ") for c in captions)
+    assert any(c.startswith("handwritten ") for c in captions)
     assert any(c.endswith(" shapes") for c in captions)
     assert any(" left of " in c or " above " in c for c in captions)
+    assert any(" big " in c or " small " in c for c in captions)
     assert any(c.split()[-1] in generated.SHAPES for c in captions)
     counts = collections.Counter(captions)
     assert counts.most_common(1)[0][1] / len(captions) < 0.2
+    # Generic questions, several phrasings of each, none a task's own.
+    questions = set(prompts) - {"caption en\n"}
+    for kind, phrasings in generated.PRETRAINING_QUESTIONS.items():
+        assert len(phrasings) >= 1
+        assert {f"answer en {q}\n" for q in phrasings} <= questions, kind
+    assert 0.3 < 1 - len(captions) / len(prompts) < 0.8
+    task_prompts = set()
+    for name in datasets.TASK_NAMES:
+        task_prompts |= set(datasets.make_task(name, 30, 0).train["prompts"])
+    assert not questions & task_prompts
 
     texts = datasets.vocabulary_texts()
     assert len(texts) == len(set(texts))
-    text_set = set(texts)
-    assert set(captions) <= text_set
+    words = {w for t in texts for w in t.split()}
+    assert {w for t in prompts + responses for w in t.split()} <= words
     for name in datasets.TASK_NAMES:
         task = datasets.make_task(name, 50, 10, seed=3)
         for split in (task.train, task.test):
-            assert set(split["prompts"]) <= text_set
-            assert set(split["responses"]) <= text_set
-    words = {w for t in texts for w in t.split()}
-    assert len(words) < 80  # A small, consistent vocabulary.
+            for key in ("prompts", "responses"):
+                assert {w for t in split[key] for w in t.split()} <= words
+    assert len(words) < 100  # A small, consistent vocabulary.
+
+
+def test_pretraining_never_sees_a_sklearn_test_image():
+    data = datasets.pretraining_mixture(3000, seed=0)
+    seen = {image.tobytes() for image in data["images"]}
+    for seed in (0, 1, 7):
+        task = datasets.make_task("sklearn_digits", 0, 300, seed=seed)
+        assert not {image.tobytes() for image in task.test["images"]} & seen
 
 
 def test_generation_speed():

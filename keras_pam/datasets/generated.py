@@ -319,14 +319,36 @@ def _sklearn_digits():
     return images, data.target.astype(np.int64)
 
 
+# The scikit-learn digits are split once, whatever the task seed: the first
+# `SKLEARN_TEST_POOL_SIZE` images of a fixed permutation are the only ones a
+# test split draws from, and the pretraining mixture never uses them.
+SKLEARN_TEST_POOL_SIZE = 1797 // 5
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_pools():
+    images, _ = _sklearn_digits()
+    permutation = np.random.default_rng(
+        zlib.crc32(b"sklearn_digits pools")
+    ).permutation(len(images))
+    return (
+        permutation[:SKLEARN_TEST_POOL_SIZE],
+        permutation[SKLEARN_TEST_POOL_SIZE:],
+    )
+
+
+def _sklearn_image(index, size):
+    images, _ = _sklearn_digits()
+    small = Image.fromarray(images[index])
+    gray = np.asarray(small.resize((size, size), Image.BILINEAR))
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
 def _sklearn_split(indices, size):
-    images, targets = _sklearn_digits()
+    _, targets = _sklearn_digits()
     out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     for i, index in enumerate(indices):
-        small = Image.fromarray(images[index])
-        out[i] = np.asarray(small.resize((size, size), Image.BILINEAR))[
-            ..., None
-        ]
+        out[i] = _sklearn_image(index, size)
     responses = [NUMBER_WORDS[targets[i]] for i in indices]
     return _as_split(out, [SKLEARN_DIGITS_PROMPT] * len(indices), responses)
 
@@ -339,12 +361,8 @@ def _sklearn_indices(pool, num, rng):
 
 
 def _make_sklearn_task(num_train, num_test, size, seed):
-    images, _ = _sklearn_digits()
+    test_pool, train_pool = _sklearn_pools()
     rng = _rng(seed, "sklearn_digits", "train")
-    permutation = rng.permutation(len(images))
-    num_test_pool = len(images) // 5
-    test_pool = permutation[:num_test_pool]
-    train_pool = permutation[num_test_pool:]
     test_rng = _rng(seed, "sklearn_digits", "test")
     test = _sklearn_split(_sklearn_indices(test_pool, num_test, test_rng), size)
     train = _sklearn_split(_sklearn_indices(train_pool, num_train, rng), size)
@@ -598,20 +616,131 @@ def make_suite(
     ]
 
 
-def _caption(rng, size):
+SIZE_WORDS = ("small", "big")
+HANDWRITTEN_PROMPT = CAPTION_PROMPT
+
+# Generic questions of the pretraining mixture, in several phrasings each.
+# None of them is the phrasing of a task (`COLOR_PROMPT`, ...): a task
+# teaches its own question format and answer space to a base that already
+# perceives what the answer needs.
+PRETRAINING_QUESTIONS = {
+    "color": (
+        "what colour is the object",
+        "which color does it have",
+        "name the colour",
+    ),
+    "shape": (
+        "what kind of shape is this",
+        "which shape do you see",
+        "name the shape",
+    ),
+    "count": (
+        "how many objects are in the image",
+        "count the shapes",
+    ),
+    "digit": (
+        "which number is shown",
+        "read the digit",
+    ),
+    "size": ("is the object small or big",),
+}
+_RELATION_QUESTION = "where is the {} object relative to the {} object"
+_LARGER_QUESTION = "which is larger the {} shape or the {} shape"
+
+
+def _question(rng, kind):
+    phrasings = PRETRAINING_QUESTIONS[kind]
+    return VQA_PREFIX + phrasings[rng.integers(len(phrasings))] + "\n"
+
+
+def _size_word(r, size):
+    """`"small"` or `"big"` for a clearly sized shape, else `None`."""
+    if r <= 0.25 * size:
+        return "small"
+    if r >= 0.32 * size:
+        return "big"
+    return None
+
+
+def _single_example(rng, size):
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
+    r = _radius(rng, size, 0.18, 0.4)
+    ((cx, cy),) = _place(rng, size, [r])
+    image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
+    size_word = _size_word(r, size)
     kind = rng.random()
-    if kind < 0.3:
-        image, shape, color = _single_object(rng, size)
-        return image, _object_phrase(shape, color)
-    if kind < 0.5:
-        count = int(rng.integers(2, MAX_COUNT + 1))
-        return _many_objects(rng, size, count), f"{NUMBER_WORDS[count]} shapes"
-    if kind < 0.75:
-        digit = int(rng.integers(10))
-        return _digit_image(rng, size, digit), f"digit {NUMBER_WORDS[digit]}"
+    if kind < 0.4:
+        words = [_article(size_word or color), size_word, color, shape]
+        return image, CAPTION_PROMPT, " ".join(w for w in words if w)
+    if kind < 0.65:
+        return image, _question(rng, "color"), color
+    if kind < 0.9 or size_word is None:
+        return image, _question(rng, "shape"), shape
+    return image, _question(rng, "size"), size_word
+
+
+def _count_example(rng, size):
+    count = int(rng.integers(1, MAX_COUNT + 1))
+    image = _many_objects(rng, size, count)
+    if rng.random() < 0.4:
+        noun = "shape" if count == 1 else "shapes"
+        return image, CAPTION_PROMPT, f"{NUMBER_WORDS[count]} {noun}"
+    return image, _question(rng, "count"), NUMBER_WORDS[count]
+
+
+def _digit_example(rng, size, handwritten_pool):
+    digit = int(rng.integers(10))
+    if handwritten_pool is not None and rng.random() < 0.5:
+        images, targets = _sklearn_digits()
+        index = int(
+            rng.choice(handwritten_pool[targets[handwritten_pool] == digit])
+        )
+        image = _sklearn_image(index, size)
+        caption = f"handwritten {NUMBER_WORDS[digit]}"
+    else:
+        image = _digit_image(rng, size, digit)
+        caption = f"digit {NUMBER_WORDS[digit]}"
+    if rng.random() < 0.4:
+        return image, CAPTION_PROMPT, caption
+    return image, _question(rng, "digit"), NUMBER_WORDS[digit]
+
+
+def _pair_example(rng, size):
     relation = RELATIONS[rng.integers(len(RELATIONS))]
     image, objects = _pair(rng, size, relation)
-    return image, _pair_caption(objects[0], objects[1], relation)
+    if rng.random() < 0.4:
+        return image, CAPTION_PROMPT, _pair_caption(*objects, relation)
+    question = _RELATION_QUESTION.format(objects[0][1], objects[1][1])
+    return image, VQA_PREFIX + question + "\n", relation
+
+
+def _larger_example(rng, size):
+    """Two shapes of clearly different sizes: which colour is larger."""
+    small = max(2, round(0.1 * size))
+    radii = [small, int(np.ceil(small * (1.7 + 0.3 * rng.random())))]
+    radii = [int(r) for r in rng.permutation(radii)]
+    centres = _place(rng, size, radii)
+    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), 2)]
+    colors = [COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 2, False)]
+    objects = [
+        (s, c, cx, cy, r)
+        for s, c, (cx, cy), r in zip(
+            shapes, colors, centres, radii, strict=True
+        )
+    ]
+    image = _render(size, _background(rng), objects)
+    larger = colors[int(np.argmax(radii))]
+    if rng.random() < 0.4:
+        smaller = colors[int(np.argmin(radii))]
+        return (
+            image,
+            CAPTION_PROMPT,
+            f"the {larger} shape is bigger than the {smaller} shape",
+        )
+    order = [int(i) for i in rng.permutation(2)]
+    question = _LARGER_QUESTION.format(colors[order[0]], colors[order[1]])
+    return image, VQA_PREFIX + question + "\n", larger
 
 
 def _article(word):
@@ -631,15 +760,19 @@ def _pair_caption(first, second, relation):
 
 
 def pretraining_mixture(num_examples, image_size=32, seed=0):
-    """Generates a generic captioning mixture over the generated world.
+    """Generates the broad pretraining mixture of the generated world.
 
-    Every prompt is `"caption en\\n"`. The captions describe one shape
-    (`"a red circle"`, `"an orange cross"`), a number of shapes
-    (`"three shapes"`), a rendered digit (`"digit five"`) or two shapes and
-    their relation (`"a red circle left of a blue square"`), so a small model
-    pretrained on the mixture learns colours, shapes, counts, digits and
-    positions, but not the question formats of the tasks. Scikit-learn
-    digits and the multiple-choice format are deliberately absent.
+    It stands in for PaliGemma's pretraining: captions (prompt
+    `"caption en\n"`) that name colours, shapes, sizes, counts, positions
+    and digits (`"a big red circle"`, `"three shapes"`, `"digit five"`,
+    `"handwritten seven"`, `"a red circle left of a blue square"`), and
+    generic questions about the same things in several phrasings
+    (`PRETRAINING_QUESTIONS`, `"answer en name the colour\n"`), answered
+    with the world's words. A base pretrained on it perceives what every
+    task of the suite needs, but has never seen a task's own question
+    format: a task teaches that format and its answer space. The
+    handwritten digits come only from the scikit-learn images that no test
+    split ever uses (`SKLEARN_TEST_POOL_SIZE`).
 
     Args:
         num_examples: int. Number of examples.
@@ -660,18 +793,33 @@ def pretraining_mixture(num_examples, image_size=32, seed=0):
     """
     _check_sizes(image_size, num_examples=num_examples)
     rng = _rng(seed, "pretraining", "pretraining")
+    _, train_pool = _sklearn_pools()
     images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
-    captions = []
+    prompts, responses = [], []
     for i in range(num_examples):
-        images[i], text = _caption(rng, image_size)
-        captions.append(text)
-    return _as_split(images, [CAPTION_PROMPT] * num_examples, captions)
+        kind = rng.random()
+        if kind < 0.3:
+            example = _single_example(rng, image_size)
+        elif kind < 0.45:
+            example = _count_example(rng, image_size)
+        elif kind < 0.7:
+            example = _digit_example(rng, image_size, train_pool)
+        elif kind < 0.85:
+            example = _pair_example(rng, image_size)
+        else:
+            example = _larger_example(rng, image_size)
+        images[i], prompt, response = example
+        prompts.append(prompt)
+        responses.append(response)
+    return _as_split(images, prompts, responses)
 
 
 def vocabulary_texts():
-    """Returns every prompt, response and caption the generators can produce.
+    """Returns texts that hold every word the generators can produce.
 
-    Useful to train the tokenizer of a small model on the suite's texts.
+    Every prompt of the tasks, every answer, every question phrasing of
+    the pretraining mixture and a caption of every kind, so a word-level
+    tokenizer trained on them knows every word of the suite.
 
     Returns:
         A list of unique str, in a fixed order.
@@ -699,18 +847,27 @@ def vocabulary_texts():
     for a, b in itertools.permutations(COLOR_NAMES, 2):
         texts.append(_position_prompt(a, b, True))
         texts.append(_position_prompt(a, b, False))
+        texts.append(VQA_PREFIX + _RELATION_QUESTION.format(a, b) + "\n")
+        texts.append(VQA_PREFIX + _LARGER_QUESTION.format(a, b) + "\n")
+        texts.append(f"the {a} shape is bigger than the {b} shape")
     for names in (SHAPES, COLOR_NAMES):
         for n in (2, 3):
             for options in itertools.permutations(names, n):
                 texts.append(_choice_prompt(options, True))
                 texts.append(_choice_prompt(options, False))
-    objects = [(s, c) for c in COLOR_NAMES for s in SHAPES]
-    texts.extend(_object_phrase(s, c) for s, c in objects)
+    for phrasings in PRETRAINING_QUESTIONS.values():
+        texts.extend(VQA_PREFIX + q + "\n" for q in phrasings)
+    texts.extend(SIZE_WORDS)
+    for color in COLOR_NAMES:
+        for shape in SHAPES:
+            texts.append(_object_phrase(shape, color))
+            for size_word in SIZE_WORDS:
+                texts.append(
+                    f"{_article(size_word)} {size_word} {color} {shape}"
+                )
+    texts.append("one shape")
     texts.extend(f"{NUMBER_WORDS[n]} shapes" for n in range(2, MAX_COUNT + 1))
     texts.extend(f"digit {word}" for word in NUMBER_WORDS)
-    for first, second in itertools.product(objects, objects):
-        if first[1] == second[1]:
-            continue
-        for relation in RELATIONS:
-            texts.append(_pair_caption(first, second, relation))
+    texts.extend(f"handwritten {word}" for word in NUMBER_WORDS)
+    texts.extend(f"{relation} of" for relation in RELATIONS)
     return list(dict.fromkeys(texts))
