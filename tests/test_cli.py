@@ -1,59 +1,373 @@
-"""The `keras-pam` command line, on the quick setting."""
+"""The `keras-pam` command line: a quick grid over two seeds.
 
+One module-scoped run (`--quick`, two seeds, fine-tuning and PAM, with
+`--log-dir`) is checked by several tests: the files, every cell in them,
+the aggregates and paired differences recomputed from the cells, the
+plots, the TensorBoard scalars, and a resume of the finished grid.
+"""
+
+import contextlib
 import csv
+import io
 import json
+import math
 import os
+import shutil
 
+import numpy as np
 import pytest
 
 from keras_pam import cli
+from keras_pam import statistics
+
+GRID_METHODS = ("finetune", "pam")
+GRID_SEEDS = (0, 1)
+QUICK_TASKS = cli.QUICK["tasks"].split(",")
+
+
+def run_main(argv):
+    """`cli.main(argv)` and its printed output."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = cli.main(argv)
+    return status, out.getvalue()
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def grid_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("run")
     home = tmp_path_factory.mktemp("home")
-    status = cli.main(
-        ["run", "--quick", "--output", str(output), "--home", str(home)]
-    )
-    return status, output, home
+    logs = tmp_path_factory.mktemp("logs")
+    argv = ["run", "--quick", "--seeds", "0,1", "--methods", "finetune,pam"]
+    argv += ["--output", str(output), "--home", str(home)]
+    argv += ["--log-dir", str(logs)]
+    status, printed = run_main(argv)
+    return status, output, home, logs, printed
 
 
-def test_quick_run_writes_results(quick_run):
-    status, output, home = quick_run
+def results_of(output):
+    return json.loads((output / "results.json").read_text())
+
+
+def test_grid_run_writes_results(grid_run):
+    status, output, home, _, _ = grid_run
     assert status == 0
     for name in ("results.json", "results.csv", "matrices.csv", "table.txt"):
         assert (output / name).is_file(), name
-    for method in cli.DEFAULT_METHODS:
-        assert (output / f"matrix_{method}.png").stat().st_size > 0
     assert (home / "presets" / "tiny_pali_gemma_quick").is_dir()
 
 
-def test_quick_run_results_content(quick_run):
-    _, output, _ = quick_run
-    results = json.loads((output / "results.json").read_text())
-    assert list(results["methods"]) == list(cli.DEFAULT_METHODS)
-    tasks = cli.QUICK["tasks"].split(",")
-    for method, result in results["methods"].items():
-        assert result["task_names"] == tasks
-        assert len(result["matrix"]) == len(tasks)
-        assert set(result["metrics"]) >= {"acc", "bwt", "fwt", "a_t"}
-    assert "a_m" in results["methods"]["pam"]["metrics"]
-    assert "a_m" not in results["methods"]["finetune"]["metrics"]
+def test_grid_run_keeps_every_cell(grid_run):
+    _, output, _, _, _ = grid_run
+    results = results_of(output)
+    cells = results["cells"]
+    # Orders, then seeds, then methods.
+    assert [(c["order"], c["seed"], c["method"]) for c in cells] == [
+        (cli.CUSTOM_ORDER, seed, method)
+        for seed in GRID_SEEDS
+        for method in GRID_METHODS
+    ]
+    for cell in cells:
+        assert cell["task_names"] == QUICK_TASKS
+        assert np.asarray(cell["matrix"], float).shape == (2, 2)
+        assert len(cell["zero_shot"]) == 2 and len(cell["pre_merge"]) == 2
+        assert set(cell["metrics"]) >= {"acc", "bwt", "fwt", "a_t"}
+        assert cell["seconds"] > 0
+        assert ("a_m" in cell["metrics"]) == (cell["method"] == "pam")
+    # The seeds give different data, LoRA inits and shuffles.
+    pam = [c for c in cells if c["method"] == "pam"]
+    assert (
+        pam[0]["task_reports"][0]["history"]
+        != (pam[1]["task_reports"][0]["history"])
+    )
     with open(output / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == list(cli.DEFAULT_METHODS)
-    assert rows[0]["a_m"] == ""  # Fine-tuning has no merge.
-    assert 0.0 <= float(rows[2]["acc"]) <= 1.0
+    assert [(r["order"], int(r["seed"]), r["method"]) for r in rows] == [
+        (c["order"], c["seed"], c["method"]) for c in cells
+    ]
+    for row, cell in zip(rows, cells):
+        assert float(row["acc"]) == pytest.approx(cell["metrics"]["acc"])
+        assert (row["a_m"] == "") == (cell["method"] == "finetune")
+    with open(output / "matrices.csv") as f:
+        lines = list(csv.reader(f))
+    headers = [line for line in lines if line[:4] == cli.MATRIX_HEADER]
+    assert len(headers) == len(cells)
+    assert len(lines) == len(cells) * (2 + len(QUICK_TASKS))
 
 
-def test_quick_run_prints_table(quick_run):
-    _, output, _ = quick_run
-    table = (output / "table.txt").read_text().splitlines()
-    assert table[0].split() == ["method", "ACC", "BWT", "FWT", "A_t", "A_m"]
-    assert [line.split()[0] for line in table[1:]] == list(cli.DEFAULT_METHODS)
-    assert len(table[1].split()) == 5  # finetune: A_m left blank.
-    assert len(table[3].split()) == 6  # pam: all five metrics.
+def test_grid_aggregates_and_differences(grid_run):
+    _, output, _, _, _ = grid_run
+    results = results_of(output)
+    cells = results["cells"]
+
+    def metric(method, key):
+        return [
+            c["metrics"].get(key)
+            for seed in GRID_SEEDS
+            for c in cells
+            if c["method"] == method and c["seed"] == seed
+        ]
+
+    table = results["aggregates"]["by_order"][cli.CUSTOM_ORDER]
+    acc = metric("pam", "acc")
+    assert table["pam"]["acc"]["mean"] == pytest.approx(np.mean(acc))
+    std = table["pam"]["acc"]["std"]
+    assert std == pytest.approx(np.std(acc, ddof=1), abs=1e-12)
+    assert table["finetune"]["a_m"]["n"] == 0  # Fine-tuning has no merge.
+    assert results["aggregates"]["overall"] is None  # One order.
+    # Only the default pair whose methods both ran; no A_m for finetune.
+    differences = results["differences"]
+    assert [(d["a"], d["b"], d["metric"]) for d in differences] == [
+        ("pam", "finetune", "acc"),
+        ("pam", "finetune", "bwt"),
+    ]
+    for d in differences:
+        expected = statistics.paired_difference(
+            metric("pam", d["metric"]), metric("finetune", d["metric"])
+        )
+        assert d["n"] == 2
+        assert d["mean"] == pytest.approx(expected["mean"])
+        assert d["resolved"] == expected["resolved"]
+
+
+def test_grid_prints_tables_and_differences(grid_run):
+    _, output, _, _, printed = grid_run
+    assert "[pam custom seed1 2/2] Task 2 'shape'" in printed
+    assert "[finetune custom seed0 1/2] Task 1 'color'" in printed
+    text = (output / "table.txt").read_text(encoding="utf-8")
+    assert text in printed
+    lines = text.splitlines()
+    header = [i for i, line in enumerate(lines) if line.startswith("method")]
+    assert len(header) == 1  # One order: no table over orders.
+    header = header[0]
+    assert "mean ± std over 2 seeds (0,1)" in lines[header - 1]
+    assert lines[header].split() == [
+        "method",
+        "ACC",
+        "BWT",
+        "FWT",
+        "A_t",
+        "A_m",
+    ]
+    rows = {line.split()[0]: line for line in lines[header + 1 : header + 3]}
+    assert set(rows) == set(GRID_METHODS)
+    assert rows["pam"].count("±") == 5  # Two seeds: every std.
+    assert rows["finetune"].count("±") == 4  # A_m left blank.
+    acc = [line for line in lines if line.startswith("pam - finetune  ACC")]
+    assert len(acc) == 1 and "95% CI, n=2" in acc[0]
+    assert any(line.startswith("pam vs finetune: ") for line in lines)
+
+
+def test_grid_plots_written(grid_run):
+    _, output, _, _, _ = grid_run
+    for method in GRID_METHODS:
+        for kind in ("matrix", "forgetting"):
+            path = output / f"{kind}_{cli.CUSTOM_ORDER}_{method}.png"
+            assert path.stat().st_size > 1000, path
+    assert (output / "acc_bwt.png").stat().st_size > 1000
+
+
+def scalars(folder):
+    """Tag to list of (step, value) of the event files under `folder`."""
+    import tensorflow as tf
+
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if "tfevents" not in name:
+                continue
+            path = os.path.join(root, name)
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    number = float(tf.make_ndarray(value.tensor))
+                    found.setdefault(value.tag, []).append((event.step, number))
+    return found
+
+
+def test_grid_log_dir_scalars(grid_run):
+    _, output, _, logs, _ = grid_run
+    cell = logs / cli.CUSTOM_ORDER / "seed1" / "pam"
+    rows = scalars(cell / "accuracy")
+    results = results_of(output)
+    (pam,) = [
+        c for c in results["cells"] if c["method"] == "pam" and c["seed"] == 1
+    ]
+    for j, task in enumerate(QUICK_TASKS):
+        logged = sorted(rows[f"epoch_accuracy/{task}"])
+        assert [step for step, _ in logged] == [1, 2]
+        expected = [row[j] for row in pam["matrix"]]
+        np.testing.assert_allclose([v for _, v in logged], expected, 1e-6)
+    for i, task in enumerate(QUICK_TASKS, start=1):
+        curves = scalars(cell / f"task{i}_{task}")
+        assert curves["batch_loss"], curves.keys()
+        assert curves["epoch_loss"][0][1] == pytest.approx(
+            pam["task_reports"][i - 1]["history"]["loss"][-1], rel=1e-5
+        )
+
+
+def test_finished_grid_resumes_without_rerunning(grid_run, tmp_path):
+    _, output, home, _, _ = grid_run
+    copy = tmp_path / "run"
+    shutil.copytree(output, copy)
+    # One cell lost its result: it resumes from its last checkpoint.
+    os.remove(copy / "checkpoints" / "custom" / "seed1" / "pam" / "result.json")
+    status, printed = run_main(
+        ["run", "--resume", str(copy), "--home", str(home)]
+    )
+    assert status == 0
+    assert printed.count("done before") == 3
+    assert "[pam custom seed1] resumed after 2/2 tasks" in printed
+    assert "Task 1" not in printed and "Task 2" not in printed
+    before, after = results_of(output), results_of(copy)
+    for old, new in zip(before["cells"], after["cells"]):
+        assert (old["order"], old["seed"], old["method"]) == (
+            new["order"],
+            new["seed"],
+            new["method"],
+        )
+        assert new["matrix"] == old["matrix"]
+        assert new["metrics"] == old["metrics"]
+    assert after["differences"] == before["differences"]
+
+
+def test_resuming_grid_with_other_seeds_is_refused(grid_run, capsys):
+    _, output, _, _, _ = grid_run
+    before = sorted(os.listdir(output))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", "--resume", str(output), "--seeds", "0,1,2"])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert "seeds 0,1,2" in error and "started with seeds 0,1" in error
+    assert sorted(os.listdir(output)) == before
+
+
+BAD_INPUT = [
+    (["--seeds", ""], "the seed list is empty"),
+    (["--seeds", " , "], "the seed list is empty"),
+    (["--seeds", "0,1,0"], "seed 0 given twice"),
+    (["--seeds=-1"], "a seed must be an integer >= 0, got '-1'"),
+    (["--seeds", "0,-2"], "a seed must be an integer >= 0, got '-2'"),
+    (["--seed", "-1"], "a seed must be an integer >= 0"),
+    (["--seeds", "0,x"], "a seed must be an integer >= 0, got 'x'"),
+    (["--seeds", "1.5"], "a seed must be an integer >= 0, got '1.5'"),
+    (["--orders", "order1,order9"], "Unknown order 'order9'"),
+    (["--orders", "order2,order2"], "order order2 given twice"),
+    (["--orders", ""], "the order list is empty"),
+    (["--order", "order1,order2"], "--order takes one name"),
+    (["--seed", "1", "--seeds", "0,1"], "not allowed with argument"),
+    (["--order", "order1", "--orders", "order2"], "not allowed with"),
+    (["--tasks", "color", "--orders", "order1"], "not both"),
+    (["--pairs", "pam:nope"], "cannot read 'pam:nope'"),
+    (["--methods", "pam,finetune", "--pairs", "pam:average"], "not run"),
+    (["--pairs", "pam:pam"], "compares 'pam' to itself"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUT)
+def test_bad_grid_input_is_refused_before_anything_runs(
+    flags, message, tmp_path, capsys
+):
+    output = tmp_path / "never"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", "--output", str(output)] + flags)
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "usage: keras-pam run" in error
+    assert not output.exists()
+
+
+def parse(argv):
+    return cli.resolve_settings(cli.build_parser().parse_args(argv))
+
+
+def test_grid_settings_defaults_and_aliases():
+    settings = parse(["run"])
+    assert settings["seeds"] == [0, 1, 2]
+    assert settings["orders"] == ["order1"]
+    assert settings["methods"] == list(cli.DEFAULT_METHODS)
+    assert "seed" not in settings and "order" not in settings
+    assert parse(["run", "--seed", "3"])["seeds"] == [3]
+    assert parse(["run", "--order", "order2"])["orders"] == ["order2"]
+    grid = parse(["run", "--seeds", "2, 0", "--orders", "order3,order1"])
+    assert grid["seeds"] == [2, 0] and grid["orders"] == ["order3", "order1"]
+    quick = parse(["run", "--quick"])
+    assert quick["seeds"] == cli.QUICK["seeds"]
+    assert quick["orders"] == [cli.CUSTOM_ORDER]
+    assert quick["tasks"] == QUICK_TASKS
+    custom = parse(["run", "--tasks", "color,count"])
+    assert custom["orders"] == [cli.CUSTOM_ORDER]
+
+
+def test_cell_settings():
+    settings = parse(["run", "--seeds", "0,4"])
+    cell = cli.cell_settings(settings, "order1", 4, log_dir="logs")
+    assert cell["seed"] == 4 and cell["order"] == "order1"
+    assert cell["log_dir"] == os.path.join("logs", "order1", "seed4")
+    assert settings.get("seed") is None  # The study's settings unchanged.
+    assert cli.cell_label("pam", cell) == "pam order1 seed4"
+
+
+def test_parse_pairs_and_study_pairs():
+    assert cli.parse_pairs("pam:average, ties-pam") == [
+        ["pam", "average"],
+        ["ties", "pam"],
+    ]
+    # "-" splits where both sides are method names; "+" is part of a name.
+    assert cli.parse_pairs("tall+pam-pam,post-align-pam") == [
+        ["tall+pam", "pam"],
+        ["post-align", "pam"],
+    ]
+    assert cli.parse_pairs("zero-shot:pam,pam:average,pam:average") == [
+        ["zero-shot", "pam"],
+        ["pam", "average"],
+    ]
+    with pytest.raises(ValueError, match="cannot read"):
+        cli.parse_pairs("pam")
+    settings = {"pairs": None, "methods": ["pam", "finetune", "ties"]}
+    assert cli.study_pairs(settings) == [["pam", "finetune"]]
+    settings["methods"] = list(cli.DEFAULT_METHODS)
+    assert cli.study_pairs(settings) == [list(p) for p in cli.DEFAULT_PAIRS]
+    settings["pairs"] = [["ties", "pam"]]
+    assert cli.study_pairs(settings) == [["ties", "pam"]]
+
+
+def test_difference_lines_and_sentence():
+    three = statistics.paired_difference([0.5, 0.6, 0.7], [0.4, 0.4, 0.4])
+    assert cli.format_difference("pam", "average", "ACC", three) == (
+        "pam - average  ACC +20.00 [-4.84, +44.84] 95% CI, n=3: not resolved"
+    )
+    one = statistics.paired_difference([0.3], [0.5])
+    line = cli.format_difference("pam", "average", "BWT", one)
+    assert (
+        line == "pam - average  BWT -20.00 (no interval with n=1): not resolved"
+    )
+    resolved = statistics.paired_difference([0.2, 0.21, 0.22], [0.5] * 3)
+    sentence = cli.difference_sentence(
+        "pam", "average", [("ACC", three), ("BWT", resolved)]
+    )
+    assert sentence == (
+        "pam vs average: pam has the lower BWT (by 29.00 points), resolved "
+        "at 95%; the ACC difference is not resolved (the 95% interval "
+        "includes 0: the cells cannot say which is higher)."
+    )
+    alone = cli.difference_sentence("a", "b", [("ACC", one), ("BWT", one)])
+    assert "ACC and BWT differences are not resolved" in alone
+    assert "no interval" in alone
+
+
+def test_summary_table_mean_std_and_blanks():
+    one = statistics.summarize([0.25])
+    two = statistics.summarize([0.2, 0.4])
+    empty = statistics.summarize([None])
+    table = cli.format_summary_table(
+        {"finetune": {"acc": one, "a_m": empty}, "pam": {"acc": two}}
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["method", "ACC", "BWT", "FWT", "A_t", "A_m"]
+    assert lines[1].split() == ["finetune", "25.00"]  # No std from one seed.
+    assert lines[2].split() == ["pam", "30.00", "±", "14.14"]
+    assert math.isnan(empty["mean"])
 
 
 def test_format_table_blanks_missing_metrics():
@@ -92,14 +406,13 @@ def test_unknown_task_and_order(capsys):
 
 
 def test_settings_flags_override_quick():
-    args = cli.build_parser().parse_args(
+    settings = parse(
         ["run", "--quick", "--rank", "2", "--order", "order2", "--p", "0.3"]
     )
-    settings = cli.resolve_settings(args)
     assert settings["rank"] == 2
     assert settings["p"] == 0.3
     assert settings["tasks"] is None  # --order replaces the quick tasks.
-    assert settings["order"] == "order2"
+    assert settings["orders"] == ["order2"]
     assert settings["num_train"] == cli.QUICK["num_train"]
 
 

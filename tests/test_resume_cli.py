@@ -96,7 +96,9 @@ def run_cli(tmp_path, args, kill_at=None):
 
 def matrix(output):
     with open(os.path.join(output, "results.json")) as f:
-        return np.array(json.load(f)["methods"]["pam"]["matrix"])
+        (cell,) = json.load(f)["cells"]  # One seed, one order, one method.
+    assert cell["method"] == "pam"
+    return np.array(cell["matrix"])
 
 
 def test_killed_quick_run_resumes_to_the_same_matrix(tiny_preset, tmp_path):
@@ -148,3 +150,34 @@ def test_resume_refuses_another_configuration(tmp_path):
         )
     with pytest.raises(ValueError, match="no run.json"):
         cli.resume_settings(parse(["run", "--resume", str(tmp_path)]))
+
+
+def test_resume_refuses_another_grid(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    settings = cli.resolve_settings(
+        parse(["run", "--seeds", "0,1,2", "--orders", "order1,order2"])
+    )
+    (folder / cli.RUN_FILE).write_text(json.dumps({"settings": settings}))
+    resume = ["run", "--resume", str(folder)]
+    saved = cli.resume_settings(parse(resume))
+    assert saved["seeds"] == [0, 1, 2]
+    assert saved["orders"] == ["order1", "order2"]
+    same = cli.resume_settings(parse(resume + ["--seeds", "0,1,2"]))
+    assert same["seeds"] == [0, 1, 2]
+    for flags, message in (
+        (["--seeds", "0,1"], "--seeds asks for seeds 0,1 but the run was "),
+        (["--seed", "0"], "--seed asks for seeds 0 but the run was started "),
+        (["--orders", "order2,order1"], "orders order2,order1 but the run"),
+        (["--order", "order1"], "was started with orders order1,order2"),
+    ):
+        with pytest.raises(ValueError, match="another grid") as info:
+            cli.resume_settings(parse(resume + flags))
+        assert message in str(info.value)
+    with pytest.raises(ValueError, match="started with seeds 0,1,2"):
+        cli.resume_settings(parse(resume + ["--seeds", "2,1,0"]))
+    # `--pairs` chooses what is reported: it may change on resume.
+    pairs = cli.resume_settings(parse(resume + ["--pairs", "average:pam"]))
+    assert pairs["pairs"] == [["average", "pam"]]
+    with pytest.raises(ValueError, match="does not run"):
+        cli.resume_settings(parse(resume + ["--pairs", "ties:pam"]))
