@@ -860,7 +860,10 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         method: str. A name of `keras_pam.strategies.STRATEGY_NAMES`.
         preset: str. The base preset (name or directory).
         suite: list of `keras_pam.datasets.Task`. The task sequence.
-        settings: dict. The run's settings (see `resolve_settings`).
+        settings: dict. The cell's settings (see `cell_settings`): the
+            study's, with the cell's `seed` and `order`, and `log_dir`
+            (TensorBoard scalars go to `<log_dir>/<method>/`, none when
+            `None` or missing).
         verbose: int. Passed to each task's `fit`. Defaults to `0`.
         run_dir: str. The method's checkpoint folder; when it holds a
             checkpoint, the method continues from its last completed task.
@@ -906,7 +909,8 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
             # Register every task first: FWT needs them all.
             learner.add_eval_task(name, test)
     log_dir = settings.get("log_dir")
-    log_dir = None if log_dir is None else os.path.join(log_dir, method)
+    if log_dir is not None:
+        log_dir = os.path.join(log_dir, _safe_name(method))
     rows = None if log_dir is None else _accuracy_writer(log_dir, learner)
     for i, task in enumerate(suite, start=1):
         if task.name in learner.learned_task_names:

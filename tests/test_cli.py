@@ -425,3 +425,58 @@ def test_main_module_exists():
     import keras_pam.__main__  # noqa: F401
 
     assert os.path.isfile(keras_pam.__main__.__file__)
+
+
+def synthetic_cell(order, seed, method, acc, bwt, a_m=None):
+    metrics = {"acc": acc, "bwt": bwt, "fwt": 0.0, "a_t": 0.5}
+    if a_m is not None:
+        metrics["a_m"] = a_m
+    return {"order": order, "seed": seed, "method": method, "metrics": metrics}
+
+
+def test_aggregate_over_orders_and_differences():
+    settings = {
+        "orders": ["order1", "order2"],
+        "seeds": [0, 1],
+        "methods": ["finetune", "pam"],
+    }
+    cells = [
+        synthetic_cell("order1", 0, "finetune", 0.10, -0.30),
+        synthetic_cell("order1", 0, "pam", 0.20, -0.10, 0.3),
+        synthetic_cell("order1", 1, "finetune", 0.20, -0.40),
+        synthetic_cell("order1", 1, "pam", 0.40, -0.20, 0.3),
+        synthetic_cell("order2", 0, "finetune", 0.30, -0.30),
+        synthetic_cell("order2", 0, "pam", 0.30, -0.10, 0.3),
+        synthetic_cell("order2", 1, "finetune", 0.50, -0.30),
+        synthetic_cell("order2", 1, "pam", 0.60, -0.10, 0.3),
+    ]
+    summary = cli.aggregate(cells, settings)
+    by_order = summary["by_order"]
+    assert by_order["order1"]["pam"]["acc"]["mean"] == pytest.approx(0.3)
+    assert by_order["order2"]["pam"]["acc"]["mean"] == pytest.approx(0.45)
+    assert by_order["order1"]["pam"]["acc"]["std"] == pytest.approx(
+        math.sqrt(0.02)
+    )
+    overall = summary["overall"]["pam"]["acc"]
+    # The mean of the per-order means, the std over the two orders.
+    assert overall["mean"] == pytest.approx(0.375)
+    assert overall["std"] == pytest.approx(math.sqrt(2 * 0.075**2))
+    assert overall["n"] == 2
+    assert summary["overall"]["finetune"]["a_m"]["n"] == 0
+    diffs = cli.differences(cells, [["pam", "finetune"]])
+    assert [d["metric"] for d in diffs] == ["acc", "bwt"]  # No A_m pair.
+    acc, bwt = diffs
+    # Matched cells: ACC differences 0.1, 0.2, 0.0, 0.1.
+    assert acc["n"] == 4 and acc["mean"] == pytest.approx(0.1)
+    assert acc["std"] == pytest.approx(math.sqrt(0.02 / 3))
+    assert acc["resolved"] is False  # 0.1 +- 3.182 * 0.0816 / 2 holds 0.
+    # BWT differences 0.2, 0.2, 0.2, 0.2: no spread, resolved.
+    assert bwt["mean"] == pytest.approx(0.2) and bwt["resolved"] is True
+    text = cli.format_report(
+        summary, diffs, settings, {"order1": ["a", "b"], "order2": ["b", "a"]}
+    )
+    assert "order1 (a, b): metrics (%), mean ± std over 2 seeds" in text
+    assert "All 2 orders: metrics (%), mean over orders" in text
+    assert "over 4 (seed, order) cells" in text
+    assert "pam - finetune  ACC +10.00 [" in text
+    assert "pam vs finetune: pam has the higher BWT (by 20.00 points)" in text
