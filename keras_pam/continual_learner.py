@@ -27,11 +27,108 @@ from keras_pam.strategies import Average
 from keras_pam.strategies import Finetune
 from keras_pam.strategies import TaskContext
 from keras_pam.strategies import get_strategy
+from keras_pam.strategies.moelora import MoELoRA
+from keras_pam.strategies.strategy import Strategy
+from keras_pam.strategies.strategy import StrategyWrapper
 from keras_pam.task_backup import TaskBackup
 from keras_pam.task_backup import load_task_backup
 
 # The inputs of the causal LM; other keys of `x` feed strategy losses.
 MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
+
+
+def initial_adapter(model, seed):
+    """A fresh adapter drawn from `seed` alone, whatever the random state.
+
+    Every `A` factor is He-uniform (Keras's `enable_lora` initialiser,
+    with Keras's fan-in convention), every `B` factor zero, so the update
+    starts at zero. Factor `i` (in `lora_variables` order) is drawn by
+    numpy from the seed `(seed, i)`: the same on every backend, and the
+    same however many models were built or tasks learned before.
+
+    Args:
+        model: the model (or backbone) whose LoRA factors to draw.
+        seed: int. The seed.
+
+    Returns:
+        An `AdapterState`.
+    """
+    tensors = {}
+    for index, (path, variable) in enumerate(lora_variables(model).items()):
+        shape = tuple(variable.shape)
+        if path.endswith("lora_kernel_b"):
+            tensors[path] = np.zeros(shape, "float32")
+            continue
+        fan_in = shape[0] if len(shape) == 2 else 1
+        if len(shape) > 2:
+            fan_in = shape[-2] * int(np.prod(shape[:-2]))
+        limit = math.sqrt(6.0 / max(1, fan_in))
+        rng = np.random.default_rng([int(seed), index])
+        tensors[path] = rng.uniform(-limit, limit, shape).astype("float32")
+    return AdapterState(tensors)
+
+
+def _strategy_chain(strategy):
+    chain = [strategy]
+    while isinstance(chain[-1], StrategyWrapper):
+        chain.append(chain[-1].inner)
+    return chain
+
+
+def train_step_key(strategy):
+    """What a strategy puts into the compiled train step, as a key.
+
+    Learners whose strategies have the same key run the same train step,
+    so a reused learner keeps its compiled step. Only `extra_loss` is
+    traced into the step (the fused alignment is in every JAX step, on or
+    off): strategies that keep the base class's have the key `"plain"`;
+    keras_pam's own strategies with an `extra_loss` are keyed by their
+    classes and configs; any other strategy gets `None` (never reused).
+    """
+    chain = _strategy_chain(strategy)
+    plain = (Strategy.extra_loss, StrategyWrapper.extra_loss)
+    custom = [s for s in chain if type(s).extra_loss not in plain]
+    if not custom:
+        return "plain"
+    if any(
+        not type(s).__module__.startswith("keras_pam.strategies") for s in chain
+    ):
+        return None
+    return tuple(
+        (type(s).__qualname__, json.dumps(s.get_config(), default=str))
+        for s in chain
+    )
+
+
+def _refresh_tokenizer(causal_lm):
+    """Make the tokenizer's TensorFlow SentencePiece model again.
+
+    `keras.utils.set_random_seed` (through `tf.random.set_seed`) clears
+    TensorFlow's eager kernel cache, and with it the kernel-owned model of
+    every tf-text `SentencepieceTokenizer` made before: a tokenizer reused
+    after it fails in `tf.data` ("Resource ..._SentencepieceOp... does not
+    exist"). Re-setting the proto makes a new one (milliseconds).
+    """
+    preprocessor = getattr(causal_lm, "preprocessor", None)
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    proto = getattr(tokenizer, "proto", None)
+    if isinstance(proto, bytes) and hasattr(tokenizer, "set_proto"):
+        tokenizer.set_proto(proto)
+
+
+def _same_optimizer(a, b):
+    """Whether two optimizers are the same update rule and settings."""
+    if a is b:
+        return True
+    if a is None or b is None or type(a) is not type(b):
+        return False
+
+    def settings(optimizer):
+        config = dict(optimizer.get_config())
+        config.pop("name", None)  # "adam", "adam_1", ...: not a setting.
+        return json.dumps(config, sort_keys=True, default=str)
+
+    return settings(a) == settings(b)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,6 +273,11 @@ class ContinualLearner(keras.Model):
             base with Keras's quantisation before LoRA is enabled
             (QLoRA-style); a base already quantised is kept. Defaults to
             `None` (the base keeps its dtype).
+        seed: int. Draw the initial adapter from this seed
+            (`keras_pam.continual_learner.initial_adapter`), whatever the
+            random state, so that a run is the same whether its learner is
+            new or `reset`. Defaults to `None`: the factors `enable_lora`
+            drew from Keras's random state.
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -227,25 +329,21 @@ class ContinualLearner(keras.Model):
         max_answer_tokens=None,
         run_dir=None,
         quantize=None,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        settings = dict(
-            p=p,
-            every=align_every,
-            reinit=reinit,
-            scope=scope,
-            align_first_task=align_first_task,
-            reset_moments=reset_moments,
+        self._set_strategy_settings(
+            strategy,
+            align,
+            p,
+            align_every,
+            reinit,
+            scope,
+            align_first_task,
+            reset_moments,
+            merge,
         )
-        if strategy is not None:
-            self.strategy = get_strategy(strategy, **settings)
-        elif align:
-            self.strategy = PAM(merge=merge, **settings)
-        elif merge is not None:
-            self.strategy = Average(merge)
-        else:
-            self.strategy = Finetune()
         if causal_lm.preprocessor is None:
             raise ValueError(
                 "`causal_lm` needs a preprocessor (it tokenizes the prompts)."
@@ -265,15 +363,6 @@ class ContinualLearner(keras.Model):
             enable_lora(backbone, rank, alpha, target_layer_names)
         self.rank = rank
         self.alpha = alpha
-        self.align = align
-        self.p = p
-        self.align_every = align_every
-        self.reinit = reinit
-        self.scope = scope
-        self.align_first_task = align_first_task
-        self.reset_moments = reset_moments
-        self.merge = merge
-        self.strategy_name = strategy if isinstance(strategy, str) else None
         self.target_layer_names = target_layer_names
         self.eval_batch_size = eval_batch_size
         self.max_answer_tokens = max_answer_tokens
@@ -283,22 +372,184 @@ class ContinualLearner(keras.Model):
         self.fused_alignment = None
         if keras.backend.backend() == "jax":
             self.fused_alignment = FusedSignAlignment(lora_variables(causal_lm))
-        self.initial_state = AdapterState.from_model(causal_lm)
+        self.seed = seed
+        self._enabled_state = AdapterState.from_model(causal_lm)
+        self.initial_state = self._enabled_state
+        if seed is not None:
+            self.initial_state = initial_adapter(causal_lm, seed)
+            self.initial_state.assign_to(causal_lm)
         self.global_state = self.initial_state
         self.scorer = Scorer(causal_lm, eval_batch_size, max_answer_tokens)
+        self._clear_records()
+        self.built = True
+        num_weights = len(causal_lm.weights)
+        self.strategy.attach(self)
+        # A strategy that adds weights (MoELoRA's routers) owns the model:
+        # the learner cannot be `reset` for another run.
+        self._strategy_changed_model = len(causal_lm.weights) != num_weights
+        self._train_functions = {}
+        self._train_step_key = train_step_key(self.strategy)
+        self.compile()
+        self.preset = None
+        self.run_dir = None
+        if run_dir is not None:
+            self._open_run_dir(run_dir)
+
+    def _set_strategy_settings(
+        self,
+        strategy,
+        align,
+        p,
+        align_every,
+        reinit,
+        scope,
+        align_first_task,
+        reset_moments,
+        merge,
+        check_shareable=False,
+    ):
+        """Build the strategy from the constructor's arguments and keep
+        them; nothing changes if it fails."""
+        settings = dict(
+            p=p,
+            every=align_every,
+            reinit=reinit,
+            scope=scope,
+            align_first_task=align_first_task,
+            reset_moments=reset_moments,
+        )
+        if strategy is not None:
+            strategy_object = get_strategy(strategy, **settings)
+        elif align:
+            strategy_object = PAM(merge=merge, **settings)
+        elif merge is not None:
+            strategy_object = Average(merge)
+        else:
+            strategy_object = Finetune()
+        if check_shareable and any(
+            isinstance(s, MoELoRA) for s in _strategy_chain(strategy_object)
+        ):
+            raise ValueError(
+                "MoELoRA adds routers to the model: give it a new learner "
+                "rather than `reset`ting this one."
+            )
+        self.strategy = strategy_object
+        self.align = align
+        self.p = p
+        self.align_every = align_every
+        self.reinit = reinit
+        self.scope = scope
+        self.align_first_task = align_first_task
+        self.reset_moments = reset_moments
+        self.merge = merge
+        self.strategy_name = strategy if isinstance(strategy, str) else None
+
+    def _clear_records(self):
         self._eval_tasks = {}
         self._zero_shot = {}
         self._learned = []
         self._rows = []
         self._pre_merge = {}
         self.task_reports = []
-        self.built = True
+
+    def reset(
+        self,
+        strategy=None,
+        seed=None,
+        run_dir=None,
+        optimizer=None,
+        align=True,
+        p=0.5,
+        align_every=100,
+        reinit="global",
+        scope="tensor",
+        align_first_task=True,
+        reset_moments=False,
+        merge="average",
+    ):
+        """Start a new run on this learner's model, keeping what it compiled.
+
+        The learner becomes what `ContinualLearner(causal_lm, ...)` with the
+        same model settings (rank, alpha, targets, quantisation, scoring)
+        and these arguments would be: a fresh initial adapter, no tasks, no
+        records, a new strategy and `run_dir`, the optimizer's state zeroed.
+        What it keeps is the compiled work: the scorer's decoders and the
+        train step of every strategy key seen so far (`train_step_key`;
+        fine-tuning, averaging and PAM share one), so a study of several
+        methods, seeds and orders on one model compiles them once. The
+        accuracy matrix of a run does not depend on the runs before it.
+
+        Args:
+            strategy, align, p, align_every, reinit, scope,
+            align_first_task, reset_moments, merge: as in the constructor
+                (the same defaults).
+            seed: int. Draw the initial adapter from this seed (see
+                `initial_adapter`). Defaults to `None`: the adapter the
+                learner was built with.
+            run_dir: str. The new run's checkpoint folder. Defaults to
+                `None`.
+            optimizer: `keras.optimizers.Optimizer`. An optimizer of other
+                settings than the current one recompiles; one of the same
+                settings keeps the current object and its compiled step.
+                Defaults to `None` (keep the current one).
+
+        Example:
+        ```python
+        learner = ContinualLearner.from_preset(preset, rank=8)
+        for seed in (0, 1, 2):
+            learner.reset(strategy="pam", seed=seed)
+            for task in suite:
+                learner.add_eval_task(task.name, task.test)
+            for task in suite:
+                learner.learn_task(task.train, name=task.name)
+            reports.append(learner.evaluate_all())
+        ```
+        """
+        if self._strategy_changed_model:
+            raise ValueError(
+                f"The learner's strategy {self.strategy.name!r} added "
+                "weights to the model: build a new learner instead of "
+                "resetting this one."
+            )
+        previous_key = self._train_step_key
+        self._set_strategy_settings(
+            strategy,
+            align,
+            p,
+            align_every,
+            reinit,
+            scope,
+            align_first_task,
+            reset_moments,
+            merge,
+            check_shareable=True,
+        )
+        if self.train_function is not None and previous_key:
+            self._train_functions[previous_key] = self.train_function
+        if optimizer is not None and not _same_optimizer(
+            self.optimizer, optimizer
+        ):
+            self.compile(optimizer=optimizer)
+        key = train_step_key(self.strategy)
+        self._train_step_key = key
+        self.train_function = self._train_functions.get(key) if key else None
+        self.stop_training = False
+        _refresh_tokenizer(self.causal_lm)
+        self._reset_optimizer()
+        if self.fused_alignment is not None:
+            self.fused_alignment.reset()
+        self.seed = seed
+        self.initial_state = self._enabled_state
+        if seed is not None:
+            self.initial_state = initial_adapter(self.causal_lm, seed)
+        self.global_state = self.initial_state
+        self.global_state.assign_to(self)
+        self._clear_records()
         self.strategy.attach(self)
-        self.compile()
-        self.preset = None
         self.run_dir = None
         if run_dir is not None:
             self._open_run_dir(run_dir)
+        return self
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
@@ -378,6 +629,8 @@ class ContinualLearner(keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
+        # Steps traced with the old optimizer, loss and metrics are stale.
+        self._train_functions = {}
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -776,6 +1029,9 @@ class ContinualLearner(keras.Model):
         config = self.get_config()
         for key in ("causal_lm", "name", "trainable", "dtype", "run_dir"):
             config.pop(key, None)
+        if config.get("seed") is None:
+            # Run folders written before `seed` existed stay resumable.
+            config.pop("seed", None)
         config["strategy"] = {
             "name": self.strategy.name,
             "config": self.strategy.get_config(),
@@ -858,10 +1114,19 @@ class ContinualLearner(keras.Model):
         self._pre_merge = dict(tree["pre_merge"])
         self.task_reports = [TaskReport(**r) for r in tree["task_reports"]]
         self.strategy.set_state(tree["strategy"])
-        self.compile(optimizer=keras.optimizers.deserialize(tree["optimizer"]))
+        optimizer = keras.optimizers.deserialize(tree["optimizer"])
+        if not _same_optimizer(self.optimizer, optimizer):
+            self.compile(optimizer=optimizer)
 
     @classmethod
-    def resume(cls, run_dir, eval_tasks=None, causal_lm=None, strategy=None):
+    def resume(
+        cls,
+        run_dir,
+        eval_tasks=None,
+        causal_lm=None,
+        strategy=None,
+        learner=None,
+    ):
         """Continue a run from its last completed task.
 
         Args:
@@ -873,6 +1138,10 @@ class ContinualLearner(keras.Model):
                 `from_preset` (which records the preset). Defaults to `None`.
             strategy: `Strategy`. The run's strategy, needed when it was not
                 built by name. Defaults to `None`.
+            learner: `ContinualLearner`. Continue the run on this learner
+                (`reset` to the run's settings) instead of a new one, so
+                its compiled steps are kept; its model settings and preset
+                must be the run's. Defaults to `None`.
 
         Returns:
             A `ContinualLearner` holding the run's state: learn the tasks
@@ -928,7 +1197,30 @@ class ContinualLearner(keras.Model):
                 f"The run used the strategy {saved_strategy['name']!r}, "
                 "which is not built by name: pass it as `strategy`."
             )
-        if causal_lm is None:
+        if learner is not None:
+            model_keys = (
+                "rank",
+                "alpha",
+                "target_layer_names",
+                "eval_batch_size",
+                "max_answer_tokens",
+                "quantize",
+            )
+            ours = learner._run_config()
+            differing = [
+                key
+                for key in model_keys
+                if kwargs.pop(key, None) != ours.get(key)
+            ]
+            if preset != learner.preset:
+                differing.append("preset")
+            if differing:
+                raise ValueError(
+                    f"The run in {run_dir!r} used another model than "
+                    f"`learner` (differing: {differing})."
+                )
+            learner.reset(seed=kwargs.pop("seed", None), **kwargs)
+        elif causal_lm is None:
             if preset is None:
                 raise ValueError(
                     f"The run in {run_dir!r} did not start from a preset: "
@@ -994,6 +1286,7 @@ class ContinualLearner(keras.Model):
                 "eval_batch_size": self.eval_batch_size,
                 "max_answer_tokens": self.max_answer_tokens,
                 "quantize": self.quantize_mode,
+                "seed": self.seed,
             }
         )
         return config
@@ -1009,3 +1302,160 @@ class ContinualLearner(keras.Model):
             config["causal_lm"]
         )
         return cls(**config)
+
+
+def _owns_model(strategy):
+    """Whether a strategy (or its name) adds weights to the model."""
+    if isinstance(strategy, str):
+        return strategy == "moelora"
+    return any(isinstance(s, MoELoRA) for s in _strategy_chain(strategy))
+
+
+class SharedModel:
+    """One base model and its compiled steps, shared by the runs of a study.
+
+    A study runs many cells (methods x seeds x orders) on the same base.
+    A new `ContinualLearner` per cell traces and compiles its train step
+    and its scorer's decoders again (about 25 s per cell on two CPU
+    cores). `SharedModel` builds one learner and `reset`s it for every
+    cell: each train step (`train_step_key`: fine-tuning, averaging and
+    PAM share one) and each decoder is compiled once per study. A cell's
+    accuracy matrix is the same whether it runs alone or after others
+    (its initial adapter is drawn from its seed, see `initial_adapter`).
+    Strategies that add weights to the model (MoELoRA) get a new learner
+    per cell.
+
+    `compile_log` (a `keras_pam.compilation.CompileLog`) counts the
+    compiles since the shared model was created.
+
+    Args:
+        preset: str. The base preset (name or directory).
+        load_weights: bool. As in `ContinualLearner.from_preset`. Defaults
+            to `True`.
+        dtype: str. As in `ContinualLearner.from_preset`. Defaults to
+            `None`.
+        **model_kwargs: the model settings every cell shares: `rank`,
+            `alpha`, `target_layer_names`, `eval_batch_size`,
+            `max_answer_tokens`, `quantize`.
+
+    Example:
+    ```python
+    shared = SharedModel.get(preset, rank=8)
+    for seed in (0, 1, 2):
+        for method in ("finetune", "average", "pam"):
+            learner = shared.learner(method, seed=seed, eval_tasks=tests)
+            for task in suite:
+                learner.learn_task(task.train, name=task.name)
+            reports[method, seed] = learner.evaluate_all()
+    print(shared.compile_log.summary())
+    ```
+    """
+
+    _instances = {}
+
+    def __init__(self, preset, load_weights=True, dtype=None, **model_kwargs):
+        from keras_pam.compilation import CompileLog
+
+        self.preset = preset
+        self.load_weights = load_weights
+        self.dtype = dtype
+        self.model_kwargs = dict(model_kwargs)
+        self.compile_log = CompileLog().start()
+        self._learner = None
+
+    @classmethod
+    def get(cls, preset, **kwargs):
+        """The process's `SharedModel` for these arguments (made once)."""
+        key = (
+            keras.backend.backend(),
+            preset,
+            json.dumps(kwargs, sort_keys=True, default=str),
+        )
+        if key not in cls._instances:
+            cls._instances[key] = cls(preset, **kwargs)
+        return cls._instances[key]
+
+    @classmethod
+    def clear(cls):
+        """Forget the process's shared models (their memory is freed)."""
+        for shared in cls._instances.values():
+            shared.compile_log.stop()
+        cls._instances.clear()
+
+    def _new_learner(self, **kwargs):
+        return ContinualLearner.from_preset(
+            self.preset,
+            load_weights=self.load_weights,
+            dtype=self.dtype,
+            **self.model_kwargs,
+            **kwargs,
+        )
+
+    def learner(
+        self,
+        strategy,
+        seed=None,
+        run_dir=None,
+        eval_tasks=None,
+        optimizer=None,
+        **settings,
+    ):
+        """The learner of one cell: a fresh run on the shared model.
+
+        When `run_dir` holds a run (its `config.json`), the run is resumed
+        with its own settings (`ContinualLearner.resume`); otherwise a new
+        run starts there.
+
+        Args:
+            strategy: str or `Strategy`. The cell's method.
+            seed: int. Seeds the initial adapter. Defaults to `None` (the
+                adapter the shared model was built with).
+            run_dir: str. The cell's checkpoint folder. Defaults to `None`.
+            eval_tasks: dict of name to test split, registered in order
+                (all of them before learning: FWT needs them). Defaults to
+                `None`.
+            optimizer: `keras.optimizers.Optimizer`. Defaults to `None`
+                (the learner's default, Adam at `5e-4`).
+            **settings: the strategy settings of `ContinualLearner.reset`
+                (`p`, `align_every`, `reinit`, `scope`, ...).
+
+        Returns:
+            A `ContinualLearner`. It is the one object of the shared model:
+            use it until the next call.
+        """
+        eval_tasks = dict(eval_tasks or {})
+        resuming = run_dir is not None and os.path.isfile(
+            os.path.join(run_dir, "config.json")
+        )
+        if _owns_model(strategy):
+            if resuming:
+                return ContinualLearner.resume(run_dir, eval_tasks=eval_tasks)
+            learner = self._new_learner(
+                strategy=strategy, seed=seed, run_dir=run_dir, **settings
+            )
+            if optimizer is not None:
+                learner.compile(optimizer=optimizer)
+        else:
+            if self._learner is None:
+                self._learner = self._new_learner()
+            learner = self._learner
+            if resuming:
+                if optimizer is not None and not _same_optimizer(
+                    learner.optimizer, optimizer
+                ):
+                    # The run's own, for a task killed before any backup;
+                    # the checkpoint's optimizer replaces it if it differs.
+                    learner.compile(optimizer=optimizer)
+                return ContinualLearner.resume(
+                    run_dir, eval_tasks=eval_tasks, learner=learner
+                )
+            learner.reset(
+                strategy=strategy,
+                seed=seed,
+                run_dir=run_dir,
+                optimizer=optimizer,
+                **settings,
+            )
+        for name, data in eval_tasks.items():
+            learner.add_eval_task(name, data)
+        return learner

@@ -165,6 +165,17 @@ class FusedSignAlignment(keras.layers.Layer):
         """Stop aligning; the train step is a plain step again."""
         self.every.assign(0)
 
+    def reset(self):
+        """Back to the state of a new instance: not aligning, no targets,
+        no counts (a learner reused for a new run calls it)."""
+        for target in self.targets:
+            target.assign(ops.zeros(target.shape, target.dtype))
+        self.keep_global.assign(1.0)
+        self.reset_moments.assign(0)
+        self.counts.assign(np.zeros((self.capacity,), "int32"))
+        self.step.assign(0)
+        self.every.assign(0)
+
     def set_step(self, step):
         """Set the number of steps trained, for a task resumed mid-way."""
         self.step.assign(int(step))
