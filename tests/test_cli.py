@@ -8,6 +8,7 @@ plots, the TensorBoard scalars, and a resume of the finished grid.
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -23,6 +24,8 @@ from keras_pam import statistics
 GRID_METHODS = ("finetune", "pam")
 GRID_SEEDS = (0, 1)
 QUICK_TASKS = cli.QUICK["tasks"].split(",")
+# `--log-dir` writes through `tf.summary`, which needs `tensorboard`.
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 
 def run_main(argv):
@@ -40,7 +43,8 @@ def grid_run(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     argv = ["run", "--quick", "--seeds", "0,1", "--methods", "finetune,pam"]
     argv += ["--output", str(output), "--home", str(home)]
-    argv += ["--log-dir", str(logs)]
+    if HAS_TENSORBOARD:
+        argv += ["--log-dir", str(logs)]
     status, printed = run_main(argv)
     return status, output, home, logs, printed
 
@@ -184,6 +188,7 @@ def scalars(folder):
     return found
 
 
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="needs tensorboard")
 def test_grid_log_dir_scalars(grid_run):
     _, output, _, logs, _ = grid_run
     cell = logs / cli.CUSTOM_ORDER / "seed1" / "pam"
@@ -480,3 +485,17 @@ def test_aggregate_over_orders_and_differences():
     assert "over 4 (seed, order) cells" in text
     assert "pam - finetune  ACC +10.00 [" in text
     assert "pam vs finetune: pam has the higher BWT (by 20.00 points)" in text
+
+
+def test_log_dir_without_tensorboard_is_refused(monkeypatch, tmp_path, capsys):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a),
+    )
+    output = tmp_path / "never"
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--log-dir", "logs", "--output", str(output)])
+    assert "needs the `tensorboard` package" in capsys.readouterr().err
+    assert not output.exists()
