@@ -1212,11 +1212,11 @@ def format_report(summary, diffs, settings, task_names):
         The text, as str.
     """
     seeds = _seeds_text(settings["seeds"])
-    spread = "mean ± std over" if len(settings["seeds"]) > 1 else "one run,"
+    spread = ", mean ± std over" if len(settings["seeds"]) > 1 else " of"
     blocks = []
     for order, table in summary["by_order"].items():
         blocks.append(
-            f"{order} ({', '.join(task_names[order])}): metrics (%), "
+            f"{order} ({', '.join(task_names[order])}): metrics (%)"
             f"{spread} {seeds}\n" + format_summary_table(table)
         )
     if summary["overall"] is not None:
