@@ -622,6 +622,11 @@ def resume_settings(args):
         )
     with open(path) as f:
         saved = json.load(f)["settings"]
+    if "seeds" not in saved or "orders" not in saved:
+        raise ValueError(
+            f"`--resume {args.resume}`: the run was written by an older "
+            "`keras-pam run`, before seed and order grids; start a new run."
+        )
     # `--pairs` is checked against the run's methods, below.
     given = resolve_settings(argparse.Namespace(**dict(vars(args), pairs=None)))
     grid, differing = [], []

@@ -181,3 +181,11 @@ def test_resume_refuses_another_grid(tmp_path):
     assert pairs["pairs"] == [["average", "pam"]]
     with pytest.raises(ValueError, match="does not run"):
         cli.resume_settings(parse(resume + ["--pairs", "ties:pam"]))
+
+
+def test_resume_refuses_a_run_without_a_grid(tmp_path):
+    settings = cli.resolve_settings(parse(["run", "--quick"]))
+    del settings["seeds"]
+    (tmp_path / cli.RUN_FILE).write_text(json.dumps({"settings": settings}))
+    with pytest.raises(ValueError, match="older `keras-pam run`"):
+        cli.resume_settings(parse(["run", "--resume", str(tmp_path)]))
