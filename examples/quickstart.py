@@ -1,34 +1,38 @@
-"""Quickstart: a tiny PaliGemma learns two tasks with PAM, on a CPU.
+"""Quickstart: the shipped tiny PaliGemma base learns two tasks with PAM.
 
 Run it with:
 
     KERAS_BACKEND=jax python examples/quickstart.py
 
-Everything is built locally: a tiny PaliGemma (random weights, a tokenizer
-trained on the spot) and two generated tasks. It takes about a minute on
-two CPU cores and prints the accuracy matrix and the paper's five metrics.
+Nothing is downloaded: the tiny pretrained PaliGemma ships with keras_pam
+(a KerasHub preset directory, `keras_pam.models.shipped_base_preset()`),
+and the two tasks are generated. It takes under a minute on two CPU cores
+and prints each task's line, the accuracy matrix and the paper's five
+metrics, and saves the matrix as a heatmap.
 """
 
 import keras
 
 import keras_pam
 from keras_pam import datasets
-from keras_pam.models import build_tiny_pali_gemma
+from keras_pam.models import shipped_base_preset
 
 keras.utils.set_random_seed(0)
 tasks = [
-    datasets.make_task(name, num_train=256, num_test=64, seed=i)
-    for i, name in enumerate(["color", "shape"])
+    datasets.make_task(name, num_train=320, num_test=64, seed=0)
+    for name in ["color", "shape"]
 ]
-causal_lm = build_tiny_pali_gemma(
-    texts=datasets.vocabulary_texts(), image_size=32, sequence_length=24
+learner = keras_pam.ContinualLearner.from_preset(
+    shipped_base_preset(), rank=8, p=0.5, align_every=20
 )
-learner = keras_pam.ContinualLearner(causal_lm, rank=8, p=0.5, align_every=10)
-learner.compile(optimizer=keras.optimizers.Adam(learning_rate=5e-3))
+learner.compile(optimizer=keras.optimizers.Adam(learning_rate=2e-3))
 for task in tasks:  # Register every task first: FWT needs them all.
     learner.add_eval_task(task.name, task.test)
 for task in tasks:
-    learner.learn_task(task.train, name=task.name, epochs=4, batch_size=16)
+    report = learner.learn_task(
+        task.train, name=task.name, epochs=2, batch_size=16, verbose=0
+    )
+    print(report.summary())
 
 report = learner.evaluate_all()
 print(report.format_matrix())

@@ -1,8 +1,9 @@
 """The `keras-pam` command line: a whole continual-learning study, offline.
 
-`keras-pam run` pretrains (once, cached) a tiny PaliGemma, generates the
-task suite, and, for every task order and seed of the grid, teaches the
-tasks one after another with each method. It prints the paper's metrics
+`keras-pam run` loads the tiny pretrained PaliGemma that ships with the
+package (`keras-pam pretrain` rebuilds it), generates the task suite,
+and, for every task order and seed of the grid, teaches the tasks one
+after another with each method. It prints the paper's metrics
 (ACC, BWT, FWT, A_t, A_m) as mean +- std over seeds (and over orders), and
 the paired difference of chosen pairs of methods with a 95 % confidence
 interval over the (seed, order) cells; results go to an output folder as
@@ -15,7 +16,7 @@ keras-pam run --methods all --order order2   # every method, one order
 keras-pam run --pairs pam:average,ties:pam   # the differences to report
 keras-pam run --quick                        # under a minute
 keras-pam run --resume runs/20261123-101500  # continue a killed run
-keras-pam base                               # only build the tiny base
+keras-pam pretrain --output DIR             # rebuild the tiny base
 python -m keras_pam run --help
 ```
 
@@ -73,13 +74,8 @@ DEFAULTS = {
     "num_train": 1000,
     "num_test": 200,
     "learning_rate": 2e-3,
-    # The tiny base's seed (`keras-pam base --seed`); `run` keeps it as
-    # `base_seed`: the base is the same for every cell of the grid.
-    "seed": 0,
-    "base_steps": 4000,
 }
-# `--quick`: small enough that the whole run, base included, takes < 1 min.
-# Its base is `keras_pam.models.quick_tiny_base_preset`.
+# `--quick`: small enough that the whole run takes < 1 min.
 QUICK = {
     "seeds": [0],
     "tasks": "color,shape",
@@ -88,7 +84,6 @@ QUICK = {
     "num_train": 48,
     "num_test": 16,
 }
-TINY_BASE_NAME = "tiny_pali_gemma"
 
 
 def _strategy_names():
@@ -451,12 +446,6 @@ def build_parser():
         help="tiny sizes, for a smoke test: the whole run takes < 1 minute",
     )
     run.add_argument(
-        "--home",
-        default=None,
-        help="cache folder of the tiny base (default: $KERAS_PAM_HOME, "
-        "else ~/.keras/keras_pam)",
-    )
-    run.add_argument(
         "--resume",
         default=None,
         metavar="DIR",
@@ -474,16 +463,40 @@ def build_parser():
         help="Keras progress of each task's fit (default: 0)",
     )
     parser.run_parser = run  # `main` reports bad settings with its usage.
-    base = commands.add_parser(
-        "base",
-        help="build (once) the tiny pretrained base and print its folder",
+    pretrain = commands.add_parser(
+        "pretrain",
+        aliases=["base"],
+        help="rebuild the tiny pretrained base (the shipped one by default)",
+        description=(
+            "Pretrain the tiny PaliGemma base on the generated mixture and "
+            "save it as a checksummed KerasHub preset directory. The "
+            "command is recorded in the preset's metadata."
+        ),
     )
-    base.add_argument("--home", default=None, help="cache folder")
-    base.add_argument(
-        "--steps", type=_positive_int, default=DEFAULTS["base_steps"]
+    pretrain.add_argument(
+        "--output",
+        default=None,
+        help=(
+            "preset directory to write (default: "
+            "$KERAS_PAM_HOME/presets/tiny_pali_gemma; the copy that ships "
+            "is keras_pam/models/presets/tiny_pali_gemma)"
+        ),
     )
-    base.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    base.add_argument("--overwrite", action="store_true")
+    pretrain.add_argument("--home", default=None, help="cache folder")
+    pretrain.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="pretraining steps (default: those of the shipped base)",
+    )
+    pretrain.add_argument(
+        "--seed", type=int, default=0, help="seed of the build (0)"
+    )
+    pretrain.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild even if a preset with these settings exists",
+    )
     return parser
 
 
@@ -504,7 +517,6 @@ def resolve_settings(args):
     settings = {
         k: list(v) if isinstance(v, list) else v for k, v in DEFAULTS.items()
     }
-    settings["base_seed"] = settings.pop("seed")
     settings["tasks"] = None
     if args.quick:
         settings.update(QUICK)
@@ -554,10 +566,6 @@ def resolve_settings(args):
     if getattr(args, "pairs", None) is not None:
         settings["pairs"] = parse_pairs(args.pairs, settings["methods"])
     settings["quick"] = bool(args.quick)
-    if settings["quick"]:
-        from keras_pam.models.tiny_base import QUICK_STEPS
-
-        settings["base_steps"] = QUICK_STEPS
     settings["preset"] = args.preset
     return settings
 
@@ -1026,36 +1034,26 @@ def check_log_dir(log_dir):
         )
 
 
-def resolve_preset(settings, home):
+def resolve_preset(settings):
     """The base preset of a study: the same for every cell.
 
     Args:
-        settings: dict. The study's settings (`preset`, `quick`,
-            `base_steps`, `base_seed`).
-        home: str. The cache folder of the tiny base, or `None`.
+        settings: dict. The study's settings (`preset`).
 
     Returns:
-        The preset, a name or a local directory.
+        The preset, a name or a local directory: `settings["preset"]`, or
+        the tiny base that ships with keras_pam, checked against its
+        recorded checksums (`keras_pam.models.shipped_base_preset`).
+
+    Raises:
+        keras_pam.models.CorruptBaseError: the shipped base fails its
+            checksums; the message gives the command that rebuilds it.
     """
     preset = settings.get("preset")
-    if preset is None and settings["quick"]:
-        from keras_pam.models.tiny_base import quick_tiny_base_preset
+    if preset is None:
+        from keras_pam.models.tiny_base import shipped_base_preset
 
-        preset = quick_tiny_base_preset(
-            home=home, seed=settings["base_seed"], verbose=1
-        )
-        print(f"Base: {preset}", flush=True)
-    elif preset is None:
-        from keras_pam.models.tiny_base import tiny_base_preset
-
-        preset = tiny_base_preset(
-            name=TINY_BASE_NAME,
-            home=home,
-            steps=settings["base_steps"],
-            seed=settings["base_seed"],
-            verbose=1,
-        )
-        print(f"Base: {preset}", flush=True)
+        preset = shipped_base_preset()
     return preset
 
 
@@ -1406,7 +1404,8 @@ def run(args, settings=None):
         f"backend {keras.backend.backend()}; output {output}",
         flush=True,
     )
-    preset = resolve_preset(settings, args.home)
+    preset = resolve_preset(settings)
+    print(f"Base: {preset}", flush=True)
     import keras_hub
 
     image_size = keras_hub.models.PaliGemmaBackbone.from_preset(
@@ -1473,19 +1472,35 @@ def run(args, settings=None):
     return results
 
 
-def build_base(args):
-    """`keras-pam base`: build the tiny base once and print its folder."""
-    from keras_pam.models.tiny_base import tiny_base_preset
+def pretrain(args, argv=()):
+    """`keras-pam pretrain`: rebuild the tiny base and print its folder.
 
-    print(
-        tiny_base_preset(
-            name=TINY_BASE_NAME,
-            home=args.home,
-            steps=args.steps,
-            seed=args.seed,
-            overwrite=args.overwrite,
-        )
+    Args:
+        args: `argparse.Namespace`. The parsed flags of `pretrain`.
+        argv: list of str. The command line's arguments, recorded in the
+            preset's metadata as the command that built it.
+
+    Returns:
+        The preset directory.
+    """
+    import shlex
+
+    from keras_pam.models import tiny_base
+
+    if args.seed < 0:
+        raise ValueError(f"`--seed` must be >= 0, got {args.seed}.")
+    steps = tiny_base.DEFAULT_STEPS if args.steps is None else args.steps
+    command = " ".join(["keras-pam"] + [shlex.quote(a) for a in argv])
+    directory = tiny_base.tiny_base_preset(
+        home=args.home,
+        steps=steps,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        output=args.output,
+        command=command,
     )
+    print(directory)
+    return directory
 
 
 def _reexec_with_jax(argv):
@@ -1528,8 +1543,11 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "base":
-        build_base(args)
+    if args.command in ("pretrain", "base"):
+        try:
+            pretrain(args, argv)
+        except ValueError as e:
+            parser.error(str(e))
         return 0
     try:
         if args.resume is not None:
@@ -1538,6 +1556,7 @@ def main(argv=None):
             settings = resolve_settings(args)
         check_settings(settings)
         check_log_dir(args.log_dir)
+        resolve_preset(settings)  # A corrupt shipped base: before any work.
     except ValueError as e:
         # Exits with status 2 and the usage of `run`.
         parser.run_parser.error(str(e))

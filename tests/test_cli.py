@@ -20,6 +20,7 @@ import pytest
 
 from keras_pam import cli
 from keras_pam import statistics
+from keras_pam.models import tiny_base
 
 GRID_METHODS = ("finetune", "pam")
 GRID_SEEDS = (0, 1)
@@ -39,14 +40,13 @@ def run_main(argv):
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("run")
-    home = tmp_path_factory.mktemp("home")
     logs = tmp_path_factory.mktemp("logs")
     argv = ["run", "--quick", "--seeds", "0,1", "--methods", "finetune,pam"]
-    argv += ["--output", str(output), "--home", str(home)]
+    argv += ["--output", str(output)]
     if HAS_TENSORBOARD:
         argv += ["--log-dir", str(logs)]
     status, printed = run_main(argv)
-    return status, output, home, logs, printed
+    return status, output, None, logs, printed
 
 
 def results_of(output):
@@ -58,7 +58,8 @@ def test_grid_run_writes_results(grid_run):
     assert status == 0
     for name in ("results.json", "results.csv", "matrices.csv", "table.txt"):
         assert (output / name).is_file(), name
-    assert (home / "presets" / "tiny_pali_gemma_quick").is_dir()
+    # The base that ships with the package, nothing pretrained.
+    assert results_of(output)["preset"] == tiny_base.SHIPPED_PRESET
 
 
 def test_grid_run_keeps_every_cell(grid_run):
@@ -216,9 +217,7 @@ def test_finished_grid_resumes_without_rerunning(grid_run, tmp_path):
     shutil.copytree(output, copy)
     # One cell lost its result: it resumes from its last checkpoint.
     os.remove(copy / "checkpoints" / "custom" / "seed1" / "pam" / "result.json")
-    status, printed = run_main(
-        ["run", "--resume", str(copy), "--home", str(home)]
-    )
+    status, printed = run_main(["run", "--resume", str(copy)])
     assert status == 0
     assert printed.count("done before") == 3
     assert "[pam custom seed1] resumed after 2/2 tasks" in printed

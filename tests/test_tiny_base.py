@@ -1,6 +1,8 @@
-"""The tiny pretrained base: built once, cached atomically, loadable."""
+"""The tiny pretrained base: shipped and checksummed, rebuilt atomically."""
 
+import json
 import os
+import shutil
 
 import keras_hub
 import numpy as np
@@ -34,6 +36,71 @@ def test_preset_loads_with_from_preset(built):
     assert backbone.image_size == tiny_base.TINY_BASE_CONFIG["image_size"]
     assert backbone.hidden_dim == tiny_base.TINY_BASE_CONFIG["hidden_dim"]
     assert causal_lm.preprocessor.tokenizer.vocabulary_size() > 4
+
+
+def test_built_preset_records_checksums_and_command(tmp_path):
+    output = str(tmp_path / "rebuilt")
+    preset = tiny_base.tiny_base_preset(
+        steps=2,
+        num_examples=32,
+        verbose=0,
+        output=output,
+        command="keras-pam pretrain --steps 2",
+    )
+    assert preset == output
+    metadata = tiny_base.check_base_preset(preset)
+    assert metadata["command"] == "keras-pam pretrain --steps 2"
+    assert metadata["settings"]["steps"] == 2
+    assert set(metadata["checksums"]) == set(tiny_base.preset_checksums(preset))
+    assert "model.weights.h5" in metadata["checksums"]
+
+
+def test_shipped_base_loads_and_matches_its_checksums():
+    preset = tiny_base.shipped_base_preset()
+    assert preset == tiny_base.SHIPPED_PRESET
+    metadata = tiny_base.check_base_preset(preset)
+    assert metadata["command"].startswith("keras-pam pretrain")
+    assert metadata["settings"]["architecture"] == tiny_base.TINY_BASE_CONFIG
+    assert metadata["settings"]["steps"] == tiny_base.DEFAULT_STEPS
+    size = sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(preset)
+        for name in names
+    )
+    assert size < 8 * 2**20  # A few MB of package data.
+    causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(preset)
+    backbone = causal_lm.backbone
+    assert backbone.hidden_dim == tiny_base.TINY_BASE_CONFIG["hidden_dim"]
+    assert backbone.image_size == tiny_base.TINY_BASE_CONFIG["image_size"]
+
+
+@pytest.mark.parametrize("damage", ["change", "remove", "add", "metadata"])
+def test_corrupt_shipped_base_is_refused(tmp_path, monkeypatch, damage):
+    copy = str(tmp_path / "tiny_pali_gemma")
+    shutil.copytree(tiny_base.SHIPPED_PRESET, copy)
+    monkeypatch.setattr(tiny_base, "SHIPPED_PRESET", copy)
+    weights = os.path.join(copy, "model.weights.h5")
+    if damage == "change":
+        with open(weights, "r+b") as f:
+            f.seek(os.path.getsize(weights) // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        match = "model.weights.h5"
+    elif damage == "remove":
+        os.remove(weights)
+        match = "model.weights.h5"
+    elif damage == "add":
+        with open(os.path.join(copy, "extra.bin"), "wb") as f:
+            f.write(b"x")
+        match = "extra.bin"
+    else:
+        with open(os.path.join(copy, tiny_base.METADATA_FILE), "w") as f:
+            json.dump({"settings": {}}, f)
+        match = "no readable"
+    with pytest.raises(tiny_base.CorruptBaseError, match=match) as error:
+        tiny_base.shipped_base_preset()
+    assert "keras-pam pretrain" in str(error.value)
 
 
 def test_second_call_does_not_rebuild(built, monkeypatch):
@@ -118,10 +185,25 @@ def test_quick_tiny_base_preset(monkeypatch, tmp_path):
             steps=tiny_base.QUICK_STEPS,
             seed=3,
             verbose=0,
+            config=tiny_base.QUICK_CONFIG,
         )
     ]
-    # `keras-pam run --quick` records the quick base's steps.
+
+
+def test_pretrain_command_rebuilds_a_checked_preset(tmp_path):
     from keras_pam import cli
 
-    args = cli.build_parser().parse_args(["run", "--quick"])
-    assert cli.resolve_settings(args)["base_steps"] == tiny_base.QUICK_STEPS
+    output = str(tmp_path / "base")
+    argv = ["pretrain", "--steps", "3", "--output", output]
+    assert cli.main(argv) == 0
+    metadata = tiny_base.check_base_preset(output)
+    assert metadata["command"] == "keras-pam " + " ".join(argv)
+    assert metadata["settings"]["steps"] == 3
+    assert metadata["settings"]["architecture"] == tiny_base.TINY_BASE_CONFIG
+    causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(output)
+    assert (
+        causal_lm.backbone.num_layers
+        == tiny_base.TINY_BASE_CONFIG["num_layers"]
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--seed", "-1", "--output", output])

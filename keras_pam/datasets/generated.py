@@ -88,6 +88,9 @@ GLYPHS = np.array(
     [[[c == "#" for c in row] for row in glyph] for glyph in _GLYPH_ROWS]
 )
 
+# Radius of a single shape, as a fraction of the image side: large enough
+# that a small ViT with 8x8 patches tells the kinds apart.
+_SINGLE_RADIUS = (0.24, 0.42)
 _SPLIT_STREAMS = {"train": 0, "test": 1, "pretraining": 2}
 _MIN_IMAGE_SIZE = 32
 
@@ -167,7 +170,7 @@ def _place(rng, size, radii, accept=None, tries=500):
 def _single_object(rng, size):
     shape = SHAPES[rng.integers(len(SHAPES))]
     color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
-    r = _radius(rng, size, 0.18, 0.4)
+    r = _radius(rng, size, *_SINGLE_RADIUS)
     ((cx, cy),) = _place(rng, size, [r])
     image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
     return image, shape, color
@@ -248,8 +251,8 @@ def _gen_position(rng, size):
 
 def _digit_image(rng, size, digit):
     glyph = GLYPHS[digit]
-    max_scale = max(1, int(0.8 * size / 7))
-    scale = int(rng.integers(max(1, (max_scale + 1) // 2), max_scale + 1))
+    # As large as fits: a glyph 3 pixels a stroke at 32x32.
+    scale = max(1, int(0.8 * size / 7))
     pixels = np.kron(glyph, np.ones((scale, scale), dtype=bool))
     height, width = pixels.shape
     top = int(rng.integers(0, size - height + 1))
@@ -655,9 +658,9 @@ def _question(rng, kind):
 
 def _size_word(r, size):
     """`"small"` or `"big"` for a clearly sized shape, else `None`."""
-    if r <= 0.25 * size:
+    if r <= 0.3 * size:
         return "small"
-    if r >= 0.32 * size:
+    if r >= 0.36 * size:
         return "big"
     return None
 
@@ -665,15 +668,15 @@ def _size_word(r, size):
 def _single_example(rng, size):
     shape = SHAPES[rng.integers(len(SHAPES))]
     color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
-    r = _radius(rng, size, 0.18, 0.4)
+    r = _radius(rng, size, *_SINGLE_RADIUS)
     ((cx, cy),) = _place(rng, size, [r])
     image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
     size_word = _size_word(r, size)
     kind = rng.random()
-    if kind < 0.4:
+    if kind < 0.35:
         words = [_article(size_word or color), size_word, color, shape]
         return image, CAPTION_PROMPT, " ".join(w for w in words if w)
-    if kind < 0.65:
+    if kind < 0.5:
         return image, _question(rng, "color"), color
     if kind < 0.9 or size_word is None:
         return image, _question(rng, "shape"), shape
@@ -798,13 +801,13 @@ def pretraining_mixture(num_examples, image_size=32, seed=0):
     prompts, responses = [], []
     for i in range(num_examples):
         kind = rng.random()
-        if kind < 0.3:
+        if kind < 0.35:
             example = _single_example(rng, image_size)
-        elif kind < 0.45:
+        elif kind < 0.5:
             example = _count_example(rng, image_size)
-        elif kind < 0.7:
+        elif kind < 0.75:
             example = _digit_example(rng, image_size, train_pool)
-        elif kind < 0.85:
+        elif kind < 0.875:
             example = _pair_example(rng, image_size)
         else:
             example = _larger_example(rng, image_size)
