@@ -26,7 +26,8 @@ import keras
 import keras_hub
 
 DEFAULT_NAME = "tiny_pali_gemma"
-DEFAULT_STEPS = 4000
+DEFAULT_STEPS = 10000
+DEFAULT_LEARNING_RATE = 2.5e-3
 # The quick tiny base of smoke tests (`keras-pam run --quick`, the notebooks'
 # smoke mode): the same model, pretrained only briefly.
 QUICK_NAME = DEFAULT_NAME + "_quick"
@@ -274,7 +275,7 @@ def build_tiny_base_model(texts=(), config=None):
 def pretrain_tiny_base(
     steps=DEFAULT_STEPS,
     batch_size=32,
-    learning_rate=2e-3,
+    learning_rate=DEFAULT_LEARNING_RATE,
     num_examples=None,
     seed=0,
     verbose=1,
@@ -288,10 +289,10 @@ def pretrain_tiny_base(
     cosine decay of the learning rate. `tiny_base_preset` caches the result.
 
     Args:
-        steps: int. Optimizer steps. Defaults to `4000`.
+        steps: int. Optimizer steps. Defaults to `DEFAULT_STEPS`.
         batch_size: int. Examples per step. Defaults to `32`.
         learning_rate: float. Peak learning rate of Adam. Defaults to
-            `2e-3`.
+            `DEFAULT_LEARNING_RATE`.
         num_examples: int. Distinct captioned images to draw; the data is
             repeated (reshuffled) until `steps` are done. Defaults to
             `None`: enough for about two passes, at most 20,000.
@@ -406,7 +407,7 @@ def tiny_base_preset(
     home=None,
     steps=DEFAULT_STEPS,
     batch_size=32,
-    learning_rate=2e-3,
+    learning_rate=DEFAULT_LEARNING_RATE,
     num_examples=None,
     seed=0,
     overwrite=False,
@@ -432,7 +433,7 @@ def tiny_base_preset(
         steps: int. Pretraining steps. Defaults to `DEFAULT_STEPS`.
         batch_size: int. Pretraining batch size. Defaults to `32`.
         learning_rate: float. Peak pretraining learning rate. Defaults to
-            `2e-3`.
+            `DEFAULT_LEARNING_RATE`.
         num_examples: int. Distinct pretraining examples. Defaults to
             `None` (see `pretrain_tiny_base`).
         seed: int. Seeds the build: the same seed gives the same weights.
