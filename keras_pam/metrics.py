@@ -426,9 +426,22 @@ def exact_match(prediction, reference):
     exact_match("The cat.", "cat")  # 1.0
     exact_match("two", "2")  # 1.0
     exact_match("B", "C")  # 0.0
+    exact_match("", "a")  # 0.0: the option "a" is not an article here
     ```
     """
-    return float(normalize_answer(prediction) == normalize_answer(reference))
+    return float(_normalize_option(prediction) == _normalize_option(reference))
+
+
+def _normalize_option(text):
+    """`normalize_answer`, unless that leaves nothing of a non-empty answer.
+
+    An option letter `"a"` is an article to the VQA normalisation, so both
+    `"a"` and an empty answer would normalise to `""` and match.
+    """
+    normalized = normalize_answer(text)
+    if normalized or not text.strip():
+        return normalized
+    return " ".join(_strip_punctuation(text.strip().lower()).split())
 
 
 def vqa_accuracy(prediction, answers):

@@ -290,6 +290,14 @@ def test_exact_match():
     assert exact_match("B", "b") == 1.0
     assert exact_match("B", "C") == 0.0
     assert exact_match("cat", "cats") == 0.0
+    # The option "a" is dropped as an article by the VQA normalisation; an
+    # empty answer must not match it (it did, silently, for ~1/3 of the
+    # multiple-choice task).
+    assert exact_match("", "a") == 0.0
+    assert exact_match("the", "a") == 0.0
+    assert exact_match("A.", "a") == 1.0
+    assert exact_match("a", "b") == 0.0
+    assert exact_match("", "") == 1.0
 
 
 def test_answer_accuracy_mixed_references():
