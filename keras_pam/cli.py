@@ -867,7 +867,13 @@ def _make_strategy(name, settings, num_tasks):
 
 
 def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
-    """Learn `suite` with one method from a fresh learner on `preset`.
+    """Learn `suite` with one method: a fresh run on the study's model.
+
+    The first call builds the model on `preset` (`SharedModel.get`); later
+    calls with the same preset, rank and alpha reuse it, with its compiled
+    train step and scorer, so a study compiles them once. Each call is a
+    new run (its initial adapter drawn from `settings["seed"]`) with the
+    same accuracy matrix whatever ran before it.
 
     Args:
         method: str. A name of `keras_pam.strategies.STRATEGY_NAMES`.
@@ -887,40 +893,42 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     """
     import keras
 
-    from keras_pam.continual_learner import ContinualLearner
+    from keras_pam.compilation import CompileLog
+    from keras_pam.compilation import cell_summary
+    from keras_pam.continual_learner import SharedModel
 
     label = cell_label(method, settings)
+    # Seed before `shared.learner`: seeding clears TensorFlow's kernel
+    # cache, and the learner then remakes its tokenizer's model.
     keras.utils.set_random_seed(settings["seed"])
     tests = {task.name: task.test for task in suite}
-    if run_dir is not None and os.path.isfile(
+    # One model per study: its train step and scorer compile once.
+    shared = SharedModel.get(
+        preset, rank=settings["rank"], alpha=settings["alpha"]
+    )
+    resuming = run_dir is not None and os.path.isfile(
         os.path.join(run_dir, "config.json")
-    ):
-        learner = ContinualLearner.resume(run_dir, eval_tasks=tests)
+    )
+    compiles = CompileLog().start()
+    learner = shared.learner(
+        _make_strategy(method, settings, len(suite)),
+        seed=settings["seed"],
+        run_dir=run_dir,
+        eval_tasks=tests,  # All registered first: FWT needs them.
+        optimizer=keras.optimizers.Adam(
+            learning_rate=settings["learning_rate"]
+        ),
+        p=settings["p"],
+        align_every=settings["every"],
+        reinit=settings["reinit"],
+        scope=settings["scope"],
+    )
+    if resuming:
         done = learner.learned_task_names
         print(
             f"[{label}] resumed after {len(done)}/{len(suite)} tasks",
             flush=True,
         )
-    else:
-        learner = ContinualLearner.from_preset(
-            preset,
-            rank=settings["rank"],
-            alpha=settings["alpha"],
-            p=settings["p"],
-            align_every=settings["every"],
-            reinit=settings["reinit"],
-            scope=settings["scope"],
-            strategy=_make_strategy(method, settings, len(suite)),
-            run_dir=run_dir,
-        )
-        learner.compile(
-            optimizer=keras.optimizers.Adam(
-                learning_rate=settings["learning_rate"]
-            )
-        )
-        for name, test in tests.items():
-            # Register every task first: FWT needs them all.
-            learner.add_eval_task(name, test)
     log_dir = settings.get("log_dir")
     if log_dir is not None:
         log_dir = os.path.join(log_dir, _safe_name(method))
@@ -943,7 +951,10 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
             print(f"[{label} {i}/{len(suite)}] {report.summary()}", flush=True)
     if rows is not None:
         rows.on_train_end()  # Flushes and closes the writer.
-    return learner.evaluate_all()
+    report = learner.evaluate_all()
+    compiles.stop()
+    print(f"[{label}] {cell_summary(compiles, shared.compile_log)}", flush=True)
+    return report
 
 
 def cell_label(method, settings):
@@ -1443,6 +1454,14 @@ def run(args, settings=None):
                         method, preset, suite, cell, args.verbose, run_dir
                     )
                 )
+
+    from keras_pam.continual_learner import SharedModel
+
+    shared = SharedModel.get(
+        preset, rank=settings["rank"], alpha=settings["alpha"]
+    )
+    print(f"Study: {shared.compile_log.summary()}", flush=True)
+    SharedModel.clear()  # Frees the model: the next `run` is a new study.
 
     for order, method, group in _cell_groups(cells, settings):
         report, _ = mean_report(group)
