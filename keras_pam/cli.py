@@ -895,7 +895,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
 
     from keras_pam.compilation import CompileLog
     from keras_pam.compilation import cell_summary
-    from keras_pam.continual_learner import SharedModel
+    from keras_pam.shared_model import SharedModel
 
     label = cell_label(method, settings)
     # Seed before `shared.learner`: seeding clears TensorFlow's kernel
@@ -1455,7 +1455,7 @@ def run(args, settings=None):
                     )
                 )
 
-    from keras_pam.continual_learner import SharedModel
+    from keras_pam.shared_model import SharedModel
 
     shared = SharedModel.get(
         preset, rank=settings["rank"], alpha=settings["alpha"]

@@ -11,9 +11,9 @@ from keras_pam import ContinualLearner
 from keras_pam import datasets
 from keras_pam.compilation import CompileLog
 from keras_pam.compilation import cell_summary
-from keras_pam.continual_learner import SharedModel
 from keras_pam.continual_learner import initial_adapter
 from keras_pam.continual_learner import train_step_key
+from keras_pam.shared_model import SharedModel
 from keras_pam.strategies import get_strategy
 
 JAX = keras.backend.backend() == "jax"
