@@ -4,7 +4,6 @@ import collections
 import dataclasses
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -237,12 +236,6 @@ def test_pretraining_never_sees_a_sklearn_test_image():
     for seed in (0, 1, 7):
         task = datasets.make_task("sklearn_digits", 0, 300, seed=seed)
         assert not {image.tobytes() for image in task.test["images"]} & seen
-
-
-def test_generation_speed():
-    start = time.perf_counter()
-    datasets.make_task("position", num_train=1000, num_test=0)
-    assert time.perf_counter() - start < 2.0
 
 
 # LLaVA / CoIN JSON ----------------------------------------------------------
