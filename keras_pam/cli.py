@@ -92,6 +92,16 @@ def _strategy_names():
     return tuple(STRATEGY_NAMES)
 
 
+def _comma_list(text):
+    """The non-empty, stripped items of a comma-separated flag value."""
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def _repeated(items):
+    """The items given more than once, sorted."""
+    return sorted({item for item in items if items.count(item) > 1})
+
+
 def parse_methods(text):
     """Split `--methods` into names of `keras_pam.strategies`.
 
@@ -102,7 +112,7 @@ def parse_methods(text):
         A list of method names, without duplicates.
     """
     known = _strategy_names()
-    names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
+    names = [n.lower() for n in _comma_list(text)]
     if not names:
         raise ValueError("`--methods` is empty.")
     if "all" in names:
@@ -162,13 +172,13 @@ def parse_seeds(text):
     parse_seeds("0, 1,2")  # [0, 1, 2]
     ```
     """
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    items = _comma_list(text)
     if not items:
         raise argparse.ArgumentTypeError(
             "the seed list is empty; give e.g. --seeds 0,1,2"
         )
     seeds = [_seed(item) for item in items]
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    twice = _repeated(seeds)
     if twice:
         raise argparse.ArgumentTypeError(
             f"seed {', '.join(map(str, twice))} given twice in {text!r}"
@@ -196,7 +206,7 @@ def parse_orders(text):
     """
     from keras_pam import datasets
 
-    orders = [t.strip() for t in str(text).split(",") if t.strip()]
+    orders = _comma_list(text)
     if not orders:
         raise argparse.ArgumentTypeError(
             "the order list is empty; give e.g. --orders order1,order2"
@@ -207,7 +217,7 @@ def parse_orders(text):
             f"Unknown order {', '.join(repr(o) for o in unknown)}. Choose "
             f"from: {', '.join(datasets.ORDERS)}."
         )
-    twice = sorted({o for o in orders if orders.count(o) > 1})
+    twice = _repeated(orders)
     if twice:
         raise argparse.ArgumentTypeError(
             f"order {', '.join(twice)} given twice in {text!r}"
@@ -273,7 +283,7 @@ def parse_pairs(text, methods=None):
     ```
     """
     known = _strategy_names()
-    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    items = [t.lower() for t in _comma_list(text)]
     if not items:
         raise ValueError("`--pairs` is empty.")
     pairs = []
@@ -554,9 +564,7 @@ def resolve_settings(args):
     if args.tasks is not None:
         settings["tasks"] = args.tasks
     if settings["tasks"] is not None:
-        settings["tasks"] = [
-            t.strip() for t in str(settings["tasks"]).split(",") if t.strip()
-        ]
+        settings["tasks"] = _comma_list(settings["tasks"])
         settings["orders"] = [CUSTOM_ORDER]
     methods = args.methods
     settings["methods"] = parse_methods(
