@@ -3,23 +3,22 @@
 import json
 import math
 import os
-import shutil
 import time
 
 import keras
 import numpy as np
 
 from keras_pam import alignment
-from keras_pam import checkpoint
 from keras_pam import data as data_lib
-from keras_pam import metrics as metrics_lib
+from keras_pam import run_folder
 from keras_pam.fused_sign_alignment import FusedSignAlignment
 from keras_pam.lora import AdapterState
 from keras_pam.lora import enable_lora
 from keras_pam.lora import lora_variables
 from keras_pam.lora import quantize_base
-from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport
+from keras_pam.run_folder import RunFolder
+from keras_pam.run_record import RunRecord
 from keras_pam.scoring import Scorer
 from keras_pam.strategies import PAM
 from keras_pam.strategies import STRATEGY_NAMES
@@ -28,154 +27,21 @@ from keras_pam.strategies import Finetune
 from keras_pam.strategies import TaskContext
 from keras_pam.strategies import get_strategy
 from keras_pam.strategies.moelora import MoELoRA
-from keras_pam.strategies.strategy import Strategy
-from keras_pam.strategies.strategy import StrategyWrapper
-from keras_pam.task_backup import TaskBackup
-from keras_pam.task_backup import load_task_backup
+from keras_pam.training import NonFiniteLossError  # noqa: F401 (public)
+from keras_pam.training import StopOnNonFiniteLoss
+from keras_pam.training import initial_adapter
+from keras_pam.training import refresh_tokenizer
+from keras_pam.training import reset_optimizer
+from keras_pam.training import same_optimizer
+from keras_pam.training import strategy_chain
+from keras_pam.training import train_step_key
 
 # The inputs of the causal LM; other keys of `x` feed strategy losses.
 MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
-
-
-def initial_adapter(model, seed):
-    """A fresh adapter drawn from `seed` alone, whatever the random state.
-
-    Every `A` factor is He-uniform (Keras's `enable_lora` initialiser,
-    with Keras's fan-in convention), every `B` factor zero, so the update
-    starts at zero. Factor `i` (in `lora_variables` order) is drawn by
-    numpy from the seed `(seed, i)`: the same on every backend, and the
-    same however many models were built or tasks learned before.
-
-    Args:
-        model: the model (or backbone) whose LoRA factors to draw.
-        seed: int. The seed.
-
-    Returns:
-        An `AdapterState`.
-    """
-    tensors = {}
-    for index, (path, variable) in enumerate(lora_variables(model).items()):
-        shape = tuple(variable.shape)
-        if path.endswith("lora_kernel_b"):
-            tensors[path] = np.zeros(shape, "float32")
-            continue
-        fan_in = shape[0] if len(shape) == 2 else 1
-        if len(shape) > 2:
-            fan_in = shape[-2] * int(np.prod(shape[:-2]))
-        limit = math.sqrt(6.0 / max(1, fan_in))
-        rng = np.random.default_rng([int(seed), index])
-        tensors[path] = rng.uniform(-limit, limit, shape).astype("float32")
-    return AdapterState(tensors)
-
-
-def _strategy_chain(strategy):
-    chain = [strategy]
-    while isinstance(chain[-1], StrategyWrapper):
-        chain.append(chain[-1].inner)
-    return chain
-
-
-def train_step_key(strategy):
-    """What a strategy puts into the compiled train step, as a key.
-
-    Learners whose strategies have the same key run the same train step,
-    so a reused learner keeps its compiled step. Only `extra_loss` is
-    traced into the step (the fused alignment is in every JAX step, on or
-    off): strategies that keep the base class's have the key `"plain"`;
-    keras_pam's own strategies with an `extra_loss` are keyed by their
-    classes and configs; any other strategy gets `None` (never reused).
-    """
-    chain = _strategy_chain(strategy)
-    plain = (Strategy.extra_loss, StrategyWrapper.extra_loss)
-    custom = [s for s in chain if type(s).extra_loss not in plain]
-    if not custom:
-        return "plain"
-    if any(
-        not type(s).__module__.startswith("keras_pam.strategies") for s in chain
-    ):
-        return None
-    return tuple(
-        (type(s).__qualname__, json.dumps(s.get_config(), default=str))
-        for s in chain
-    )
-
-
-def _refresh_tokenizer(causal_lm):
-    """Make the tokenizer's TensorFlow SentencePiece model again.
-
-    `keras.utils.set_random_seed` (through `tf.random.set_seed`) clears
-    TensorFlow's eager kernel cache, and with it the kernel-owned model of
-    every tf-text `SentencepieceTokenizer` made before: a tokenizer reused
-    after it fails in `tf.data` ("Resource ..._SentencepieceOp... does not
-    exist"). Re-setting the proto makes a new one (milliseconds).
-    """
-    preprocessor = getattr(causal_lm, "preprocessor", None)
-    tokenizer = getattr(preprocessor, "tokenizer", None)
-    proto = getattr(tokenizer, "proto", None)
-    if isinstance(proto, bytes) and hasattr(tokenizer, "set_proto"):
-        tokenizer.set_proto(proto)
-
-
-def _same_optimizer(a, b):
-    """Whether two optimizers are the same update rule and settings."""
-    if a is b:
-        return True
-    if a is None or b is None or type(a) is not type(b):
-        return False
-
-    def settings(optimizer):
-        config = dict(optimizer.get_config())
-        config.pop("name", None)  # "adam", "adam_1", ...: not a setting.
-        return json.dumps(config, sort_keys=True, default=str)
-
-    return settings(a) == settings(b)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-class _StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop `fit` at the first non-finite loss with an error naming the
-    task and the step.
-
-    A batch's loss is read on the host at the end of the next batch (or of
-    the epoch): by then it is computed, so the check never makes the host
-    wait for the step in flight (JAX dispatches steps asynchronously). The
-    temporary adapter is discarded on error, so the one step trained past
-    the bad one changes nothing.
-    """
-
-    def __init__(self, task_name):
-        super().__init__()
-        self.task_name = task_name
-        self._pending = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._pending = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check_pending()
-        loss = (logs or {}).get("loss")
-        self._pending = None if loss is None else (batch, loss)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check_pending()
-
-    def _check_pending(self):
-        if self._pending is None:
-            return
-        batch, loss = self._pending
-        self._pending = None
-        loss = float(keras.ops.convert_to_numpy(loss))
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"Task {self.task_name!r}: the loss became {loss} at epoch "
-                f"{self._epoch + 1}, step {batch + 1}. The temporary adapter "
-                "was discarded; the global adapter and the accuracy matrix "
-                "are unchanged. Try a lower learning rate."
-            )
+# Old names, kept for importers.
+_StopOnNonFiniteLoss = StopOnNonFiniteLoss
+_same_optimizer = same_optimizer
+_strategy_chain = strategy_chain
 
 
 @keras.saving.register_keras_serializable(package="keras_pam")
@@ -380,7 +246,8 @@ class ContinualLearner(keras.Model):
             self.initial_state.assign_to(causal_lm)
         self.global_state = self.initial_state
         self.scorer = Scorer(causal_lm, eval_batch_size, max_answer_tokens)
-        self._clear_records()
+        self._eval_tasks = {}
+        self.record = RunRecord()
         self.built = True
         num_weights = len(causal_lm.weights)
         self.strategy.attach(self)
@@ -391,9 +258,7 @@ class ContinualLearner(keras.Model):
         self._train_step_key = train_step_key(self.strategy)
         self.compile()
         self.preset = None
-        self.run_dir = None
-        if run_dir is not None:
-            self._open_run_dir(run_dir)
+        self._open_run_dir(run_dir)
 
     def _set_strategy_settings(
         self,
@@ -427,7 +292,7 @@ class ContinualLearner(keras.Model):
         else:
             strategy_object = Finetune()
         if check_shareable and any(
-            isinstance(s, MoELoRA) for s in _strategy_chain(strategy_object)
+            isinstance(s, MoELoRA) for s in strategy_chain(strategy_object)
         ):
             raise ValueError(
                 "MoELoRA adds routers to the model: give it a new learner "
@@ -443,14 +308,6 @@ class ContinualLearner(keras.Model):
         self.reset_moments = reset_moments
         self.merge = merge
         self.strategy_name = strategy if isinstance(strategy, str) else None
-
-    def _clear_records(self):
-        self._eval_tasks = {}
-        self._zero_shot = {}
-        self._learned = []
-        self._rows = []
-        self._pre_merge = {}
-        self.task_reports = []
 
     def reset(
         self,
@@ -526,7 +383,7 @@ class ContinualLearner(keras.Model):
         )
         if self.train_function is not None and previous_key:
             self._train_functions[previous_key] = self.train_function
-        if optimizer is not None and not _same_optimizer(
+        if optimizer is not None and not same_optimizer(
             self.optimizer, optimizer
         ):
             self.compile(optimizer=optimizer)
@@ -534,8 +391,8 @@ class ContinualLearner(keras.Model):
         self._train_step_key = key
         self.train_function = self._train_functions.get(key) if key else None
         self.stop_training = False
-        _refresh_tokenizer(self.causal_lm)
-        self._reset_optimizer()
+        refresh_tokenizer(self.causal_lm)
+        reset_optimizer(self.optimizer, self.trainable_variables)
         if self.fused_alignment is not None:
             self.fused_alignment.reset()
         self.seed = seed
@@ -544,11 +401,10 @@ class ContinualLearner(keras.Model):
             self.initial_state = initial_adapter(self.causal_lm, seed)
         self.global_state = self.initial_state
         self.global_state.assign_to(self)
-        self._clear_records()
+        self._eval_tasks = {}
+        self.record = RunRecord()
         self.strategy.attach(self)
-        self.run_dir = None
-        if run_dir is not None:
-            self._open_run_dir(run_dir)
+        self._open_run_dir(run_dir)
         return self
 
     @classmethod
@@ -594,8 +450,7 @@ class ContinualLearner(keras.Model):
         learner = cls(causal_lm, **kwargs)
         if isinstance(preset, str):
             learner.preset = preset
-        if run_dir is not None:
-            learner._open_run_dir(run_dir)
+        learner._open_run_dir(run_dir)
         return learner
 
     @property
@@ -680,8 +535,7 @@ class ContinualLearner(keras.Model):
     @property
     def eval_task_names(self):
         """Registered evaluation tasks: learned ones in order, then others."""
-        learned = [n for n in self._learned if n in self._eval_tasks]
-        return learned + [n for n in self._eval_tasks if n not in learned]
+        return self.record.eval_task_names(self._eval_tasks)
 
     def add_eval_task(self, name, eval_data):
         """Register a task to evaluate after every learned task.
@@ -704,9 +558,10 @@ class ContinualLearner(keras.Model):
             eval_data, self.image_size, name=f"eval_data of {name!r}"
         )
         self._eval_tasks[name] = examples
-        if self._learned:
+        if self.record.learned:
             # The zero-shot accuracy is the initial adapter's.
-            self._zero_shot[name] = self._score_with(self.initial_state, name)
+            zero_shot = self._score_with(self.initial_state, name)
+            self.record.zero_shot[name] = zero_shot
 
     def evaluate_task(self, eval_data):
         """Accuracy of the global adapter on a split."""
@@ -721,28 +576,30 @@ class ContinualLearner(keras.Model):
             self.global_state.assign_to(self)
 
     def _evaluate_zero_shot(self):
-        missing = [n for n in self._eval_tasks if n not in self._zero_shot]
+        zero_shot = self.record.zero_shot
+        missing = [n for n in self._eval_tasks if n not in zero_shot]
         if not missing:
             return
         self.initial_state.assign_to(self)
         try:
             for name in missing:
-                self._zero_shot[name] = self.scorer.score(
-                    self._eval_tasks[name]
-                )
+                zero_shot[name] = self.scorer.score(self._eval_tasks[name])
         finally:
             self.global_state.assign_to(self)
 
-    # --- Learning ------------------------------------------------------------
+    def _evaluate_row(self):
+        """Score every registered task with the adapter the strategy picks
+        for it (the global adapter unless told otherwise)."""
+        row = {}
+        for name, examples in self._eval_tasks.items():
+            state = self.strategy.evaluation_state(name)
+            if state is None:
+                row[name] = self.scorer.score(examples)
+            else:
+                row[name] = self._score_with(state, name)
+        return row
 
-    def _reset_optimizer(self):
-        """Zero the step count and moments; keep the learning rate."""
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        learning_rate = getattr(self.optimizer, "_learning_rate", None)
-        for variable in self.optimizer.variables:
-            if variable is not learning_rate:
-                variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+    # --- Learning ------------------------------------------------------------
 
     def learn_task(
         self,
@@ -791,46 +648,18 @@ class ContinualLearner(keras.Model):
                 temporary adapter is discarded and nothing else changes.
         """
         start = time.time()
-        index = len(self._learned) + 1
+        index = len(self.record.learned) + 1
         name = name if name is not None else f"task_{index}"
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
-        if name in self._learned and not relearn:
+        _check_task_arguments(name, epochs, batch_size)
+        if name in self.record.learned and not relearn:
             raise ValueError(
                 f"The task {name!r} has already been learned; pass "
                 "`relearn=True` to learn it again."
             )
-        if (
-            isinstance(epochs, bool)
-            or not isinstance(epochs, int)
-            or epochs < 1
-        ):
-            raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or batch_size < 1
-        ):
-            raise ValueError(
-                f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
-            )
-        examples = data_lib.as_examples(
-            train_data, self.image_size, "train_data"
-        )
-        if eval_data is not None and name not in self._eval_tasks:
-            self.add_eval_task(name, eval_data)
-        self._evaluate_zero_shot()
-
-        task = TaskContext(name=name, index=index, examples=examples)
-        strategy = self.strategy
-        strategy_callbacks = list(strategy.callbacks(task))
-        aligners = [
-            c
-            for c in strategy_callbacks
-            if isinstance(c, alignment.SignAlignmentCallback)
-        ]
-        history = {}
-        if strategy.trains:
+        task = self._start_task(train_data, name, index, eval_data)
+        strategy_callbacks = list(self.strategy.callbacks(task))
+        temporary, history = self.global_state, {}
+        if self.strategy.trains:
             temporary, history = self._fit_task(
                 task,
                 strategy_callbacks,
@@ -842,41 +671,25 @@ class ContinualLearner(keras.Model):
                 verbose,
                 fit_kwargs,
             )
-        else:
-            temporary = self.global_state
-
-        pre_merge = math.nan
-        if name in self._eval_tasks:
-            pre_merge = self._score_with(temporary, name)
-        merged = AdapterState(strategy.merge(temporary, task)).snapshot()
-        misaligned = self._misaligned_fraction(temporary)
-        # The strategy sees the previous global adapter in `end_task`.
-        strategy.end_task(temporary, task)
-        merged.assign_to(self)
-        self.global_state = merged
-        self._learned.append(name)
-        self._pre_merge[name] = pre_merge
-        self._rows.append(self._evaluate_row())
-        report = TaskReport(
-            name=name,
-            index=index,
-            history=dict(history),
-            pre_merge_accuracy=pre_merge,
-            post_merge_accuracy=self._rows[-1].get(name, math.nan),
-            num_reinitialised=sum(a.num_reinitialised for a in aligners),
-            reinitialised_counts=[
-                c for a in aligners for c in a.reinitialised_counts
-            ],
-            num_entries=self.global_state.num_entries,
-            misaligned_fraction=misaligned,
-            seconds=time.time() - start,
-        )
-        self.task_reports.append(report)
-        if self.run_dir is not None:
+        report = self._finish_task(task, temporary, history, strategy_callbacks)
+        report.seconds = time.time() - start
+        self.record.task_reports.append(report)
+        if self._run_folder is not None:
             self.save_checkpoint()
         if verbose:
             print(report.summary())
         return report
+
+    def _start_task(self, train_data, name, index, eval_data):
+        """Read the task's data, register its test split and measure the
+        zero-shot accuracies still missing."""
+        examples = data_lib.as_examples(
+            train_data, self.image_size, "train_data"
+        )
+        if eval_data is not None and name not in self._eval_tasks:
+            self.add_eval_task(name, eval_data)
+        self._evaluate_zero_shot()
+        return TaskContext(name=name, index=index, examples=examples)
 
     def _fit_task(
         self,
@@ -891,12 +704,13 @@ class ContinualLearner(keras.Model):
         fit_kwargs,
     ):
         """Train the temporary adapter; return it and the loss history."""
-        backup = self._task_backup(task.name)
+        folder = self._run_folder
+        backup = folder.task_backup(task.name) if folder else None
         train_examples = self.strategy.training_data(task)
         initial_epoch = backup["epoch"] if backup else 0
         history = dict(backup["history"]) if backup else {}
         self.strategy.start_state(task).assign_to(self)
-        self._reset_optimizer()
+        reset_optimizer(self.optimizer, self.trainable_variables)
         if backup:
             backup["adapter"].assign_to(self)
             for variable, value in zip(
@@ -904,15 +718,11 @@ class ContinualLearner(keras.Model):
             ):
                 variable.assign(value)
         fit_callbacks = strategy_callbacks + user_callbacks
-        fit_callbacks.append(_StopOnNonFiniteLoss(task.name))
-        if self.run_dir is not None:
+        fit_callbacks.append(StopOnNonFiniteLoss(task.name))
+        if folder is not None:
             fit_callbacks.append(
-                TaskBackup(
-                    self._backup_dir(),
-                    task.name,
-                    strategy_callbacks,
-                    history,
-                    backup,
+                folder.backup_callback(
+                    task.name, strategy_callbacks, history, backup
                 )
             )
         try:
@@ -951,17 +761,37 @@ class ContinualLearner(keras.Model):
                 self.fused_alignment.stop()
         return temporary, history
 
-    def _evaluate_row(self):
-        """Score every registered task with the adapter the strategy picks
-        for it (the global adapter unless told otherwise)."""
-        row = {}
-        for name, examples in self._eval_tasks.items():
-            state = self.strategy.evaluation_state(name)
-            if state is None:
-                row[name] = self.scorer.score(examples)
-            else:
-                row[name] = self._score_with(state, name)
-        return row
+    def _finish_task(self, task, temporary, history, strategy_callbacks):
+        """Score the temporary adapter, merge it, evaluate every task."""
+        name = task.name
+        pre_merge = math.nan
+        if name in self._eval_tasks:
+            pre_merge = self._score_with(temporary, name)
+        merged = AdapterState(self.strategy.merge(temporary, task)).snapshot()
+        misaligned = self._misaligned_fraction(temporary)
+        # The strategy sees the previous global adapter in `end_task`.
+        self.strategy.end_task(temporary, task)
+        merged.assign_to(self)
+        self.global_state = merged
+        self.record.add_task(name, pre_merge, self._evaluate_row())
+        aligners = [
+            c
+            for c in strategy_callbacks
+            if isinstance(c, alignment.SignAlignmentCallback)
+        ]
+        return TaskReport(
+            name=name,
+            index=task.index,
+            history=dict(history),
+            pre_merge_accuracy=pre_merge,
+            post_merge_accuracy=self.record.rows[-1].get(name, math.nan),
+            num_reinitialised=sum(a.num_reinitialised for a in aligners),
+            reinitialised_counts=[
+                c for a in aligners for c in a.reinitialised_counts
+            ],
+            num_entries=self.global_state.num_entries,
+            misaligned_fraction=misaligned,
+        )
 
     def _misaligned_fraction(self, temporary):
         """Of the important entries of the global adapter, the fraction
@@ -989,41 +819,27 @@ class ContinualLearner(keras.Model):
             learned task has no eval data) and the per-task reports.
         """
         self._evaluate_zero_shot()
-        columns = self.eval_task_names
-        matrix = np.full((len(self._rows), len(columns)), np.nan)
-        for i, row in enumerate(self._rows):
-            for j, task in enumerate(columns):
-                matrix[i, j] = row.get(task, np.nan)
-        zero_shot = np.array([self._zero_shot[t] for t in columns], float)
-        pre_merge = np.array([self._pre_merge[t] for t in self._learned], float)
-        metrics = None
-        if self._learned and all(n in self._eval_tasks for n in self._learned):
-            # Columns in learning order, whatever order they were added in.
-            order = [columns.index(n) for n in self._learned]
-            metrics = metrics_lib.continual_metrics(
-                matrix[:, order], zero_shot[order], pre_merge
-            )
-            metrics = {
-                k: v
-                for k, v in metrics.items()
-                if k in self.strategy.reported_metrics
-            }
-        return ContinualReport(
-            task_names=list(self._learned),
-            eval_task_names=columns,
-            matrix=matrix,
-            zero_shot=zero_shot,
-            pre_merge=pre_merge,
-            metrics=metrics,
-            task_reports=list(self.task_reports),
+        return self.record.report(
+            self._eval_tasks, self.strategy.reported_metrics
         )
-
-    # --- Checkpoints -------------------------------------------------------
 
     @property
     def learned_task_names(self):
         """The names of the tasks learned so far, in order."""
-        return list(self._learned)
+        return list(self.record.learned)
+
+    @property
+    def task_reports(self):
+        """The `TaskReport` of every learned task, in order."""
+        return self.record.task_reports
+
+    # --- Checkpoints -------------------------------------------------------
+
+    @property
+    def run_dir(self):
+        """The run folder checkpointed into, or `None`."""
+        folder = getattr(self, "_run_folder", None)
+        return None if folder is None else folder.path
 
     def _run_config(self):
         config = self.get_config()
@@ -1040,36 +856,11 @@ class ContinualLearner(keras.Model):
         return json.loads(json.dumps(config, default=str))
 
     def _open_run_dir(self, run_dir):
-        """Adopt `run_dir`, refusing one written by another configuration."""
-        config = self._run_config()
-        path = os.path.join(run_dir, "config.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                existing = json.load(f)
-            if existing != config:
-                differing = sorted(
-                    k
-                    for k in set(existing) | set(config)
-                    if existing.get(k) != config.get(k)
-                )
-                raise ValueError(
-                    f"The run folder {run_dir!r} belongs to another "
-                    f"configuration (differing: {differing}). Resume it with "
-                    "the same settings (`ContinualLearner.resume`) or choose "
-                    "a new folder."
-                )
-        else:
-            os.makedirs(run_dir, exist_ok=True)
-            checkpoint.write_atomic(path, json.dumps(config, indent=1))
-        self.run_dir = run_dir
-
-    def _backup_dir(self):
-        return os.path.join(self.run_dir, "task_backup")
-
-    def _task_backup(self, task_name):
-        if self.run_dir is None:
-            return None
-        return load_task_backup(self._backup_dir(), task_name)
+        """Adopt `run_dir` (`None`: none), refusing one written by another
+        configuration."""
+        self._run_folder = None
+        if run_dir is not None:
+            self._run_folder = RunFolder(run_dir, self._run_config())
 
     def save_checkpoint(self):
         """Write the run's state after the last task into `run_dir`.
@@ -1077,45 +868,30 @@ class ContinualLearner(keras.Model):
         `learn_task` calls it after every task when the learner has a
         `run_dir`; the write is atomic (see `keras_pam.checkpoint`).
         """
-        if self.run_dir is None:
+        if self._run_folder is None:
             raise ValueError("The learner has no `run_dir` to checkpoint to.")
         tree = {
-            "learned": list(self._learned),
-            "rows": [dict(row) for row in self._rows],
-            "zero_shot": dict(self._zero_shot),
-            "pre_merge": dict(self._pre_merge),
-            "eval_task_names": list(self._eval_tasks),
-            "task_reports": [r.to_dict() for r in self.task_reports],
+            **self.record.to_tree(self._eval_tasks),
             "initial": self.initial_state,
             "global": self.global_state,
             "strategy": self.strategy.get_state(),
             "optimizer": keras.optimizers.serialize(self.optimizer),
         }
-        backbone = self.causal_lm.backbone
-
-        def write(folder):
-            checkpoint.save_tree(folder, tree)
-            # The global adapter, also in KerasHub's format for users.
-            self.global_state.save(
-                os.path.join(folder, "global.lora.h5"), backbone
-            )
-
-        checkpoint.commit(self.run_dir, f"task_{len(self._learned):04d}", write)
-        backup = self._backup_dir()
-        shutil.rmtree(backup, ignore_errors=True)
+        self._run_folder.commit(
+            len(self.record.learned),
+            tree,
+            self.global_state,
+            self.causal_lm.backbone,
+        )
 
     def _restore(self, tree):
         self.initial_state = tree["initial"]
         self.global_state = tree["global"]
         self.global_state.assign_to(self)
-        self._learned = list(tree["learned"])
-        self._rows = [dict(row) for row in tree["rows"]]
-        self._zero_shot = dict(tree["zero_shot"])
-        self._pre_merge = dict(tree["pre_merge"])
-        self.task_reports = [TaskReport(**r) for r in tree["task_reports"]]
+        self.record = RunRecord.from_tree(tree)
         self.strategy.set_state(tree["strategy"])
         optimizer = keras.optimizers.deserialize(tree["optimizer"])
-        if not _same_optimizer(self.optimizer, optimizer):
+        if not same_optimizer(self.optimizer, optimizer):
             self.compile(optimizer=optimizer)
 
     @classmethod
@@ -1156,69 +932,15 @@ class ContinualLearner(keras.Model):
                 learner.learn_task(task.train, name=task.name, epochs=4)
         ```
         """
-        path = os.path.join(run_dir, "config.json")
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"{run_dir!r} is not a run folder: it has no config.json."
-            )
-        with open(path) as f:
-            config = json.load(f)
-        folder = checkpoint.latest(run_dir)
-        tree = None
-        if folder is not None:
-            checkpoint.verify(folder)
-            tree = checkpoint.load_tree(folder)
-        kwargs = dict(config)
-        preset = kwargs.pop("preset")
-        saved_strategy = kwargs.pop("strategy")
-        if isinstance(kwargs.get("merge"), dict):
-            kwargs["merge"] = keras.saving.deserialize_keras_object(
-                kwargs["merge"]
-            )
-        if strategy is not None:
-            kwargs["strategy"] = strategy
-        elif saved_strategy["name"] in STRATEGY_NAMES:
-            kwargs["strategy"] = get_strategy(
-                saved_strategy["name"],
-                p=config["p"],
-                every=config["align_every"],
-                reinit=config["reinit"],
-                scope=config["scope"],
-                align_first_task=config["align_first_task"],
-                reset_moments=config["reset_moments"],
-                **{
-                    key: value
-                    for key, value in saved_strategy["config"].items()
-                    if key in ("num_tasks", "num_experts")
-                },
-            )
-        else:
-            raise ValueError(
-                f"The run used the strategy {saved_strategy['name']!r}, "
-                "which is not built by name: pass it as `strategy`."
-            )
+        config, tree = RunFolder.read(run_dir)
+        kwargs, preset = run_folder.learner_arguments(
+            config,
+            lambda saved, config: _saved_strategy(saved, config, strategy),
+        )
         if learner is not None:
-            model_keys = (
-                "rank",
-                "alpha",
-                "target_layer_names",
-                "eval_batch_size",
-                "max_answer_tokens",
-                "quantize",
+            run_folder.check_same_model(
+                kwargs, preset, learner._run_config(), learner.preset, run_dir
             )
-            ours = learner._run_config()
-            differing = [
-                key
-                for key in model_keys
-                if kwargs.pop(key, None) != ours.get(key)
-            ]
-            if preset != learner.preset:
-                differing.append("preset")
-            if differing:
-                raise ValueError(
-                    f"The run in {run_dir!r} used another model than "
-                    f"`learner` (differing: {differing})."
-                )
             learner.reset(seed=kwargs.pop("seed", None), **kwargs)
         elif causal_lm is None:
             if preset is None:
@@ -1302,3 +1024,44 @@ class ContinualLearner(keras.Model):
             config["causal_lm"]
         )
         return cls(**config)
+
+
+def _check_task_arguments(name, epochs, batch_size):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
+        )
+
+
+def _saved_strategy(saved, config, strategy=None):
+    """The strategy of a resumed run: `strategy` if given, else rebuilt
+    from its name and the run's alignment settings."""
+    if strategy is not None:
+        return strategy
+    if saved["name"] not in STRATEGY_NAMES:
+        raise ValueError(
+            f"The run used the strategy {saved['name']!r}, which is not "
+            "built by name: pass it as `strategy`."
+        )
+    return get_strategy(
+        saved["name"],
+        p=config["p"],
+        every=config["align_every"],
+        reinit=config["reinit"],
+        scope=config["scope"],
+        align_first_task=config["align_first_task"],
+        reset_moments=config["reset_moments"],
+        **{
+            key: value
+            for key, value in saved["config"].items()
+            if key in ("num_tasks", "num_experts")
+        },
+    )

@@ -6,16 +6,16 @@ import os
 import keras
 
 from keras_pam.continual_learner import ContinualLearner
-from keras_pam.continual_learner import _same_optimizer
-from keras_pam.continual_learner import _strategy_chain
 from keras_pam.strategies.moelora import MoELoRA
+from keras_pam.training import same_optimizer
+from keras_pam.training import strategy_chain
 
 
 def _owns_model(strategy):
     """Whether a strategy (or its name) adds weights to the model."""
     if isinstance(strategy, str):
         return strategy == "moelora"
-    return any(isinstance(s, MoELoRA) for s in _strategy_chain(strategy))
+    return any(isinstance(s, MoELoRA) for s in strategy_chain(strategy))
 
 
 class SharedModel:
@@ -147,7 +147,7 @@ class SharedModel:
                 self._learner = self._new_learner()
             learner = self._learner
             if resuming:
-                if optimizer is not None and not _same_optimizer(
+                if optimizer is not None and not same_optimizer(
                     learner.optimizer, optimizer
                 ):
                     # The run's own, for a task killed before any backup;

@@ -29,7 +29,7 @@ DRIVER = textwrap.dedent(
 
     from keras_pam import checkpoint
     from keras_pam import cli
-    from keras_pam import continual_learner
+    from keras_pam import run_folder
     from keras_pam import task_backup
     from keras_pam.strategies import average
 
@@ -65,7 +65,7 @@ DRIVER = textwrap.dedent(
                 if self.task_name == "shape" and self.epoch == 1 and batch:
                     die()
 
-        continual_learner.TaskBackup = DyingBackup
+        run_folder.TaskBackup = DyingBackup
     elif kill_at == "merge":
         average.Average.merge = lambda self, temporary, task: die()
 

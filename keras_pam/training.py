@@ -1,0 +1,165 @@
+"""The pieces of a task's training that are not the learner itself: the
+initial adapter, the optimizer reset, the non-finite loss stop and the key
+of the compiled train step."""
+
+import json
+import math
+
+import keras
+import numpy as np
+
+from keras_pam.lora import AdapterState
+from keras_pam.lora import lora_variables
+from keras_pam.strategies.strategy import Strategy
+from keras_pam.strategies.strategy import StrategyWrapper
+
+
+def initial_adapter(model, seed):
+    """A fresh adapter drawn from `seed` alone, whatever the random state.
+
+    Every `A` factor is He-uniform (Keras's `enable_lora` initialiser,
+    with Keras's fan-in convention), every `B` factor zero, so the update
+    starts at zero. Factor `i` (in `lora_variables` order) is drawn by
+    numpy from the seed `(seed, i)`: the same on every backend, and the
+    same however many models were built or tasks learned before.
+
+    Args:
+        model: the model (or backbone) whose LoRA factors to draw.
+        seed: int. The seed.
+
+    Returns:
+        An `AdapterState`.
+    """
+    tensors = {}
+    for index, (path, variable) in enumerate(lora_variables(model).items()):
+        shape = tuple(variable.shape)
+        if path.endswith("lora_kernel_b"):
+            tensors[path] = np.zeros(shape, "float32")
+            continue
+        fan_in = shape[0] if len(shape) == 2 else 1
+        if len(shape) > 2:
+            fan_in = shape[-2] * int(np.prod(shape[:-2]))
+        limit = math.sqrt(6.0 / max(1, fan_in))
+        rng = np.random.default_rng([int(seed), index])
+        tensors[path] = rng.uniform(-limit, limit, shape).astype("float32")
+    return AdapterState(tensors)
+
+
+def strategy_chain(strategy):
+    chain = [strategy]
+    while isinstance(chain[-1], StrategyWrapper):
+        chain.append(chain[-1].inner)
+    return chain
+
+
+def train_step_key(strategy):
+    """What a strategy puts into the compiled train step, as a key.
+
+    Learners whose strategies have the same key run the same train step,
+    so a reused learner keeps its compiled step. Only `extra_loss` is
+    traced into the step (the fused alignment is in every JAX step, on or
+    off): strategies that keep the base class's have the key `"plain"`;
+    keras_pam's own strategies with an `extra_loss` are keyed by their
+    classes and configs; any other strategy gets `None` (never reused).
+    """
+    chain = strategy_chain(strategy)
+    plain = (Strategy.extra_loss, StrategyWrapper.extra_loss)
+    custom = [s for s in chain if type(s).extra_loss not in plain]
+    if not custom:
+        return "plain"
+    if any(
+        not type(s).__module__.startswith("keras_pam.strategies") for s in chain
+    ):
+        return None
+    return tuple(
+        (type(s).__qualname__, json.dumps(s.get_config(), default=str))
+        for s in chain
+    )
+
+
+def refresh_tokenizer(causal_lm):
+    """Make the tokenizer's TensorFlow SentencePiece model again.
+
+    `keras.utils.set_random_seed` (through `tf.random.set_seed`) clears
+    TensorFlow's eager kernel cache, and with it the kernel-owned model of
+    every tf-text `SentencepieceTokenizer` made before: a tokenizer reused
+    after it fails in `tf.data` ("Resource ..._SentencepieceOp... does not
+    exist"). Re-setting the proto makes a new one (milliseconds).
+    """
+    preprocessor = getattr(causal_lm, "preprocessor", None)
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    proto = getattr(tokenizer, "proto", None)
+    if isinstance(proto, bytes) and hasattr(tokenizer, "set_proto"):
+        tokenizer.set_proto(proto)
+
+
+def same_optimizer(a, b):
+    """Whether two optimizers are the same update rule and settings."""
+    if a is b:
+        return True
+    if a is None or b is None or type(a) is not type(b):
+        return False
+
+    def settings(optimizer):
+        config = dict(optimizer.get_config())
+        config.pop("name", None)  # "adam", "adam_1", ...: not a setting.
+        return json.dumps(config, sort_keys=True, default=str)
+
+    return settings(a) == settings(b)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop `fit` at the first non-finite loss with an error naming the
+    task and the step.
+
+    A batch's loss is read on the host at the end of the next batch (or of
+    the epoch): by then it is computed, so the check never makes the host
+    wait for the step in flight (JAX dispatches steps asynchronously). The
+    temporary adapter is discarded on error, so the one step trained past
+    the bad one changes nothing.
+    """
+
+    def __init__(self, task_name):
+        super().__init__()
+        self.task_name = task_name
+        self._pending = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._pending = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check_pending()
+        loss = (logs or {}).get("loss")
+        self._pending = None if loss is None else (batch, loss)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check_pending()
+
+    def _check_pending(self):
+        if self._pending is None:
+            return
+        batch, loss = self._pending
+        self._pending = None
+        loss = float(keras.ops.convert_to_numpy(loss))
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"Task {self.task_name!r}: the loss became {loss} at epoch "
+                f"{self._epoch + 1}, step {batch + 1}. The temporary adapter "
+                "was discarded; the global adapter and the accuracy matrix "
+                "are unchanged. Try a lower learning rate."
+            )
+
+
+def reset_optimizer(optimizer, variables):
+    """Zero the step count and moments; keep the learning rate."""
+    if not optimizer.built:
+        optimizer.build(variables)
+    learning_rate = getattr(optimizer, "_learning_rate", None)
+    for variable in optimizer.variables:
+        if variable is not learning_rate:
+            variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
