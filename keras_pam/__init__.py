@@ -6,8 +6,10 @@ from keras_pam import merging
 from keras_pam import metrics
 from keras_pam import models
 from keras_pam.alignment import SignAlignmentCallback
+from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.continual_learner import ContinualLearner
 from keras_pam.fused_sign_alignment import FusedSignAlignment
+from keras_pam.in_step_update import InStepUpdate
 from keras_pam.lora import AdapterState
 from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport

@@ -12,26 +12,14 @@ import math
 import keras
 from keras import ops
 
+from keras_pam.alignment_config import REINIT_MODES
+from keras_pam.alignment_config import SCOPES
+from keras_pam.alignment_config import AlignmentConfig
+from keras_pam.alignment_config import check_choice
+from keras_pam.alignment_config import check_p
 from keras_pam.lora import AdapterState
 from keras_pam.lora import lora_variables
 from keras_pam.utils import compile_function
-
-REINIT_MODES = ("global", "zero")
-SCOPES = ("tensor", "global")
-
-
-def _check_p(p):
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise ValueError(f"`p` must be a number in (0, 1]. Received: {p!r}")
-    if not 0 < p <= 1:
-        raise ValueError(f"`p` must be in (0, 1]. Received: p={p}")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"`{name}` must be one of {choices}. Received: {name}={value!r}"
-        )
 
 
 def num_important(p, n):
@@ -45,8 +33,8 @@ def _kth_largest(values, k):
 
 def importance_masks(tensors, p=0.5, scope="tensor"):
     """`importance_mask` over a list of tensors; returns a list of masks."""
-    _check_p(p)
-    _check_choice("scope", scope, SCOPES)
+    check_p(p)
+    check_choice("scope", scope, SCOPES)
     magnitudes = [ops.abs(ops.convert_to_tensor(t)) for t in tensors]
     if scope == "global":
         flat = ops.concatenate([ops.reshape(m, (-1,)) for m in magnitudes], 0)
@@ -94,10 +82,45 @@ def importance_mask(global_state, p=0.5, scope="tensor"):
     return AdapterState(dict(zip(paths, masks)))
 
 
-def _align_tensor(temp, global_, mask, reinit):
-    conflict = ops.logical_and(mask, temp * global_ < 0)
-    replacement = global_ if reinit == "global" else ops.zeros_like(temp)
-    return ops.where(conflict, replacement, temp), conflict
+def masked_targets(globals_, masks):
+    """`where(M, G, 0)` for every factor: the important global entries, and
+    zeros elsewhere."""
+    return [
+        ops.where(mask, global_, ops.zeros_like(global_))
+        for global_, mask in zip(globals_, masks)
+    ]
+
+
+def align_to_targets(temps, targets, keep_global):
+    """The alignment kernel: one sign test and select per factor.
+
+    `targets` hold `where(M, G, 0)` (`masked_targets`), so `W' * T < 0` is
+    exactly `M & (W' * G < 0)`, PAM's conflict test (strictly opposite
+    signs of an important entry). Every alignment of the library, between
+    batches or inside the train step, runs this function.
+
+    Args:
+        temps: list of tensors. The temporary adapter `W'`.
+        targets: list of tensors. `where(M, G, 0)` for each of `temps`.
+        keep_global: float scalar or scalar tensor. `1` re-initialises a
+            conflicting entry to the global value, `0` to zero.
+
+    Returns:
+        A tuple `(aligned, conflicts, count)`: the aligned tensors, the
+        boolean conflict masks and the int32 number of re-initialised
+        entries.
+    """
+    aligned, conflicts = [], []
+    count = ops.convert_to_tensor(0, "int32")
+    for temp, target in zip(temps, targets):
+        temp = ops.convert_to_tensor(temp)
+        target = ops.cast(target, temp.dtype)
+        conflict = ops.multiply(temp, target) < 0
+        replacement = ops.multiply(target, ops.cast(keep_global, temp.dtype))
+        aligned.append(ops.where(conflict, replacement, temp))
+        conflicts.append(conflict)
+        count = count + ops.sum(ops.cast(conflict, "int32"))
+    return aligned, conflicts, count
 
 
 def align_tensors(temps, globals_, masks, reinit="global"):
@@ -110,23 +133,18 @@ def align_tensors(temps, globals_, masks, reinit="global"):
         reinit: str. `"global"` or `"zero"`. Defaults to `"global"`.
 
     Returns:
-        A tuple `(aligned, conflicts, count)`: the aligned tensors, the
-        boolean conflict masks and the int32 number of re-initialised entries.
+        A tuple `(aligned, conflicts, count)`, as `align_to_targets`.
     """
-    _check_choice("reinit", reinit, REINIT_MODES)
-    aligned, conflicts = [], []
-    count = ops.convert_to_tensor(0, "int32")
-    for temp, global_, mask in zip(temps, globals_, masks):
-        new, conflict = _align_tensor(
-            ops.convert_to_tensor(temp),
-            ops.cast(global_, temp.dtype),
-            mask,
-            reinit,
-        )
-        aligned.append(new)
-        conflicts.append(conflict)
-        count = count + ops.sum(ops.cast(conflict, "int32"))
-    return aligned, conflicts, count
+    check_choice("reinit", reinit, REINIT_MODES)
+    globals_ = [
+        ops.cast(g, ops.convert_to_tensor(t).dtype)
+        for g, t in zip(globals_, temps)
+    ]
+    return align_to_targets(
+        temps,
+        masked_targets(globals_, masks),
+        1.0 if reinit == "global" else 0.0,
+    )
 
 
 def align(temp_state, global_state, mask, reinit="global"):
@@ -151,7 +169,7 @@ def align(temp_state, global_state, mask, reinit="global"):
     align(w, g, importance_mask(g, p=0.5))["w"]  # [3.0, 1.0, 5.0]
     ```
     """
-    _check_choice("reinit", reinit, REINIT_MODES)
+    check_choice("reinit", reinit, REINIT_MODES)
     state = AdapterState(temp_state)
     state.check_compatible(global_state, what="global state")
     state.check_compatible(mask, what="mask")
@@ -170,7 +188,9 @@ def align(temp_state, global_state, mask, reinit="global"):
 _COMPILED = {}
 
 
-def _compiled(key, build):
+def compiled(key, build):
+    """`build()` compiled once per backend and `key`, shared by every
+    caller (a new task's callback reuses the compiled graph)."""
     key = (keras.backend.backend(),) + key
     if key not in _COMPILED:
         _COMPILED[key] = compile_function(build())
@@ -187,17 +207,17 @@ def _compiled_masks(p, scope):
         # `top_k` needs static sizes, which a retracing-averse
         # `tf.function` generalises away; once per task, eager is fine.
         return masks
-    return _compiled(("masks", p, scope), lambda: masks)
+    return compiled(("masks", p, scope), lambda: masks)
 
 
-def _compiled_update(reinit):
-    """The fused alignment update of `SignAlignmentCallback`, compiled
-    once per run and `reinit`."""
+def _compiled_update():
+    """The alignment update of `SignAlignmentCallback` (the kernel and the
+    moment reset), compiled once per run."""
 
     def build():
-        def update(temps, globals_, masks, slots):
-            aligned, conflicts, count = align_tensors(
-                temps, globals_, masks, reinit
+        def update(temps, targets, keep_global, slots):
+            aligned, conflicts, count = align_to_targets(
+                temps, targets, keep_global
             )
             new_slots = [
                 [ops.where(c, ops.zeros_like(s), s) for s in group]
@@ -207,7 +227,7 @@ def _compiled_update(reinit):
 
         return update
 
-    return _compiled(("update", reinit), build)
+    return compiled(("update",), build)
 
 
 def _compiled_conflict_count(p, scope):
@@ -222,10 +242,36 @@ def _compiled_conflict_count(p, scope):
 
     if keras.backend.backend() != "jax":
         return count  # As `_compiled_masks`: `top_k` needs static sizes.
-    return _compiled(("conflict_count", p, scope), lambda: count)
+    return compiled(("conflict_count", p, scope), lambda: count)
 
 
-def _optimizer_slots(optimizer, variable):
+def misaligned_fraction(temporary, global_state, p=0.5, scope="tensor"):
+    """Of the important entries of the global adapter, the fraction whose
+    sign the temporary adapter strictly opposes (the paper's Fig. 3).
+
+    Args:
+        temporary: `AdapterState` or dict. The trained temporary adapter.
+        global_state: `AdapterState`. The global adapter it started from.
+        p: float. Fraction of important global entries. Defaults to `0.5`.
+        scope: str. `"tensor"` or `"global"`. Defaults to `"tensor"`.
+
+    Returns:
+        A float, or NaN when no global entry is important (the first
+        task, when every global factor is zero).
+    """
+    paths = list(global_state)
+    count = _compiled_conflict_count(p, scope)
+    conflicts, important = count(
+        [ops.convert_to_tensor(temporary[k]) for k in paths],
+        [ops.convert_to_tensor(global_state[k]) for k in paths],
+    )
+    important = int(ops.convert_to_numpy(important))
+    if not important:
+        return math.nan
+    return int(ops.convert_to_numpy(conflicts)) / important
+
+
+def optimizer_slots(optimizer, variable):
     """The per-entry moment variables an Adam-family optimizer keeps."""
     index = optimizer._get_variable_index(variable)
     return [
@@ -244,11 +290,12 @@ class SignAlignmentCallback(keras.callbacks.Callback):
     entries it re-initialised: `reinitialised_counts` (one int per
     alignment) and `num_reinitialised` (their sum), available after `fit`.
 
-    A model with a `fused_alignment` (a `FusedSignAlignment`, as
-    `ContinualLearner` has on the JAX backend) aligns inside its compiled
-    train step instead: the callback hands it the masks when training
-    begins and reads its counts, and never writes weights between batches,
-    which on JAX would copy the whole training state out and back.
+    Given a `fused_alignment` (a `keras_pam.FusedSignAlignment` that the
+    model's compiled train step runs, as `PAM` sets up on the JAX
+    backend), it aligns inside the train step instead: the callback hands
+    it the masks when training begins and reads its counts, and never
+    writes weights between batches, which on JAX would copy the whole
+    training state out and back.
 
     Args:
         global_state: `AdapterState`. The frozen global adapter `G_{t-1}`,
@@ -264,6 +311,10 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         reset_moments: bool. Also zero the optimizer's moment estimates of
             re-initialised entries (Adam-family optimizers). Defaults to
             `False`, which leaves them, as the paper's description does.
+        fused_alignment: `keras_pam.FusedSignAlignment`. The train step's
+            in-step alignment to drive instead of writing between batches;
+            ignored when it belongs to another model or is already in use.
+            Defaults to `None`.
 
     Example:
     ```python
@@ -281,15 +332,10 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         reinit="global",
         scope="tensor",
         reset_moments=False,
+        fused_alignment=None,
     ):
         super().__init__()
-        _check_p(p)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(
-                f"`every` must be an int >= 1. Received: every={every!r}"
-            )
-        _check_choice("reinit", reinit, REINIT_MODES)
-        _check_choice("scope", scope, SCOPES)
+        AlignmentConfig(p=p, every=every, reinit=reinit, scope=scope)
         if not isinstance(global_state, AdapterState):
             global_state = AdapterState(global_state)
         self.global_state = global_state
@@ -298,6 +344,7 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         self.reinit = reinit
         self.scope = scope
         self.reset_moments = reset_moments
+        self.fused_alignment = fused_alignment
         self.reinitialised_counts = []
         self.num_reinitialised = 0
 
@@ -328,7 +375,7 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         self._variables = None  # Found at the first alignment.
         self._batches = 0
         self._counts = []
-        self._fused = getattr(self.model, "fused_alignment", None)
+        self._fused = self.fused_alignment
         if self._fused is not None and (
             self._fused.paths != self._paths or self._fused.active
         ):
@@ -345,7 +392,11 @@ class SignAlignmentCallback(keras.callbacks.Callback):
             self._globals = self._masks = None
             self._num_read = 0  # Alignments whose counts were read.
         else:
-            self._update = _compiled_update(self.reinit)
+            self._targets = compiled(
+                ("masked_targets",), lambda: masked_targets
+            )(self._globals, self._masks)
+            self._globals = self._masks = None
+            self._update = _compiled_update()
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
@@ -365,7 +416,7 @@ class SignAlignmentCallback(keras.callbacks.Callback):
             variables = lora_variables(model)
             self._variables = [variables[k] for k in self._paths]
             self._slots = [
-                _optimizer_slots(model.optimizer, v)
+                optimizer_slots(model.optimizer, v)
                 if self.reset_moments
                 else []
                 for v in self._variables
@@ -373,8 +424,8 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         variables, slots = self._variables, self._slots
         aligned, new_slots, count = self._update(
             [v.value for v in variables],
-            self._globals,
-            self._masks,
+            self._targets,
+            1.0 if self.reinit == "global" else 0.0,
             [[s.value for s in group] for group in slots],
         )
         for variable, value in zip(variables, aligned):
@@ -385,8 +436,9 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         self._counts.append(count)
 
     def _read_fused_counts(self):
-        # Through `self.model`: on JAX the training state is synced first.
-        fused = self.model.fused_alignment
+        # Reaching `self.model` syncs the JAX training state first.
+        self.model  # noqa: B018
+        fused = self._fused
         done = self._batches // self.every
         if done > self._num_read:
             self._counts.extend(fused.read_counts(self._num_read + 1, done))

@@ -8,10 +8,10 @@ import time
 import keras
 import numpy as np
 
-from keras_pam import alignment
 from keras_pam import data as data_lib
 from keras_pam import run_folder
-from keras_pam.fused_sign_alignment import FusedSignAlignment
+from keras_pam.alignment_config import DEFAULT_ALIGNMENT
+from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.lora import AdapterState
 from keras_pam.lora import enable_lora
 from keras_pam.lora import lora_variables
@@ -26,7 +26,6 @@ from keras_pam.strategies import Average
 from keras_pam.strategies import Finetune
 from keras_pam.strategies import TaskContext
 from keras_pam.strategies import get_strategy
-from keras_pam.strategies.moelora import MoELoRA
 from keras_pam.training import NonFiniteLossError  # noqa: F401 (public)
 from keras_pam.training import StopOnNonFiniteLoss
 from keras_pam.training import initial_adapter
@@ -62,10 +61,13 @@ class ContinualLearner(keras.Model):
     `learn_task` and `evaluate_task` take raw splits in the PaliGemma dict
     format (`images`, `prompts`, `responses`).
 
-    On the JAX backend the sign alignment runs inside the compiled train
-    step (`fused_alignment`, a `keras_pam.FusedSignAlignment`), so aligning
-    costs one fused select per alignment instead of a round trip of the
-    training state to the host; on the other backends
+    The learner knows no method: the strategy's hooks (see
+    `keras_pam.strategies.Strategy`) decide what is trained, what runs
+    inside the train step (`in_step_update`), how the adapters merge and
+    what the task report says. PAM's own, on the JAX backend, is a
+    `keras_pam.FusedSignAlignment` inside the compiled train step, so
+    aligning costs one fused select per alignment instead of a round trip
+    of the training state to the host; on the other backends its
     `SignAlignmentCallback` writes the factors between batches.
 
     Bigger models:
@@ -101,20 +103,10 @@ class ContinualLearner(keras.Model):
             `(alpha / rank) A B`. Defaults to `None` (equal to `rank`).
         align: bool. Apply PAM's sign alignment while training. `False` with
             `merge="average"` is the Average baseline. Defaults to `True`.
-        p: float. Fraction of important global entries, in (0, 1]. Defaults
-            to `0.5`.
-        align_every: int. Align every this many training batches. Defaults
-            to `100`.
-        reinit: str. `"global"` or `"zero"`: what a conflicting entry is
-            re-initialised to. Defaults to `"global"`.
-        scope: str. `"tensor"` or `"global"`: where the top-`p` magnitudes
-            are ranked. Defaults to `"tensor"`.
-        align_first_task: bool. Align during the first task too, to the
-            random `A` factors of the initial adapter (the literal reading of
-            the paper; its `B` factors are zero and never align). Defaults to
-            `True`.
-        reset_moments: bool. Zero the optimizer moments of re-initialised
-            entries. Defaults to `False`.
+        p, align_every, reinit, scope, align_first_task, reset_moments:
+            PAM's alignment settings (`keras_pam.AlignmentConfig`'s `p`,
+            `every`, `reinit`, `scope`, `align_first_task`,
+            `reset_moments`), with its defaults.
         merge: str or callable. How the temporary adapter joins the global
             one: a name of `keras_pam.merging.MERGE_FUNCTIONS` or a function
             of a list of states `[global, temporary]`; `None` keeps the
@@ -124,8 +116,10 @@ class ContinualLearner(keras.Model):
             learning method, by name (`keras_pam.strategies.STRATEGY_NAMES`:
             `"pam"`, `"average"`, `"finetune"`, `"ties"`, `"tall+pam"`,
             `"er+pam"`, ...) or as an object; named methods that align take
-            the alignment settings above. Defaults to `None`: built from
-            `align` and `merge` (PAM with the defaults).
+            the alignment settings above. `align` and `merge` then keep
+            their defaults (other values are refused: the strategy sets
+            them). Defaults to `None`: built from `align` and `merge` (PAM
+            with the defaults).
         target_layer_names: list of str. Layers to adapt. Defaults to
             `None`: `keras_pam.lora.PALI_GEMMA_LORA_TARGETS`.
         eval_batch_size: int. Batch size of scoring. Defaults to `32`.
@@ -182,12 +176,12 @@ class ContinualLearner(keras.Model):
         rank=32,
         alpha=None,
         align=True,
-        p=0.5,
-        align_every=100,
-        reinit="global",
-        scope="tensor",
-        align_first_task=True,
-        reset_moments=False,
+        p=DEFAULT_ALIGNMENT.p,
+        align_every=DEFAULT_ALIGNMENT.every,
+        reinit=DEFAULT_ALIGNMENT.reinit,
+        scope=DEFAULT_ALIGNMENT.scope,
+        align_first_task=DEFAULT_ALIGNMENT.align_first_task,
+        reset_moments=DEFAULT_ALIGNMENT.reset_moments,
         merge="average",
         strategy=None,
         target_layer_names=None,
@@ -234,10 +228,10 @@ class ContinualLearner(keras.Model):
         self.max_answer_tokens = max_answer_tokens
         self.quantize_mode = quantize
 
-        # Before `built`: Keras takes no new variables after it.
-        self.fused_alignment = None
-        if keras.backend.backend() == "jax":
-            self.fused_alignment = FusedSignAlignment(lora_variables(causal_lm))
+        # The strategy's in-step update, tracked so that its variables are
+        # in the training state; the slot holds at most the active one.
+        self._in_step_slot = []
+        self._in_step_cache = _InStepCache()
         self.seed = seed
         self._enabled_state = AdapterState.from_model(causal_lm)
         self.initial_state = self._enabled_state
@@ -250,7 +244,7 @@ class ContinualLearner(keras.Model):
         self.record = RunRecord()
         self.built = True
         num_weights = len(causal_lm.weights)
-        self.strategy.attach(self)
+        self._attach_strategy()
         # A strategy that adds weights (MoELoRA's routers) owns the model:
         # the learner cannot be `reset` for another run.
         self._strategy_changed_model = len(causal_lm.weights) != num_weights
@@ -275,7 +269,7 @@ class ContinualLearner(keras.Model):
     ):
         """Build the strategy from the constructor's arguments and keep
         them; nothing changes if it fails."""
-        settings = dict(
+        config = AlignmentConfig(
             p=p,
             every=align_every,
             reinit=reinit,
@@ -283,17 +277,23 @@ class ContinualLearner(keras.Model):
             align_first_task=align_first_task,
             reset_moments=reset_moments,
         )
+        if strategy is not None and (align is not True or merge != "average"):
+            raise ValueError(
+                f"`strategy`={_strategy_label(strategy)} sets the method; "
+                f"it cannot be combined with `align`={align!r} or "
+                f"`merge`={_merge_label(merge)}. Pass the strategy alone "
+                "(e.g. `strategy=PAM(merge='ties')`), or `align` and "
+                "`merge` without a strategy."
+            )
         if strategy is not None:
-            strategy_object = get_strategy(strategy, **settings)
+            strategy_object = get_strategy(strategy, config)
         elif align:
-            strategy_object = PAM(merge=merge, **settings)
+            strategy_object = PAM(config, merge=merge)
         elif merge is not None:
             strategy_object = Average(merge)
         else:
             strategy_object = Finetune()
-        if check_shareable and any(
-            isinstance(s, MoELoRA) for s in strategy_chain(strategy_object)
-        ):
+        if check_shareable and strategy_object.adds_weights:
             raise ValueError(
                 "MoELoRA adds routers to the model: give it a new learner "
                 "rather than `reset`ting this one."
@@ -316,12 +316,12 @@ class ContinualLearner(keras.Model):
         run_dir=None,
         optimizer=None,
         align=True,
-        p=0.5,
-        align_every=100,
-        reinit="global",
-        scope="tensor",
-        align_first_task=True,
-        reset_moments=False,
+        p=DEFAULT_ALIGNMENT.p,
+        align_every=DEFAULT_ALIGNMENT.every,
+        reinit=DEFAULT_ALIGNMENT.reinit,
+        scope=DEFAULT_ALIGNMENT.scope,
+        align_first_task=DEFAULT_ALIGNMENT.align_first_task,
+        reset_moments=DEFAULT_ALIGNMENT.reset_moments,
         merge="average",
     ):
         """Start a new run on this learner's model, keeping what it compiled.
@@ -393,8 +393,6 @@ class ContinualLearner(keras.Model):
         self.stop_training = False
         refresh_tokenizer(self.causal_lm)
         reset_optimizer(self.optimizer, self.trainable_variables)
-        if self.fused_alignment is not None:
-            self.fused_alignment.reset()
         self.seed = seed
         self.initial_state = self._enabled_state
         if seed is not None:
@@ -403,9 +401,30 @@ class ContinualLearner(keras.Model):
         self.global_state.assign_to(self)
         self._eval_tasks = {}
         self.record = RunRecord()
-        self.strategy.attach(self)
+        self._attach_strategy()
         self._open_run_dir(run_dir)
         return self
+
+    def _attach_strategy(self):
+        """Attach the strategy and put its in-step update in the slot: the
+        one kept for its train-step key, else the one it builds."""
+        self.strategy.attach(self)
+        key = train_step_key(self.strategy)
+        update = self._in_step_cache.get(key)
+        if update is None:
+            update = self.strategy.build_in_step_update()
+            self._in_step_cache.put(key, update)
+        else:
+            update.reset()
+        self._in_step_slot.clear()
+        if update is not None:
+            self._in_step_slot.append(update)
+
+    @property
+    def in_step_update(self):
+        """The strategy's `keras_pam.InStepUpdate` that the train step runs
+        after every optimizer step, or `None`."""
+        return self._in_step_slot[0] if self._in_step_slot else None
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
@@ -498,11 +517,16 @@ class ContinualLearner(keras.Model):
         return self.causal_lm(inputs, training=training)
 
     def train_step(self, *args, **kwargs):
-        if self.fused_alignment is None:
+        update = self.in_step_update
+        if update is None:
             return super().train_step(*args, **kwargs)
-        # JAX: `train_step(state, data)` is pure; the alignment joins it.
-        logs, state = super().train_step(*args, **kwargs)
-        return logs, self.fused_alignment.stateless_update(self, state)
+        if keras.backend.backend() == "jax":
+            # `train_step(state, data)` is pure; the update joins it.
+            logs, state = super().train_step(*args, **kwargs)
+            return logs, update.stateless_update(self, state)
+        logs = super().train_step(*args, **kwargs)
+        update.update(lora_variables(self), self.optimizer)
+        return logs
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -671,7 +695,7 @@ class ContinualLearner(keras.Model):
                 verbose,
                 fit_kwargs,
             )
-        report = self._finish_task(task, temporary, history, strategy_callbacks)
+        report = self._finish_task(task, temporary, history)
         report.seconds = time.time() - start
         self.record.task_reports.append(report)
         if self._run_folder is not None:
@@ -689,7 +713,13 @@ class ContinualLearner(keras.Model):
         if eval_data is not None and name not in self._eval_tasks:
             self.add_eval_task(name, eval_data)
         self._evaluate_zero_shot()
-        return TaskContext(name=name, index=index, examples=examples)
+        return TaskContext(
+            name=name,
+            index=index,
+            examples=examples,
+            previous_global=self.global_state,
+            initial=self.initial_state,
+        )
 
     def _fit_task(
         self,
@@ -755,57 +785,34 @@ class ContinualLearner(keras.Model):
             temporary = AdapterState.from_model(self)
         finally:
             # Whatever happened in `fit`, the model holds the global one
-            # and a later `fit` does not align.
+            # and a later `fit` runs a plain step.
             self.global_state.assign_to(self)
-            if self.fused_alignment is not None:
-                self.fused_alignment.stop()
+            if self.in_step_update is not None:
+                self.in_step_update.stop()
         return temporary, history
 
-    def _finish_task(self, task, temporary, history, strategy_callbacks):
+    def _finish_task(self, task, temporary, history):
         """Score the temporary adapter, merge it, evaluate every task."""
         name = task.name
         pre_merge = math.nan
         if name in self._eval_tasks:
             pre_merge = self._score_with(temporary, name)
         merged = AdapterState(self.strategy.merge(temporary, task)).snapshot()
-        misaligned = self._misaligned_fraction(temporary)
+        diagnostics = self.strategy.task_diagnostics(temporary, task)
         # The strategy sees the previous global adapter in `end_task`.
         self.strategy.end_task(temporary, task)
         merged.assign_to(self)
         self.global_state = merged
         self.record.add_task(name, pre_merge, self._evaluate_row())
-        aligners = [
-            c
-            for c in strategy_callbacks
-            if isinstance(c, alignment.SignAlignmentCallback)
-        ]
-        return TaskReport(
+        return TaskReport.with_diagnostics(
+            diagnostics,
             name=name,
             index=task.index,
             history=dict(history),
             pre_merge_accuracy=pre_merge,
             post_merge_accuracy=self.record.rows[-1].get(name, math.nan),
-            num_reinitialised=sum(a.num_reinitialised for a in aligners),
-            reinitialised_counts=[
-                c for a in aligners for c in a.reinitialised_counts
-            ],
             num_entries=self.global_state.num_entries,
-            misaligned_fraction=misaligned,
         )
-
-    def _misaligned_fraction(self, temporary):
-        """Of the important entries of the global adapter, the fraction
-        whose sign the temporary adapter strictly opposes."""
-        paths = list(self.global_state)
-        count = alignment._compiled_conflict_count(self.p, self.scope)
-        conflicts, important = count(
-            [keras.ops.convert_to_tensor(temporary[k]) for k in paths],
-            [self.global_state[k] for k in paths],
-        )
-        important = int(keras.ops.convert_to_numpy(important))
-        if not important:
-            return math.nan
-        return int(keras.ops.convert_to_numpy(conflicts)) / important
 
     # --- Results ----------------------------------------------------------
 
@@ -1024,6 +1031,29 @@ class ContinualLearner(keras.Model):
             config["causal_lm"]
         )
         return cls(**config)
+
+
+class _InStepCache:
+    """In-step updates by train-step key; not a Keras-tracked container,
+    so only the active one (in the learner's slot) is training state."""
+
+    def __init__(self):
+        self._updates = {}
+
+    def get(self, key):
+        return self._updates.get(key) if key is not None else None
+
+    def put(self, key, update):
+        if key is not None and update is not None:
+            self._updates[key] = update
+
+
+def _strategy_label(strategy):
+    return repr(strategy) if isinstance(strategy, str) else strategy.name
+
+
+def _merge_label(merge):
+    return repr(merge) if merge is None or isinstance(merge, str) else "<fn>"
 
 
 def _check_task_arguments(name, epochs, batch_size):

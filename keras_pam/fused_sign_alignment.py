@@ -4,62 +4,26 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_pam.alignment import REINIT_MODES
-from keras_pam.alignment import _check_choice
-from keras_pam.alignment import _compiled
-from keras_pam.alignment import _optimizer_slots
+from keras_pam.alignment import align_to_targets
+from keras_pam.alignment import compiled
+from keras_pam.alignment import masked_targets
+from keras_pam.alignment import optimizer_slots
+from keras_pam.alignment_config import REINIT_MODES
+from keras_pam.alignment_config import check_choice
+from keras_pam.in_step_update import InStepUpdate
 
 
-def align_to_targets(temps, targets, keep_global):
-    """One alignment against masked global values, as a select.
-
-    `targets` hold `where(M, G, 0)`: the important global entries and zeros,
-    so `W' * T < 0` is exactly `M & (W' * G < 0)`, PAM's conflict test.
-
-    Args:
-        temps: list of tensors. The temporary adapter `W'`.
-        targets: list of tensors. `where(M, G, 0)` for each of `temps`.
-        keep_global: float scalar tensor. `1` re-initialises a conflicting
-            entry to the global value, `0` to zero.
-
-    Returns:
-        A tuple `(aligned, conflicts, count)`: the aligned tensors, the
-        boolean conflict masks and the int32 number of re-initialised
-        entries.
-    """
-    aligned, conflicts = [], []
-    count = ops.convert_to_tensor(0, "int32")
-    for temp, target in zip(temps, targets):
-        temp = ops.convert_to_tensor(temp)
-        target = ops.convert_to_tensor(target, temp.dtype)
-        conflict = ops.multiply(temp, target) < 0
-        replacement = ops.multiply(target, ops.cast(keep_global, temp.dtype))
-        aligned.append(ops.where(conflict, replacement, temp))
-        conflicts.append(conflict)
-        count = count + ops.sum(ops.cast(conflict, "int32"))
-    return aligned, conflicts, count
-
-
-def _masked_targets(globals_, masks):
-    """`where(M, G, 0)` for every factor, as one compiled call per `start`
-    (eager, it was a few hundred small ops at the start of every task)."""
-    return [
-        ops.where(mask, global_, ops.zeros_like(global_))
-        for global_, mask in zip(globals_, masks)
-    ]
-
-
-class FusedSignAlignment(keras.layers.Layer):
+class FusedSignAlignment(InStepUpdate):
     """Sign alignment run by the model's own compiled train step.
 
     `SignAlignmentCallback` aligns between batches, from the host. On the
     JAX backend that write makes Keras copy the whole training state from
     the compiled step into the model's variables and back, which costs more
     than the alignment itself (about 8 ms on the tiny test model, against a
-    3.6 ms step). A model that owns a `FusedSignAlignment` (the
-    `ContinualLearner` does, on JAX) instead aligns inside every train
-    step, as one fused sign test and select over the LoRA factors that
-    only acts every `every`-th step; the callback only hands it the
+    3.6 ms step). `PAM` on JAX instead gives the learner a
+    `FusedSignAlignment` (its `build_in_step_update`), which aligns inside
+    every train step, as one fused sign test and select over the LoRA
+    factors that only acts every `every`-th step; the callback only hands it the
     importance masks when training begins and reads its counts.
 
     The state is non-trainable variables, so changing the masks, `every`
@@ -85,7 +49,7 @@ class FusedSignAlignment(keras.layers.Layer):
     """
 
     def __init__(self, lora_variables, capacity=64, **kwargs):
-        super().__init__(trainable=False, **kwargs)
+        super().__init__(**kwargs)
         if isinstance(capacity, bool) or not isinstance(capacity, int):
             raise ValueError(f"`capacity` must be an int. Got {capacity!r}.")
         if capacity < 1:
@@ -144,13 +108,13 @@ class FusedSignAlignment(keras.layers.Layer):
             reset_moments: bool. Zero the optimizer moments of re-initialised
                 entries. Defaults to `False`.
         """
-        _check_choice("reinit", reinit, REINIT_MODES)
+        check_choice("reinit", reinit, REINIT_MODES)
         if len(globals_) != len(self.targets) or len(masks) != len(globals_):
             raise ValueError(
                 f"Expected {len(self.targets)} global tensors and masks, got "
                 f"{len(globals_)} and {len(masks)}."
             )
-        masked = _compiled(("masked_targets",), lambda: _masked_targets)(
+        masked = compiled(("masked_targets",), lambda: masked_targets)(
             list(globals_), list(masks)
         )
         for target, value in zip(self.targets, masked):
@@ -212,7 +176,7 @@ class FusedSignAlignment(keras.layers.Layer):
         )
         factors = [variables[path] for path in self.paths]
         slots = [
-            _optimizer_slots(optimizer, v) if optimizer is not None else []
+            optimizer_slots(optimizer, v) if optimizer is not None else []
             for v in factors
         ]
         temps = [v.value for v in factors]
@@ -250,37 +214,3 @@ class FusedSignAlignment(keras.layers.Layer):
         slot = ops.logical_and(due, ops.arange(self.capacity) == index)
         self.counts.assign(ops.where(slot, count, self.counts.value))
         self.step.assign(step)
-
-    def stateless_update(self, model, state):
-        """`update` on a JAX train step's state tuple; returns the new one.
-
-        Args:
-            model: `keras.Model`. The model whose train step this is.
-            state: tuple. `(trainable, non_trainable, optimizer, metrics)`
-                variable values, as Keras's JAX train step returns them.
-        """
-        from keras_pam.lora import lora_variables
-
-        trainable, non_trainable, optimizer_values, metrics = state
-        groups = (
-            (model.trainable_variables, trainable),
-            (model.non_trainable_variables, non_trainable),
-            (model.optimizer.variables, optimizer_values),
-        )
-        mapping = [
-            (variable, value)
-            for variables, values in groups
-            for variable, value in zip(variables, values)
-        ]
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            self.update(lora_variables(model), model.optimizer)
-
-        # Every variable is in the mapping: this is its value after the
-        # update, changed or not.
-        return (
-            *(
-                [scope.get_current_value(v) for v in variables]
-                for variables, _ in groups
-            ),
-            metrics,
-        )

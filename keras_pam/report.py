@@ -40,6 +40,8 @@ class TaskReport:
             fraction whose sign the final temporary adapter opposes; NaN for
             the first task when the global `B` factors are all zero.
         seconds: float. Wall time of the whole task, evaluation included.
+        diagnostics: dict. What the strategy reported of the task beyond
+            the fields above (`Strategy.task_diagnostics`).
     """
 
     name: str
@@ -52,6 +54,17 @@ class TaskReport:
     num_entries: int = 0
     misaligned_fraction: float = math.nan
     seconds: float = 0.0
+    diagnostics: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def with_diagnostics(cls, diagnostics, **fields):
+        """A report from its fields and a strategy's diagnostics: keys that
+        are fields fill them, the others go to `diagnostics`."""
+        names = {f.name for f in dataclasses.fields(cls)} - set(fields)
+        names.discard("diagnostics")
+        diagnostics = dict(diagnostics or {})
+        known = {k: diagnostics.pop(k) for k in list(diagnostics) if k in names}
+        return cls(**fields, **known, diagnostics=diagnostics)
 
     def summary(self):
         """A one-line summary, as printed after each task."""

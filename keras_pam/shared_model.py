@@ -6,16 +6,8 @@ import os
 import keras
 
 from keras_pam.continual_learner import ContinualLearner
-from keras_pam.strategies.moelora import MoELoRA
+from keras_pam.strategies import adds_weights
 from keras_pam.training import same_optimizer
-from keras_pam.training import strategy_chain
-
-
-def _owns_model(strategy):
-    """Whether a strategy (or its name) adds weights to the model."""
-    if isinstance(strategy, str):
-        return strategy == "moelora"
-    return any(isinstance(s, MoELoRA) for s in strategy_chain(strategy))
 
 
 class SharedModel:
@@ -134,7 +126,7 @@ class SharedModel:
         resuming = run_dir is not None and os.path.isfile(
             os.path.join(run_dir, "config.json")
         )
-        if _owns_model(strategy):
+        if adds_weights(strategy):
             if resuming:
                 return ContinualLearner.resume(run_dir, eval_tasks=eval_tasks)
             learner = self._new_learner(

@@ -56,25 +56,32 @@ def train_step_key(strategy):
     """What a strategy puts into the compiled train step, as a key.
 
     Learners whose strategies have the same key run the same train step,
-    so a reused learner keeps its compiled step. Only `extra_loss` is
-    traced into the step (the fused alignment is in every JAX step, on or
-    off): strategies that keep the base class's have the key `"plain"`;
-    keras_pam's own strategies with an `extra_loss` are keyed by their
-    classes and configs; any other strategy gets `None` (never reused).
+    so a reused learner keeps its compiled step (and its in-step update).
+    Two hooks are traced into the step: `extra_loss` and the layer of
+    `build_in_step_update`. Strategies that keep the base class's both
+    have the key `"plain"`. keras_pam's own strategies that override them
+    are keyed by their classes, and by their configs where they add a
+    loss (its settings are traced constants; an in-step update keeps its
+    settings in variables). Any other strategy gets `None` (never reused).
     """
-    chain = strategy_chain(strategy)
-    plain = (Strategy.extra_loss, StrategyWrapper.extra_loss)
-    custom = [s for s in chain if type(s).extra_loss not in plain]
-    if not custom:
-        return "plain"
-    if any(
-        not type(s).__module__.startswith("keras_pam.strategies") for s in chain
-    ):
-        return None
-    return tuple(
-        (type(s).__qualname__, json.dumps(s.get_config(), default=str))
-        for s in chain
+    plain_loss = (Strategy.extra_loss, StrategyWrapper.extra_loss)
+    plain_step = (
+        Strategy.build_in_step_update,
+        StrategyWrapper.build_in_step_update,
     )
+    parts = []
+    for part in strategy_chain(strategy):
+        adds_loss = type(part).extra_loss not in plain_loss
+        adds_step = type(part).build_in_step_update not in plain_step
+        if not (adds_loss or adds_step):
+            continue
+        if not type(part).__module__.startswith("keras_pam.strategies"):
+            return None
+        config = None
+        if adds_loss:
+            config = json.dumps(part.get_config(), default=str)
+        parts.append((type(part).__qualname__, config))
+    return tuple(parts) if parts else "plain"
 
 
 def refresh_tokenizer(causal_lm):

@@ -94,7 +94,7 @@ def check_layouts(learner, num_devices, split):
         assert len(tensor.sharding.device_set) == num_devices, path
         assert tensor.sharding.is_equivalent_to(value.sharding, tensor.ndim)
     # The fused alignment's masked global copy is laid out like its factor.
-    fused = learner.fused_alignment
+    fused = learner.in_step_update
     for path, target in zip(fused.paths, fused.targets):
         value = variables[path].value
         assert target.value.sharding.is_equivalent_to(

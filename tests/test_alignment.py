@@ -199,7 +199,7 @@ def test_callback_with_zero_reinit_and_moment_reset():
     # the step (an Adam step moves each entry by about 1e-3, keeping signs).
     np.testing.assert_array_equal(after[a_path], np.zeros_like(after[a_path]))
     variable = lora_variables(model)[a_path]
-    slots = alignment._optimizer_slots(model.optimizer, variable)
+    slots = alignment.optimizer_slots(model.optimizer, variable)
     for slot in slots:
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(slot.value), 0.0

@@ -81,7 +81,7 @@ def test_learner_aligns_in_its_train_step_like_the_callback(
     more alignments than the device keeps counts for between reads, and
     leaves the steps in between alone."""
     learner = ContinualLearner.from_preset(tiny_preset, rank=4)
-    fused = learner.fused_alignment
+    fused = learner.in_step_update  # PAM's, the default strategy.
     assert isinstance(fused, FusedSignAlignment)
     rng = np.random.default_rng(0)
     global_state = learner.global_state.map(
@@ -95,23 +95,23 @@ def test_learner_aligns_in_its_train_step_like_the_callback(
         keras.utils.set_random_seed(1)
         learner.compile(optimizer=keras.optimizers.Adam(1e-2))
         global_state.assign_to(learner)
-        if not use_fused:  # The callback's own path, as for any model.
-            object.__setattr__(learner, "fused_alignment", None)
+        # Without it, the callback's own path, as for any model.
         callback = SignAlignmentCallback(
-            global_state, p=0.5, every=every, reset_moments=True
+            global_state,
+            p=0.5,
+            every=every,
+            reset_moments=True,
+            fused_alignment=fused if use_fused else None,
         )
-        try:
-            learner.fit(
-                x,
-                y,
-                sample_weight=sample_weight,
-                batch_size=1,
-                callbacks=[callback],
-                shuffle=False,
-                verbose=0,
-            )
-        finally:
-            object.__setattr__(learner, "fused_alignment", fused)
+        learner.fit(
+            x,
+            y,
+            sample_weight=sample_weight,
+            batch_size=1,
+            callbacks=[callback],
+            shuffle=False,
+            verbose=0,
+        )
         return AdapterState.from_model(learner), callback
 
     fused_state, fused_callback = fit(True)
@@ -139,14 +139,15 @@ def test_plain_fit_of_the_learner_does_not_align(tiny_preset, two_tasks):
     learner.compile(optimizer=keras.optimizers.SGD(0.0))
     x, y, sample_weight = _fit_batches(learner, two_tasks[0], 4)
     # An opposite-sign global adapter would flip every entry if aligned.
-    globals_ = [learner.global_state[p] for p in learner.fused_alignment.paths]
-    learner.fused_alignment.start(
+    fused = learner.in_step_update
+    globals_ = [learner.global_state[p] for p in fused.paths]
+    fused.start(
         [-2.0 * np.asarray(t) for t in globals_],
         [np.ones(np.shape(t), bool) for t in globals_],
         every=1,
         reinit="global",
     )
-    learner.fused_alignment.stop()
+    fused.stop()
     before = AdapterState.from_model(learner)
     learner.fit(x, y, sample_weight=sample_weight, batch_size=2, verbose=0)
     after = AdapterState.from_model(learner)

@@ -1,13 +1,16 @@
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
+import keras_pam
 from keras_pam import ContinualLearner
 from keras_pam import strategies
 from keras_pam.lora import AdapterState
 from keras_pam.strategies import experience_replay
 from keras_pam.strategies import lwf
 from keras_pam.strategies import olora
+from keras_pam.strategies import strategy as strategy_module
 
 EXPECTED_METRICS = {
     "zero-shot": {"acc"},
@@ -274,3 +277,101 @@ def test_olora_trains_one_slice_per_task(tiny_preset, two_tasks):
         ContinualLearner.from_preset(
             tiny_preset, rank=4, strategy=strategies.OLoRA(num_tasks=3)
         )
+
+
+class ClipAndCount(keras_pam.InStepUpdate):
+    """Clips every LoRA factor after each optimizer step and counts the
+    steps: work that only the train step can do."""
+
+    def __init__(self, bound, **kwargs):
+        super().__init__(**kwargs)
+        self.bound = bound
+        self.steps = keras.Variable(
+            0, dtype="int32", trainable=False, name="clip_steps"
+        )
+
+    def update(self, variables, optimizer):
+        for variable in variables.values():
+            variable.assign(
+                keras.ops.clip(variable.value, -self.bound, self.bound)
+            )
+        self.steps.assign(self.steps.value + 1)
+
+    def reset(self):
+        self.steps.assign(0)
+
+
+class ClippedFinetune(strategies.Finetune):
+    """A method that works inside the train step, written in one place:
+    the learner is not changed for it."""
+
+    name = "clipped-finetune"
+
+    def build_in_step_update(self):
+        return ClipAndCount(bound=0.01)
+
+    def task_diagnostics(self, temporary, task):
+        steps = self.learner.in_step_update.steps.value
+        return {
+            **super().task_diagnostics(temporary, task),
+            "steps": int(keras.ops.convert_to_numpy(steps)),
+        }
+
+
+def test_a_strategy_can_work_inside_the_train_step(tiny_preset, two_tasks):
+    learner = ContinualLearner.from_preset(
+        tiny_preset, rank=4, strategy=ClippedFinetune()
+    )
+    task = two_tasks[0]
+    report = learner.learn_task(
+        task.train, name=task.name, epochs=2, batch_size=8, verbose=0
+    )
+    num_examples = len(task.train["prompts"])
+    assert report.diagnostics["steps"] == 2 * -(-num_examples // 8)
+    assert not np.isnan(report.misaligned_fraction)
+    largest = max(
+        float(np.max(np.abs(learner.global_state[path])))
+        for path in learner.global_state
+    )
+    assert largest <= 0.01 + 1e-7
+    # A plain strategy after it runs a plain step (nothing clipped).
+    learner.reset(strategy="finetune", seed=0)
+    assert learner.in_step_update is None
+    learner.compile(optimizer=keras.optimizers.Adam(1e-1))
+    learner.learn_task(task.train, name=task.name, batch_size=8, verbose=0)
+    largest = max(
+        float(np.max(np.abs(learner.global_state[path])))
+        for path in learner.global_state
+    )
+    assert largest > 0.01
+
+
+def test_the_wrapper_forwards_every_hook():
+    own = {"attach", "get_state", "set_state", "get_config"}
+    hooks = {
+        name
+        for name, value in vars(strategies.Strategy).items()
+        if callable(value) and not name.startswith("_")
+    }
+    assert hooks - own == set(strategy_module.FORWARDED_HOOKS)
+    inner = strategies.PAM(p=0.3)
+    wrapper = strategies.StrategyWrapper(inner)
+    for name in strategy_module.FORWARDED_ATTRIBUTES:
+        assert getattr(wrapper, name) == getattr(inner, name)
+    assert wrapper.get_config() == {}
+
+
+def test_a_named_strategy_with_merge_or_align_is_refused(tiny_preset):
+    causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(tiny_preset)
+    for kwargs in ({"merge": "ties"}, {"align": False}, {"merge": None}):
+        with pytest.raises(ValueError, match="cannot be combined"):
+            ContinualLearner(causal_lm, rank=4, strategy="pam", **kwargs)
+
+
+def test_alignment_settings_have_one_default():
+    config = keras_pam.AlignmentConfig()
+    assert strategies.PAM().config == config
+    assert strategies.get_strategy("er+pam").inner.config == config
+    assert strategies.get_strategy("pam", p=0.3).config == config.replace(p=0.3)
+    with pytest.raises(ValueError, match="Unknown alignment settings"):
+        strategies.get_strategy("pam", q=0.3)

@@ -5,6 +5,7 @@
 `Strategy` subclass and one line in `_FACTORIES`.
 """
 
+from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.strategies.average import Average
 from keras_pam.strategies.experience_replay import ExperienceReplay
 from keras_pam.strategies.finetune import Finetune
@@ -27,7 +28,7 @@ from keras_pam.strategies.zero_shot import ZeroShot
 
 def _post_align(alignment):
     return PostAlign(
-        p=alignment["p"], reinit=alignment["reinit"], scope=alignment["scope"]
+        p=alignment.p, reinit=alignment.reinit, scope=alignment.scope
     )
 
 
@@ -46,16 +47,16 @@ _FACTORIES = {
     "multitask": lambda alignment: Multitask(),
     "finetune": lambda alignment: Finetune(),
     "average": lambda alignment: Average(),
-    "pam": lambda alignment: PAM(**alignment),
+    "pam": lambda alignment: PAM(alignment),
     "ties": lambda alignment: TIES(),
     "tall": lambda alignment: TALL(Average()),
-    "tall+pam": lambda alignment: TALL(PAM(**alignment)),
+    "tall+pam": lambda alignment: TALL(PAM(alignment)),
     "magmax": lambda alignment: MagMax(),
     "post-align": _post_align,
     "lwf": lambda alignment: LwF(Finetune()),
-    "lwf+pam": lambda alignment: LwF(PAM(**alignment)),
+    "lwf+pam": lambda alignment: LwF(PAM(alignment)),
     "er": lambda alignment: ExperienceReplay(Finetune()),
-    "er+pam": lambda alignment: ExperienceReplay(PAM(**alignment)),
+    "er+pam": lambda alignment: ExperienceReplay(PAM(alignment)),
     "ilora": lambda alignment: ILoRA(),
     "olora": _olora,
     "moelora": lambda alignment: MoELoRA(),
@@ -64,27 +65,23 @@ STRATEGY_NAMES = tuple(_FACTORIES)
 
 
 def get_strategy(
-    name,
-    p=0.5,
-    every=100,
-    reinit="global",
-    scope="tensor",
-    align_first_task=True,
-    reset_moments=False,
-    num_tasks=None,
-    num_experts=8,
+    name, alignment=None, num_tasks=None, num_experts=8, **settings
 ):
     """Build a strategy by name, with PAM's alignment settings.
 
     Args:
         name: str or `Strategy`. One of `STRATEGY_NAMES`; a `Strategy` is
             returned as it is.
-        p, every, reinit, scope, align_first_task, reset_moments: the
-            alignment settings of the strategies that align (see `PAM`).
+        alignment: `keras_pam.AlignmentConfig`. The alignment settings of
+            the strategies that align (see `PAM`). Defaults to `None` (the
+            defaults, with `**settings`).
         num_tasks: int. The sequence's length, needed by `"olora"` (the
             learner's rank is split among the tasks). Defaults to `None`.
         num_experts: int. The number of LoRA experts of `"moelora"`; the
             learner's rank must be a multiple of it. Defaults to `8`.
+        **settings: alignment settings replacing those of `alignment`
+            (`p`, `every`, `reinit`, `scope`, `align_first_task`,
+            `reset_moments`).
 
     Returns:
         A `Strategy`.
@@ -95,16 +92,17 @@ def get_strategy(
         raise ValueError(
             f"Unknown strategy {name!r}. Choose one of {list(STRATEGY_NAMES)}."
         )
-    alignment = dict(
-        p=p,
-        every=every,
-        reinit=reinit,
-        scope=scope,
-        align_first_task=align_first_task,
-        reset_moments=reset_moments,
-    )
+    alignment = AlignmentConfig.make(alignment, **settings)
     if name == "olora":
         return _olora(alignment, num_tasks)
     if name == "moelora":
         return MoELoRA(num_experts)
     return _FACTORIES[name](alignment)
+
+
+def adds_weights(strategy):
+    """Whether a strategy, or the one a name builds, adds weights to the
+    model (a learner that ran it cannot be `reset`)."""
+    if isinstance(strategy, str):
+        strategy = get_strategy(strategy, num_tasks=1)
+    return strategy.adds_weights

@@ -273,6 +273,7 @@ class MoELoRA(Strategy):
     """
 
     name = "moelora"
+    adds_weights = True
 
     def __init__(self, num_experts=8):
         if isinstance(num_experts, bool) or not isinstance(num_experts, int):

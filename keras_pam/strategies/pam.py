@@ -1,27 +1,41 @@
 """PAM: Average with periodic sign alignment during training."""
 
-from keras_pam.alignment import SignAlignmentCallback
+import keras
+
+from keras_pam import alignment
+from keras_pam.alignment_config import AlignmentConfig
+from keras_pam.fused_sign_alignment import FusedSignAlignment
+from keras_pam.lora import lora_variables
 from keras_pam.strategies.average import Average
+
+
+def split_settings(kwargs):
+    """`kwargs` as `(alignment settings, the rest)`."""
+    fields = AlignmentConfig.field_names()
+    settings = {k: v for k, v in kwargs.items() if k in fields}
+    rest = {k: v for k, v in kwargs.items() if k not in fields}
+    return settings, rest
 
 
 class PAM(Average):
     """Parameter Alignment for Merging (the paper's Algorithm 1).
 
-    Clone the global adapter, train it while `SignAlignmentCallback`
-    re-initialises every `every` batches the entries whose sign opposes an
-    important (top-`p` magnitude, non-zero) global entry, then average.
+    Clone the global adapter, train it while every `every` batches the
+    entries whose sign opposes an important (top-`p` magnitude, non-zero)
+    global entry are re-initialised, then average. On the JAX backend the
+    alignment runs inside the compiled train step (a
+    `keras_pam.FusedSignAlignment`, this strategy's in-step update); on the
+    other backends `SignAlignmentCallback` writes the factors between
+    batches.
 
     Args:
-        p: float. Fraction of important global entries. Defaults to `0.5`.
-        every: int. Align every this many batches. Defaults to `100`.
-        reinit: str. `"global"` or `"zero"`. Defaults to `"global"`.
-        scope: str. `"tensor"` or `"global"`. Defaults to `"tensor"`.
-        align_first_task: bool. Also align during task 1, to the random `A`
-            factors of the initial adapter. Defaults to `True`.
-        reset_moments: bool. Zero the optimizer moments of re-initialised
-            entries. Defaults to `False`.
+        alignment: `keras_pam.AlignmentConfig`. The alignment settings.
+            Defaults to `None` (the defaults, with `**kwargs`).
         merge: str or callable. The merge. Defaults to `"average"`.
-        **merge_kwargs: bound to the merge function.
+        **kwargs: alignment settings replacing those of `alignment` (`p`,
+            `every`, `reinit`, `scope`, `align_first_task`,
+            `reset_moments`, see `AlignmentConfig`); any other keyword is
+            bound to the merge function.
 
     Example:
     ```python
@@ -31,39 +45,53 @@ class PAM(Average):
 
     name = "pam"
 
-    def __init__(
-        self,
-        p=0.5,
-        every=100,
-        reinit="global",
-        scope="tensor",
-        align_first_task=True,
-        reset_moments=False,
-        merge="average",
-        **merge_kwargs,
-    ):
+    def __init__(self, alignment=None, merge="average", **kwargs):
+        settings, merge_kwargs = split_settings(kwargs)
         super().__init__(merge, **merge_kwargs)
-        self.alignment = dict(
-            p=p,
-            every=every,
-            reinit=reinit,
-            scope=scope,
-            reset_moments=reset_moments,
-        )
-        # Validate now rather than at the first task.
-        SignAlignmentCallback({}, **self.alignment)
-        self.align_first_task = align_first_task
+        self.config = AlignmentConfig.make(alignment, **settings)
+        self._aligner = None
+
+    @property
+    def alignment(self):
+        """The settings `SignAlignmentCallback` takes, as a dict."""
+        settings = self.config.to_dict()
+        settings.pop("align_first_task")
+        return settings
+
+    @property
+    def align_first_task(self):
+        return self.config.align_first_task
+
+    def build_in_step_update(self):
+        if keras.backend.backend() != "jax":
+            # Between batches, a write costs no copy of the training state.
+            return None
+        return FusedSignAlignment(lora_variables(self.learner.causal_lm))
 
     def callbacks(self, task):
-        if task.index == 1 and not self.align_first_task:
+        self._aligner = None
+        if task.index == 1 and not self.config.align_first_task:
             return []
-        return [
-            SignAlignmentCallback(self.learner.global_state, **self.alignment)
-        ]
+        self._aligner = alignment.SignAlignmentCallback(
+            self.learner.global_state,
+            fused_alignment=self.learner.in_step_update,
+            **self.alignment,
+        )
+        return [self._aligner]
+
+    def task_diagnostics(self, temporary, task):
+        aligner = self._aligner
+        counts = list(aligner.reinitialised_counts) if aligner else []
+        return {
+            "num_reinitialised": sum(counts),
+            "reinitialised_counts": counts,
+            "misaligned_fraction": alignment.misaligned_fraction(
+                temporary,
+                task.previous_global,
+                self.config.p,
+                self.config.scope,
+            ),
+        }
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            **self.alignment,
-            "align_first_task": self.align_first_task,
-        }
+        return {**super().get_config(), **self.config.to_dict()}

@@ -1,6 +1,7 @@
 """Post-training alignment: PAM's sign rule applied once, after training."""
 
 from keras_pam import alignment
+from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.strategies.average import Average
 
 
@@ -22,18 +23,32 @@ class PostAlign(Average):
 
     name = "post-align"
 
-    def __init__(self, p=0.5, reinit="global", scope="tensor", merge="average"):
+    def __init__(
+        self,
+        p=DEFAULT_ALIGNMENT.p,
+        reinit=DEFAULT_ALIGNMENT.reinit,
+        scope=DEFAULT_ALIGNMENT.scope,
+        merge="average",
+    ):
         super().__init__(merge)
-        alignment.SignAlignmentCallback({}, p=p, reinit=reinit, scope=scope)
-        self.p = p
-        self.reinit = reinit
-        self.scope = scope
+        # Validated by the one config PAM shares.
+        config = DEFAULT_ALIGNMENT.replace(p=p, reinit=reinit, scope=scope)
+        self.p = config.p
+        self.reinit = config.reinit
+        self.scope = config.scope
 
     def merge(self, temporary, task):
         global_state = self.learner.global_state
         mask = alignment.importance_mask(global_state, self.p, self.scope)
         aligned = alignment.align(temporary, global_state, mask, self.reinit)
         return super().merge(aligned.numpy(), task)
+
+    def task_diagnostics(self, temporary, task):
+        return {
+            "misaligned_fraction": alignment.misaligned_fraction(
+                temporary, task.previous_global, self.p, self.scope
+            )
+        }
 
     def get_config(self):
         return {"p": self.p, "reinit": self.reinit, "scope": self.scope}

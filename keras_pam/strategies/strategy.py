@@ -2,6 +2,9 @@
 
 import dataclasses
 
+from keras_pam import alignment
+from keras_pam.alignment_config import DEFAULT_ALIGNMENT
+
 ALL_METRICS = ("acc", "bwt", "fwt", "a_t", "a_m")
 
 
@@ -13,38 +16,51 @@ class TaskContext:
         name: str. The task's name.
         index: int. Its position in the sequence, from 1.
         examples: dict. Its training split (numpy arrays).
+        previous_global: `AdapterState`. The global adapter before this
+            task (`G_{t-1}`), whatever a hook changes. Defaults to `None`.
+        initial: `AdapterState`. The adapter before any task. Defaults to
+            `None`.
     """
 
     name: str
     index: int
     examples: dict
+    previous_global: object = None
+    initial: object = None
 
 
 class Strategy:
     """A continual-learning method, as hooks around `learn_task`.
 
     `ContinualLearner.learn_task` runs: `training_data` -> `start_state`
-    (assigned to the model) -> `fit` with `callbacks` and `extra_loss` ->
-    the temporary adapter -> `merge` (the new global adapter) ->
-    `end_task` -> one evaluation per registered task with
-    `evaluation_state`. The base class is sequential fine-tuning: start from
-    the global adapter, train it, keep the result. A new method is a new
-    subclass that overrides the hooks it changes; the learner never changes.
+    (assigned to the model) -> `fit` with `callbacks`, `extra_loss` and
+    the `build_in_step_update` layer inside the train step -> the
+    temporary adapter -> `merge` (the new global adapter) ->
+    `task_diagnostics` (for the task report) -> `end_task` -> one
+    evaluation per registered task with `evaluation_state`. The base class
+    is sequential fine-tuning: start from the global adapter, train it,
+    keep the result. A new method is a new subclass that overrides the
+    hooks it changes; the learner never changes.
 
     Strategies read the learner they are attached to (`self.learner`): its
-    `global_state`, `initial_state` (the adapter before any task), the
-    alignment settings, and its model for teacher predictions.
+    `global_state`, `initial_state` (the adapter before any task),
+    `in_step_update` (the layer their `build_in_step_update` made) and its
+    model for teacher predictions.
 
     Attributes:
         name: str. The name the registry knows it by.
         reported_metrics: tuple of str. The metrics that make sense for the
             method; `evaluate_all` reports only these.
         trains: bool. Whether `learn_task` trains at all.
+        adds_weights: bool. Whether `attach` adds weights to the model
+            (MoELoRA's routers): such a learner cannot be `reset` for
+            another run.
     """
 
     name = "finetune"
     reported_metrics = ("acc", "bwt", "fwt", "a_t")
     trains = True
+    adds_weights = False
 
     def attach(self, learner):
         """Called once by the learner that uses this strategy."""
@@ -72,6 +88,36 @@ class Strategy:
         It runs inside the compiled train step: use `keras.ops` only.
         """
         return None
+
+    def build_in_step_update(self):
+        """A `keras_pam.InStepUpdate` for the train step to run after every
+        optimizer step, or `None`.
+
+        The learner calls it when it attaches the strategy, unless it
+        already holds one built for the same `train_step_key` (then that
+        one is reused, `reset`, and the step is not traced again); it is
+        then `self.learner.in_step_update`.
+        """
+        return None
+
+    def task_diagnostics(self, temporary, task):
+        """What the task report says of the method's work on this task.
+
+        Called after `merge` and before `end_task`. Keys that are fields
+        of `keras_pam.TaskReport` (`num_reinitialised`,
+        `reinitialised_counts`, `misaligned_fraction`) fill them; other
+        keys go to its `diagnostics` dict. The base class measures the
+        misaligned fraction against `task.previous_global` with PAM's
+        default `p` and `scope`.
+        """
+        return {
+            "misaligned_fraction": alignment.misaligned_fraction(
+                temporary,
+                task.previous_global,
+                DEFAULT_ALIGNMENT.p,
+                DEFAULT_ALIGNMENT.scope,
+            )
+        }
 
     def merge(self, temporary, task):
         """The new global adapter from the trained temporary one.
@@ -101,11 +147,42 @@ class Strategy:
         return {}
 
 
+# The hooks a `StrategyWrapper` hands to its inner strategy unchanged
+# unless it overrides them. A test checks that no hook is missing.
+FORWARDED_HOOKS = (
+    "training_data",
+    "extra_inputs",
+    "start_state",
+    "callbacks",
+    "extra_loss",
+    "build_in_step_update",
+    "merge",
+    "task_diagnostics",
+    "end_task",
+    "evaluation_state",
+)
+FORWARDED_ATTRIBUTES = ("reported_metrics", "trains", "adds_weights")
+
+
+def _forward_hook(name):
+    def hook(self, *args, **kwargs):
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    hook.__name__ = name
+    hook.__doc__ = getattr(Strategy, name).__doc__
+    return hook
+
+
+def _forward_attribute(name):
+    return property(lambda self: getattr(self.inner, name))
+
+
 class StrategyWrapper(Strategy):
     """A strategy that adds behaviour to another one (`er+pam`, `lwf+pam`).
 
-    Every hook is delegated to `inner`; a subclass overrides the hooks it
-    extends and calls the inner one.
+    Every hook (`FORWARDED_HOOKS`) and attribute
+    (`FORWARDED_ATTRIBUTES`) is delegated to `inner`; a subclass overrides
+    the hooks it extends and calls the inner one.
 
     Args:
         inner: `Strategy`. The strategy it extends.
@@ -114,41 +191,15 @@ class StrategyWrapper(Strategy):
     def __init__(self, inner):
         self.inner = inner
 
-    @property
-    def reported_metrics(self):
-        return self.inner.reported_metrics
-
-    @property
-    def trains(self):
-        return self.inner.trains
+    for _name in FORWARDED_HOOKS:
+        locals()[_name] = _forward_hook(_name)
+    for _name in FORWARDED_ATTRIBUTES:
+        locals()[_name] = _forward_attribute(_name)
+    del _name
 
     def attach(self, learner):
         super().attach(learner)
         self.inner.attach(learner)
-
-    def training_data(self, task):
-        return self.inner.training_data(task)
-
-    def extra_inputs(self, examples, task):
-        return self.inner.extra_inputs(examples, task)
-
-    def start_state(self, task):
-        return self.inner.start_state(task)
-
-    def callbacks(self, task):
-        return self.inner.callbacks(task)
-
-    def extra_loss(self, x, y, y_pred, sample_weight):
-        return self.inner.extra_loss(x, y, y_pred, sample_weight)
-
-    def merge(self, temporary, task):
-        return self.inner.merge(temporary, task)
-
-    def end_task(self, temporary, task):
-        self.inner.end_task(temporary, task)
-
-    def evaluation_state(self, eval_task_name):
-        return self.inner.evaluation_state(eval_task_name)
 
     def get_state(self):
         return {"inner": self.inner.get_state()}
