@@ -295,7 +295,8 @@ class ContinualLearner(keras.Model):
             strategy_object = Finetune()
         if check_shareable and strategy_object.adds_weights:
             raise ValueError(
-                "MoELoRA adds routers to the model: give it a new learner "
+                f"The strategy {strategy_object.name!r} adds weights to the "
+                "model (as MoELoRA adds routers): give it a new learner "
                 "rather than `reset`ting this one."
             )
         self.strategy = strategy_object
@@ -332,7 +333,7 @@ class ContinualLearner(keras.Model):
         records, a new strategy and `run_dir`, the optimizer's state zeroed.
         What it keeps is the compiled work: the scorer's decoders and the
         train step of every strategy key seen so far (`train_step_key`;
-        fine-tuning, averaging and PAM share one), so a study of several
+        fine-tuning and averaging share one, PAM has its own), so a study of several
         methods, seeds and orders on one model compiles them once. The
         accuracy matrix of a run does not depend on the runs before it.
 

@@ -17,10 +17,10 @@ class SharedModel:
     A new `ContinualLearner` per cell traces and compiles its train step
     and its scorer's decoders again (about 25 s per cell on two CPU
     cores). `SharedModel` builds one learner and `reset`s it for every
-    cell: each train step (`train_step_key`: fine-tuning, averaging and
-    PAM share one) and each decoder is compiled once per study. A cell's
-    accuracy matrix is the same whether it runs alone or after others
-    (its initial adapter is drawn from its seed, see `initial_adapter`).
+    cell: each train step (`train_step_key`: fine-tuning and averaging
+    share one, PAM has its own) and each decoder is compiled once per
+    study. A cell's accuracy matrix is the same whether it runs alone or
+    after others (its initial adapter is drawn from its seed, see `initial_adapter`).
     Strategies that add weights to the model (MoELoRA) get a new learner
     per cell.
 

@@ -9,6 +9,7 @@ import pytest
 
 from keras_pam import ContinualLearner
 from keras_pam import datasets
+from keras_pam import strategies
 from keras_pam.compilation import CompileLog
 from keras_pam.compilation import cell_summary
 from keras_pam.continual_learner import initial_adapter
@@ -94,7 +95,8 @@ def test_a_cell_is_the_same_alone_or_after_others(
     if JAX:
         # Neither the train step nor the scorer compiled again.
         assert compiles.count == 0, dict(compiles.by_function)
-        assert shared.compile_log.by_function["jit(train_step)"] == 1
+        # PAM's step (its in-step alignment) and the plain one, once each.
+        assert shared.compile_log.by_function["jit(train_step)"] == 2
     else:
         assert not compiles.measured
         assert "not measured" in compiles.summary()
@@ -127,11 +129,23 @@ def test_a_new_learner_with_a_seed_starts_like_a_reset_one(tiny_preset):
 def test_train_step_keys_and_refusals(tiny_preset):
     keys = {
         name: train_step_key(get_strategy(name, num_tasks=2))
-        for name in ("finetune", "average", "pam", "ties", "lwf+pam")
+        for name in (
+            "finetune",
+            "average",
+            "pam",
+            "ties",
+            "tall+pam",
+            "er+pam",
+            "lwf+pam",
+        )
     }
-    assert keys["finetune"] == keys["average"] == keys["pam"] == "plain"
-    assert keys["ties"] == "plain"
-    assert keys["lwf+pam"] not in (None, "plain")
+    assert keys["finetune"] == keys["average"] == keys["ties"] == "plain"
+    # PAM's in-step alignment keeps its settings in variables: one step
+    # for PAM whatever wraps it, unless the wrapper adds a loss.
+    assert keys["pam"] == keys["tall+pam"] == keys["er+pam"]
+    assert keys["pam"] not in (None, "plain")
+    assert keys["pam"] == train_step_key(strategies.PAM(p=0.3, every=7))
+    assert keys["lwf+pam"] not in (None, "plain", keys["pam"])
     learner = ContinualLearner.from_preset(tiny_preset, rank=4)
     with pytest.raises(ValueError, match="MoELoRA"):
         learner.reset(strategy="moelora")
