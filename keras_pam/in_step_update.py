@@ -85,3 +85,22 @@ class InStepUpdate(keras.layers.Layer):
             ),
             metrics,
         )
+
+
+class InStepCache:
+    """In-step updates by train-step key (`train_step_key`), so that a
+    reused learner keeps the layer its compiled step was traced with.
+
+    Not a Keras-tracked container: only the active update (in the
+    learner's tracked slot) is training state.
+    """
+
+    def __init__(self):
+        self._updates = {}
+
+    def get(self, key):
+        return self._updates.get(key) if key is not None else None
+
+    def put(self, key, update):
+        if key is not None and update is not None:
+            self._updates[key] = update

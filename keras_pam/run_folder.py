@@ -5,6 +5,7 @@ another configuration is refused), the committed checkpoints of
 `keras_pam.checkpoint` (one after every task) and `task_backup/`, the
 temporary adapter of the task in progress after each of its epochs
 (`keras_pam.task_backup`), removed when the task's checkpoint commits.
+Its functions write a learner's checkpoint and resume a learner from one.
 """
 
 import json
@@ -14,8 +15,13 @@ import shutil
 import keras
 
 from keras_pam import checkpoint
+from keras_pam.alignment_config import AlignmentConfig
+from keras_pam.run_record import RunRecord
+from keras_pam.strategies import parse_name
+from keras_pam.strategies import strategy_from_config
 from keras_pam.task_backup import TaskBackup
 from keras_pam.task_backup import load_task_backup
+from keras_pam.training import same_optimizer
 
 CONFIG = "config.json"
 TASK_BACKUP = "task_backup"
@@ -51,12 +57,10 @@ class RunFolder:
 
     def __init__(self, path, config):
         existing = read_config(path)
-        if existing is not None and existing != config:
-            differing = sorted(
-                k
-                for k in set(existing) | set(config)
-                if existing.get(k) != config.get(k)
-            )
+        differing = (
+            [] if existing is None else differing_settings(existing, config)
+        )
+        if differing:
             raise ValueError(
                 f"The run folder {path!r} belongs to another "
                 f"configuration (differing: {differing}). Resume it with "
@@ -119,23 +123,92 @@ class RunFolder:
         return config, tree
 
 
-def learner_arguments(config, build_strategy):
+def differing_settings(recorded, config):
+    """The settings in which `config` differs from a folder's recorded one.
+
+    A strategy setting that the recorded configuration lacks is no
+    difference: the folder was written before the strategy recorded it
+    (a wrapper's inner method, `PostAlign`'s merge).
+    """
+    differing = []
+    for key in sorted(set(recorded) | set(config)):
+        old, new = recorded.get(key), config.get(key)
+        if key == "strategy" and isinstance(old, dict) and new:
+            recorded_keys = old.get("config", {})
+            new = dict(new)
+            new["config"] = {
+                k: v for k, v in new["config"].items() if k in recorded_keys
+            }
+        if old != new:
+            differing.append(key)
+    return differing
+
+
+def run_configuration(learner):
+    """The learner's settings as its run folder records them (JSON)."""
+    config = learner.get_config()
+    for key in ("causal_lm", "name", "trainable", "dtype", "run_dir"):
+        config.pop(key, None)
+    if config.get("seed") is None:
+        # Run folders written before `seed` existed stay resumable.
+        config.pop("seed", None)
+    config["strategy"] = {
+        "name": learner.strategy.name,
+        "config": learner.strategy.get_config(),
+    }
+    config["preset"] = learner.preset
+    return json.loads(json.dumps(config, default=str))
+
+
+def _saved_strategy(config):
+    """The strategy of a run, rebuilt from its recorded name and config."""
+    saved = config["strategy"]
+    try:
+        parse_name(saved["name"])
+    except ValueError:
+        raise ValueError(
+            f"The run used the strategy {saved['name']!r}, which is not "
+            "built by name: pass it as `strategy`."
+        ) from None
+    alignment = AlignmentConfig(
+        p=config["p"],
+        every=config["align_every"],
+        reinit=config["reinit"],
+        scope=config["scope"],
+        align_first_task=config["align_first_task"],
+        reset_moments=config["reset_moments"],
+    )
+    return strategy_from_config(saved, alignment)
+
+
+def learner_arguments(config, strategy=None):
     """The learner's keyword arguments and preset from a run's config.
+
+    A run whose `align` or `merge` are not the defaults built its strategy
+    from them, and is rebuilt the same way; any other run's strategy is
+    `strategy`, or is rebuilt from its recorded name and config.
 
     Args:
         config: dict. The run's `config.json`.
-        build_strategy: callable. From the saved strategy entry
-            (`{"name", "config"}`) and the config, the strategy to give.
+        strategy: `Strategy`. The run's strategy, when it was not built by
+            name. Defaults to `None`.
 
     Returns:
         A tuple `(kwargs, preset)`.
     """
     kwargs = dict(config)
     preset = kwargs.pop("preset")
-    saved_strategy = kwargs.pop("strategy")
+    kwargs.pop("strategy")
     if isinstance(kwargs.get("merge"), dict):
         kwargs["merge"] = keras.saving.deserialize_keras_object(kwargs["merge"])
-    kwargs["strategy"] = build_strategy(saved_strategy, config)
+    built_by_shim = (
+        kwargs.get("align", True) is not True
+        or kwargs.get("merge", "average") != "average"
+    )
+    if strategy is None and not built_by_shim:
+        strategy = _saved_strategy(config)
+    if strategy is not None:
+        kwargs["strategy"] = strategy
     return kwargs, preset
 
 
@@ -154,3 +227,65 @@ def check_same_model(kwargs, preset, learner_config, learner_preset, path):
             f"The run in {path!r} used another model than "
             f"`learner` (differing: {differing})."
         )
+
+
+def save_checkpoint(learner):
+    """Commit the learner's state after its last task into its folder."""
+    tree = {
+        **learner.record.to_tree(learner.eval_tasks),
+        "initial": learner.initial_state,
+        "global": learner.global_state,
+        "strategy": learner.strategy.get_state(),
+        "optimizer": keras.optimizers.serialize(learner.optimizer),
+    }
+    learner.run_folder.commit(
+        len(learner.record.learned),
+        tree,
+        learner.global_state,
+        learner.causal_lm.backbone,
+    )
+
+
+def _restore(learner, tree):
+    learner.initial_state = tree["initial"]
+    learner.global_state = tree["global"]
+    learner.global_state.assign_to(learner)
+    learner.record = RunRecord.from_tree(tree)
+    learner.strategy.set_state(tree["strategy"])
+    optimizer = keras.optimizers.deserialize(tree["optimizer"])
+    if not same_optimizer(learner.optimizer, optimizer):
+        learner.compile(optimizer=optimizer)
+
+
+def resume(learner_class, path, eval_tasks, causal_lm, strategy, learner):
+    """`ContinualLearner.resume`: continue the run in `path`."""
+    config, tree = RunFolder.read(path)
+    names = tree["eval_task_names"] if tree else []
+    eval_tasks = dict(eval_tasks or {})
+    missing = [n for n in names if n not in eval_tasks]
+    if missing:
+        raise ValueError(
+            f"`eval_tasks` lacks the run's evaluation tasks {missing}."
+        )
+    kwargs, preset = learner_arguments(config, strategy)
+    if learner is not None:
+        check_same_model(
+            kwargs, preset, run_configuration(learner), learner.preset, path
+        )
+        learner.reset(seed=kwargs.pop("seed", None), **kwargs)
+    elif causal_lm is None:
+        if preset is None:
+            raise ValueError(
+                f"The run in {path!r} did not start from a preset: "
+                "pass its `causal_lm`."
+            )
+        learner = learner_class.from_preset(preset, **kwargs)
+    else:
+        learner = learner_class(causal_lm, **kwargs)
+        learner.preset = preset
+    learner.open_run_dir(path)
+    for name in names + [n for n in eval_tasks if n not in names]:
+        learner.add_eval_task(name, eval_tasks[name])
+    if tree is not None:
+        _restore(learner, tree)
+    return learner

@@ -20,7 +20,8 @@ class SharedModel:
     cell: each train step (`train_step_key`: fine-tuning and averaging
     share one, PAM has its own) and each decoder is compiled once per
     study. A cell's accuracy matrix is the same whether it runs alone or
-    after others (its initial adapter is drawn from its seed, see `initial_adapter`).
+    after others (its initial adapter is drawn from its seed, see
+    `initial_adapter`).
     Strategies that add weights to the model (MoELoRA) get a new learner
     per cell.
 

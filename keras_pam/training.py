@@ -1,4 +1,4 @@
-"""The pieces of a task's training that are not the learner itself: the
+"""A task's training, apart from the learner: its `fit` (`fit_task`), the
 initial adapter, the optimizer reset, the non-finite loss stop and the key
 of the compiled train step."""
 
@@ -8,6 +8,7 @@ import math
 import keras
 import numpy as np
 
+from keras_pam import data as data_lib
 from keras_pam.lora import AdapterState
 from keras_pam.lora import lora_variables
 from keras_pam.strategies.strategy import Strategy
@@ -170,3 +171,102 @@ def reset_optimizer(optimizer, variables):
     for variable in optimizer.variables:
         if variable is not learning_rate:
             variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+
+
+def check_task_arguments(name, epochs, batch_size):
+    """Refuse a task name, epoch count or batch size `learn_task` cannot
+    use, before anything changes."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
+        )
+
+
+def fit_task(learner, task, callbacks, epochs, batch_size, fit_kwargs):
+    """Train a task's temporary adapter: the `fit` step of `learn_task`.
+
+    The model starts from the strategy's `start_state` with the optimizer
+    reset, or from the task's epoch backup in the learner's run folder,
+    and trains with the strategy's callbacks, then the user's, a stop on a
+    non-finite loss and the backup callback. Whatever happens, the model
+    holds the global adapter afterwards and the in-step update is stopped.
+
+    Args:
+        learner: `keras_pam.ContinualLearner`. The learner.
+        task: `keras_pam.strategies.TaskContext`. The task.
+        callbacks: tuple `(strategy_callbacks, user_callbacks)` of lists.
+        epochs: int. The task's epochs.
+        batch_size: int. The batch size.
+        fit_kwargs: dict. `shuffle`, `seed` and `verbose` of the data and
+            `fit`, and any other keyword for `fit`.
+
+    Returns:
+        A tuple `(temporary, history)`: the trained `AdapterState` and the
+        loss history of all epochs (those before a restart included).
+    """
+    strategy = learner.strategy
+    strategy_callbacks, user_callbacks = callbacks
+    fit_kwargs = dict(fit_kwargs)
+    shuffle = fit_kwargs.pop("shuffle")
+    seed = fit_kwargs.pop("seed")
+    folder = learner.run_folder
+    backup = folder.task_backup(task.name) if folder else None
+    train_examples = strategy.training_data(task)
+    initial_epoch = backup["epoch"] if backup else 0
+    history = dict(backup["history"]) if backup else {}
+    strategy.start_state(task).assign_to(learner)
+    reset_optimizer(learner.optimizer, learner.trainable_variables)
+    if backup:
+        backup["adapter"].assign_to(learner)
+        for variable, value in zip(
+            learner.optimizer.variables, backup["optimizer"]
+        ):
+            variable.assign(value)
+    fit_callbacks = list(strategy_callbacks) + list(user_callbacks)
+    fit_callbacks.append(StopOnNonFiniteLoss(task.name))
+    if folder is not None:
+        fit_callbacks.append(
+            folder.backup_callback(
+                task.name, strategy_callbacks, history, backup
+            )
+        )
+    try:
+        if initial_epoch < epochs:
+            dataset = data_lib.training_dataset(
+                train_examples,
+                batch_size,
+                learner.causal_lm.preprocessor,
+                shuffle,
+                seed,
+                extra_inputs=strategy.extra_inputs(train_examples, task),
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+            )
+            steps = -(-len(train_examples["prompts"]) // batch_size)
+            fitted = learner.fit(
+                dataset,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                callbacks=fit_callbacks,
+                shuffle=False,  # The dataset is already shuffled.
+                **fit_kwargs,
+            ).history
+            for key, values in fitted.items():
+                history[key] = list(history.get(key, [])) + list(values)
+        temporary = AdapterState.from_model(learner)
+    finally:
+        # Whatever happened in `fit`, the model holds the global one
+        # and a later `fit` runs a plain step.
+        learner.global_state.assign_to(learner)
+        if learner.in_step_update is not None:
+            learner.in_step_update.stop()
+    return temporary, history

@@ -103,7 +103,7 @@ def test_evaluate_all_on_two_tasks(learned, tmp_path):
     )
     # The matrix matches a fresh evaluation with the global adapter.
     for j, task in enumerate(report.eval_task_names):
-        score = learner.scorer.score(learner._eval_tasks[task])
+        score = learner.scorer.score(learner.eval_tasks[task])
         assert score == pytest.approx(report.matrix[-1, j])
     loaded = json.loads(report.to_json(tmp_path / "report.json"))
     assert loaded["matrix"] == report.matrix.tolist()

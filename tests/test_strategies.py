@@ -1,3 +1,5 @@
+import json
+
 import keras
 import keras_hub
 import numpy as np
@@ -358,7 +360,44 @@ def test_the_wrapper_forwards_every_hook():
     wrapper = strategies.StrategyWrapper(inner)
     for name in strategy_module.FORWARDED_ATTRIBUTES:
         assert getattr(wrapper, name) == getattr(inner, name)
-    assert wrapper.get_config() == {}
+    assert wrapper.get_config() == {
+        "inner": {"name": "pam", "config": inner.get_config()}
+    }
+
+
+@pytest.mark.parametrize("name", strategies.STRATEGY_NAMES)
+def test_every_named_strategy_rebuilds_from_its_config(name):
+    strategy = strategies.get_strategy(name, num_tasks=2, p=0.3)
+    assert strategy.name == name
+    entry = {"name": strategy.name, "config": strategy.get_config()}
+    rebuilt = strategies.strategy_from_config(json.loads(json.dumps(entry)))
+    assert type(rebuilt) is type(strategy)
+    assert rebuilt.name == name
+    assert rebuilt.get_config() == strategy.get_config()
+
+
+def test_composed_names_nest_wrappers_around_a_method():
+    strategy = strategies.get_strategy("er+tall+pam", p=0.3)
+    assert strategy.name == "er+tall+pam"
+    assert isinstance(strategy, strategies.ExperienceReplay)
+    assert isinstance(strategy.inner, strategies.TALL)
+    assert strategy.inner.inner.config.p == 0.3
+    # A wrapper alone wraps its default method.
+    assert isinstance(strategies.get_strategy("lwf").inner, strategies.Finetune)
+    for name in ("er+", "pam+er", "pam2"):
+        with pytest.raises(ValueError, match="Unknown strategy"):
+            strategies.get_strategy(name)
+
+
+def test_a_custom_strategy_keeps_its_settings_through_its_config():
+    strategy = strategies.ExperienceReplay(
+        strategies.PAM(p=0.7, merge="ties"), buffer_size=17, seed=3
+    )
+    entry = {"name": strategy.name, "config": strategy.get_config()}
+    rebuilt = strategies.strategy_from_config(entry)
+    assert rebuilt.buffer_size == 17
+    assert rebuilt.inner.config.p == 0.7
+    assert rebuilt.get_config() == strategy.get_config()
 
 
 def test_a_named_strategy_with_merge_or_align_is_refused(tiny_preset):

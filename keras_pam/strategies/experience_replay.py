@@ -52,13 +52,14 @@ class ExperienceReplay(StrategyWrapper):
     ```
     """
 
+    prefix = "er"
+
     def __init__(self, inner, buffer_size=500, seed=0):
         super().__init__(inner)
         if not isinstance(buffer_size, int) or buffer_size < 1:
             raise ValueError(
                 f"`buffer_size` must be an int >= 1. Received: {buffer_size!r}"
             )
-        self.name = "er" if inner.name == "finetune" else f"er+{inner.name}"
         self.buffer_size = buffer_size
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -115,4 +116,8 @@ class ExperienceReplay(StrategyWrapper):
         self.rng = state["rng"]
 
     def get_config(self):
-        return {"buffer_size": self.buffer_size, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "buffer_size": self.buffer_size,
+            "seed": self.seed,
+        }

@@ -52,11 +52,12 @@ class LwF(StrategyWrapper):
     ```
     """
 
+    prefix = "lwf"
+
     def __init__(self, inner, weight=1.0, temperature=2.0):
         super().__init__(inner)
         if not temperature > 0:
             raise ValueError(f"`temperature` must be > 0. Got {temperature}")
-        self.name = "lwf" if inner.name == "finetune" else f"lwf+{inner.name}"
         self.weight = weight
         self.temperature = temperature
 
@@ -77,4 +78,8 @@ class LwF(StrategyWrapper):
         return distill if loss is None else loss + distill
 
     def get_config(self):
-        return {"weight": self.weight, "temperature": self.temperature}
+        return {
+            **super().get_config(),
+            "weight": self.weight,
+            "temperature": self.temperature,
+        }

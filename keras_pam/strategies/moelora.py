@@ -323,3 +323,7 @@ class MoELoRA(Strategy):
 
     def get_config(self):
         return {"num_experts": self.num_experts}
+
+    @classmethod
+    def from_settings(cls, alignment, num_tasks=None, num_experts=8):
+        return cls(num_experts)

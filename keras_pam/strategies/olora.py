@@ -187,3 +187,12 @@ class OLoRA(Strategy):
 
     def get_config(self):
         return {"num_tasks": self.num_tasks, "weight": self.weight}
+
+    @classmethod
+    def from_settings(cls, alignment, num_tasks=None, num_experts=8):
+        if num_tasks is None:
+            raise ValueError(
+                "O-LoRA gives each task its own rank slice: pass `num_tasks` "
+                "(the length of the sequence)."
+            )
+        return cls(num_tasks)

@@ -95,3 +95,7 @@ class PAM(Average):
 
     def get_config(self):
         return {**super().get_config(), **self.config.to_dict()}
+
+    @classmethod
+    def from_settings(cls, alignment, num_tasks=None, num_experts=8):
+        return cls(alignment)

@@ -51,4 +51,15 @@ class PostAlign(Average):
         }
 
     def get_config(self):
-        return {"p": self.p, "reinit": self.reinit, "scope": self.scope}
+        return {
+            "p": self.p,
+            "reinit": self.reinit,
+            "scope": self.scope,
+            "merge": super().get_config()["merge"],
+        }
+
+    @classmethod
+    def from_settings(cls, alignment, num_tasks=None, num_experts=8):
+        return cls(
+            p=alignment.p, reinit=alignment.reinit, scope=alignment.scope
+        )

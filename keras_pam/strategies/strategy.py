@@ -144,7 +144,28 @@ class Strategy:
         """Restore what `get_state` returned (after `attach`)."""
 
     def get_config(self):
+        """The constructor's arguments as JSON values, for `from_config`
+        (what the method learned is `get_state`'s)."""
         return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """The strategy that `get_config` described."""
+        return cls(**config)
+
+    @classmethod
+    def from_settings(cls, alignment, num_tasks=None, num_experts=8):
+        """The strategy its registry name builds, from a study's settings.
+
+        `keras_pam.strategies.get_strategy` calls it. The base class takes
+        none of the settings; a method that does overrides it.
+
+        Args:
+            alignment: `keras_pam.AlignmentConfig`. PAM's settings.
+            num_tasks: int. The sequence's length, or `None`.
+            num_experts: int. The number of LoRA experts.
+        """
+        return cls()
 
 
 # The hooks a `StrategyWrapper` hands to its inner strategy unchanged
@@ -182,14 +203,25 @@ class StrategyWrapper(Strategy):
 
     Every hook (`FORWARDED_HOOKS`) and attribute
     (`FORWARDED_ATTRIBUTES`) is delegated to `inner`; a subclass overrides
-    the hooks it extends and calls the inner one.
+    the hooks it extends and calls the inner one. A subclass with a
+    `prefix` is named `"<prefix>+<inner name>"`, or `prefix` alone around
+    its `default_inner` method; the registry parses such names.
 
     Args:
         inner: `Strategy`. The strategy it extends.
     """
 
+    prefix = None
+    default_inner = "finetune"
+
     def __init__(self, inner):
         self.inner = inner
+        if self.prefix is not None:
+            self.name = (
+                self.prefix
+                if inner.name == self.default_inner
+                else f"{self.prefix}+{inner.name}"
+            )
 
     for _name in FORWARDED_HOOKS:
         locals()[_name] = _forward_hook(_name)
@@ -206,3 +238,15 @@ class StrategyWrapper(Strategy):
 
     def set_state(self, state):
         self.inner.set_state(state["inner"])
+
+    def get_config(self):
+        inner = {"name": self.inner.name, "config": self.inner.get_config()}
+        return {"inner": inner}
+
+    @classmethod
+    def from_config(cls, config):
+        # The registry imports the strategies, this module among them.
+        from keras_pam.strategies.registry import strategy_from_config
+
+        config = dict(config)
+        return cls(strategy_from_config(config.pop("inner")), **config)

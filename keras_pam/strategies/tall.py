@@ -25,9 +25,11 @@ class TALL(StrategyWrapper):
     ```
     """
 
+    prefix = "tall"
+    default_inner = "average"
+
     def __init__(self, inner, lam=0.1):
         super().__init__(inner)
-        self.name = "tall" if inner.name == "average" else f"tall+{inner.name}"
         self.lam = lam
 
     def attach(self, learner):
@@ -62,4 +64,4 @@ class TALL(StrategyWrapper):
         return merging.add(initial, merging.multiply(mask, multitask))
 
     def get_config(self):
-        return {"lam": self.lam}
+        return {**super().get_config(), "lam": self.lam}

@@ -23,3 +23,9 @@ class TIES(Average):
 
     def __init__(self, density=0.9, majority_sign="total"):
         super().__init__("ties", density=density, majority_sign=majority_sign)
+
+    @classmethod
+    def from_config(cls, config):
+        # `get_config` is Average's, which names the merge: TIES fixes it.
+        config = {k: v for k, v in config.items() if k != "merge"}
+        return cls(**config)

@@ -1,0 +1,191 @@
+"""`LoRAModel`: a KerasHub causal LM whose LoRA factors alone train."""
+
+import keras
+import numpy as np
+
+from keras_pam import data as data_lib
+from keras_pam.lora import enable_lora
+from keras_pam.lora import lora_variables
+from keras_pam.lora import quantize_base
+
+# The inputs of the causal LM; other keys of `x` feed extra losses.
+MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
+
+
+class LoRAModel(keras.Model):
+    """A PaliGemma causal LM with LoRA, as a Keras model to `fit`.
+
+    It enables LoRA on the model's projections (both towers) so that only
+    the LoRA factors train, compiles with defaults for a causal LM and
+    lets a subclass add to the train step: `extra_loss` joins the loss,
+    and the `keras_pam.InStepUpdate` in `in_step_update` runs after every
+    optimizer step, inside the compiled step on JAX. It knows no
+    continual learning; `keras_pam.ContinualLearner` builds on it.
+
+    Args:
+        causal_lm: `keras_hub.models.PaliGemmaCausalLM`. The model, with its
+            preprocessor. LoRA is enabled on it unless it already is.
+        rank: int. LoRA rank. Defaults to `32` (the paper's).
+        alpha: float. LoRA scale numerator, the update is
+            `(alpha / rank) A B`. Defaults to `None` (equal to `rank`).
+        target_layer_names: list of str. Layers to adapt. Defaults to
+            `None`: `keras_pam.lora.PALI_GEMMA_LORA_TARGETS`.
+        quantize: str. `"int8"` quantises the frozen projections of the
+            base before LoRA is enabled (QLoRA-style); a base already
+            quantised is kept. Defaults to `None`.
+        **kwargs: passed to `keras.Model`.
+
+    Example:
+    ```python
+    model = LoRAModel(keras_pam.models.build_tiny_pali_gemma(), rank=4)
+    model.fit(dataset)  # Batches of (inputs, labels, sample weights).
+    ```
+    """
+
+    def __init__(
+        self,
+        causal_lm,
+        rank=32,
+        alpha=None,
+        target_layer_names=None,
+        quantize=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if causal_lm.preprocessor is None:
+            raise ValueError(
+                "`causal_lm` needs a preprocessor (it tokenizes the prompts)."
+            )
+        self.causal_lm = causal_lm
+        backbone = causal_lm.backbone
+        if quantize is not None:
+            # Before LoRA: quantisation replaces the kernels.
+            quantize_base(backbone, quantize)
+        if getattr(backbone, "_lora_enabled_layers", None):
+            if backbone._lora_rank != rank:
+                raise ValueError(
+                    f"`causal_lm` already has LoRA of rank "
+                    f"{backbone._lora_rank}, not `rank`={rank}."
+                )
+        else:
+            enable_lora(backbone, rank, alpha, target_layer_names)
+        self.rank = rank
+        self.alpha = alpha
+        self.target_layer_names = target_layer_names
+        self.quantize_mode = quantize
+        # Tracked, so that the update's variables are training state; it
+        # holds at most the active update.
+        self._in_step_slot = []
+        self._train_functions = {}
+        self.built = True
+
+    @property
+    def in_step_update(self):
+        """The `keras_pam.InStepUpdate` that the train step runs after
+        every optimizer step, or `None`."""
+        return self._in_step_slot[0] if self._in_step_slot else None
+
+    def extra_loss(self, x, y, y_pred, sample_weight):
+        """A loss added to the task loss inside the train step, or `None`
+        (the base class adds none)."""
+        return None
+
+    @property
+    def image_size(self):
+        return self.causal_lm.backbone.image_size
+
+    def compile(
+        self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs
+    ):
+        """Configure training, with defaults for LoRA on a causal LM.
+
+        Args:
+            optimizer: `"auto"` or a `keras.optimizers.Optimizer`. `"auto"` is
+                Adam with the paper's learning rate `5e-4`. Defaults to
+                `"auto"`.
+            loss: `"auto"` or a loss. `"auto"` is sparse categorical
+                cross-entropy on the logits, on the answer tokens (the
+                preprocessor's sample weights). Defaults to `"auto"`.
+            weighted_metrics: `"auto"` or a list. `"auto"` is token accuracy
+                on the answer. Defaults to `"auto"`.
+            **kwargs: passed to `keras.Model.compile`.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(learning_rate=5e-4)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
+        # Steps traced with the old optimizer, loss and metrics are stale.
+        self._train_functions = {}
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+
+    def call(self, inputs, training=False):
+        inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+        return self.causal_lm(inputs, training=training)
+
+    def train_step(self, *args, **kwargs):
+        update = self.in_step_update
+        if update is None:
+            return super().train_step(*args, **kwargs)
+        if keras.backend.backend() == "jax":
+            # `train_step(state, data)` is pure; the update joins it.
+            logs, state = super().train_step(*args, **kwargs)
+            return logs, update.stateless_update(self, state)
+        logs = super().train_step(*args, **kwargs)
+        update.update(lora_variables(self), self.optimizer)
+        return logs
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss = super().compute_loss(
+            x=x,
+            y=y,
+            y_pred=y_pred,
+            sample_weight=sample_weight,
+            training=training,
+        )
+        extra = self.extra_loss(x, y, y_pred, sample_weight)
+        return loss if extra is None else loss + extra
+
+    def predict_logits(self, examples, batch_size=32):
+        """Token logits of the current adapter on a split's training inputs
+        (prompt and answer), as numpy `(N, sequence_length, vocabulary)`."""
+        dataset = data_lib.training_dataset(
+            examples, batch_size, self.causal_lm.preprocessor, shuffle=False
+        )
+        dataset = dataset.map(lambda x, y, w: x)
+        return np.asarray(self.predict(dataset, verbose=0), dtype="float32")
+
+    def generate(self, inputs, max_length=None, **kwargs):
+        """Generate with the current adapter (`PaliGemmaCausalLM.generate`)."""
+        return self.causal_lm.generate(inputs, max_length=max_length, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "causal_lm": keras.saving.serialize_keras_object(
+                    self.causal_lm
+                ),
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "target_layer_names": self.target_layer_names,
+                "quantize": self.quantize_mode,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["causal_lm"] = keras.saving.deserialize_keras_object(
+            config["causal_lm"]
+        )
+        return cls(**config)

@@ -1,0 +1,42 @@
+"""Loading a KerasHub PaliGemma preset, with an error that says what to do."""
+
+import os
+
+
+def load_pali_gemma(preset, load_weights=True, dtype=None):
+    """A `keras_hub.models.PaliGemmaCausalLM` from a preset.
+
+    Args:
+        preset: str. A KerasHub preset name (`"pali_gemma_3b_224"`, needs
+            Kaggle access), a `kaggle://` or `hf://` handle, or a local
+            preset directory (saved with `save_to_preset`).
+        load_weights: bool. Load the preset's weights. Defaults to `True`.
+        dtype: str. The model's dtype policy. Defaults to `None` (the
+            preset's).
+
+    Returns:
+        The causal LM, with its preprocessor.
+
+    Example:
+    ```python
+    causal_lm = load_pali_gemma(keras_pam.models.shipped_base_preset())
+    ```
+    """
+    import keras_hub
+
+    try:
+        return keras_hub.models.PaliGemmaCausalLM.from_preset(
+            preset, load_weights=load_weights, dtype=dtype
+        )
+    except Exception as error:
+        if isinstance(preset, str) and os.path.isdir(preset):
+            raise
+        raise ValueError(
+            f"Could not load the preset {preset!r}: {error}\n"
+            "A KerasHub preset name is downloaded from Kaggle: accept the "
+            "model's licence on kaggle.com, then set the environment "
+            "variables KAGGLE_USERNAME and KAGGLE_KEY (or "
+            "~/.kaggle/kaggle.json; on Colab/Kaggle, the notebook "
+            "secrets). Offline, pass the path of a local preset "
+            "directory saved with `save_to_preset`."
+        ) from error

@@ -1,0 +1,218 @@
+"""The strategy registry: names, composed names and saved configs.
+
+A base method is known by its class's `name` (`"pam"`, `"ties"`, ...); a
+`StrategyWrapper` with a `prefix` composes with any of them (`"lwf+pam"`,
+`"er+average"`), or stands alone around its `default_inner` (`"lwf"` is
+`LwF(Finetune())`). A new method is a new file with a `Strategy` subclass
+and one entry in `BASE_STRATEGIES` or `WRAPPERS`.
+"""
+
+from keras_pam.alignment_config import AlignmentConfig
+from keras_pam.strategies.average import Average
+from keras_pam.strategies.experience_replay import ExperienceReplay
+from keras_pam.strategies.finetune import Finetune
+from keras_pam.strategies.ilora import ILoRA
+from keras_pam.strategies.independent import Independent
+from keras_pam.strategies.lwf import LwF
+from keras_pam.strategies.magmax import MagMax
+from keras_pam.strategies.moelora import MoELoRA
+from keras_pam.strategies.multitask import Multitask
+from keras_pam.strategies.olora import OLoRA
+from keras_pam.strategies.pam import PAM
+from keras_pam.strategies.post_align import PostAlign
+from keras_pam.strategies.strategy import Strategy
+from keras_pam.strategies.tall import TALL
+from keras_pam.strategies.ties import TIES
+from keras_pam.strategies.zero_shot import ZeroShot
+
+BASE_STRATEGIES = {
+    strategy.name: strategy
+    for strategy in (
+        ZeroShot,
+        Independent,
+        Multitask,
+        Finetune,
+        Average,
+        PAM,
+        TIES,
+        MagMax,
+        PostAlign,
+        ILoRA,
+        OLoRA,
+        MoELoRA,
+    )
+}
+WRAPPERS = {
+    wrapper.prefix: wrapper for wrapper in (TALL, LwF, ExperienceReplay)
+}
+# The methods of the paper's comparison, in the order the CLI lists them;
+# `parse_name` takes any other composition too.
+STRATEGY_NAMES = (
+    "zero-shot",
+    "independent",
+    "multitask",
+    "finetune",
+    "average",
+    "pam",
+    "ties",
+    "tall",
+    "tall+pam",
+    "magmax",
+    "post-align",
+    "lwf",
+    "lwf+pam",
+    "er",
+    "er+pam",
+    "ilora",
+    "olora",
+    "moelora",
+)
+
+
+def parse_name(name):
+    """The classes a strategy name composes.
+
+    Args:
+        name: str. A base name (`"pam"`), a wrapper's prefix (`"lwf"`) or
+            prefixes joined to a base name by `+` (`"er+tall+pam"`).
+
+    Returns:
+        A tuple `(wrappers, base)`: the wrapper classes, outermost first,
+        and the base method's class.
+    """
+    wrappers = []
+    rest = name if isinstance(name, str) else ""
+    while True:
+        head, plus, tail = rest.partition("+")
+        if head not in WRAPPERS:
+            break
+        wrappers.append(WRAPPERS[head])
+        rest = tail if plus else WRAPPERS[head].default_inner
+    if rest not in BASE_STRATEGIES:
+        raise ValueError(
+            f"Unknown strategy {name!r}. Choose one of "
+            f"{list(STRATEGY_NAMES)}, or compose one of {list(WRAPPERS)} "
+            f"with one of {list(BASE_STRATEGIES)} as `<wrapper>+<method>`."
+        )
+    return tuple(wrappers), BASE_STRATEGIES[rest]
+
+
+def get_strategy(
+    name, alignment=None, num_tasks=None, num_experts=8, **settings
+):
+    """Build a strategy by name, with PAM's alignment settings.
+
+    Args:
+        name: str or `Strategy`. One of `STRATEGY_NAMES`, or a composition
+            that `parse_name` reads; a `Strategy` is returned as it is.
+        alignment: `keras_pam.AlignmentConfig`. The alignment settings of
+            the strategies that align (see `PAM`). Defaults to `None` (the
+            defaults, with `**settings`).
+        num_tasks: int. The sequence's length, needed by `"olora"` (the
+            learner's rank is split among the tasks). Defaults to `None`.
+        num_experts: int. The number of LoRA experts of `"moelora"`; the
+            learner's rank must be a multiple of it. Defaults to `8`.
+        **settings: alignment settings replacing those of `alignment`
+            (`p`, `every`, `reinit`, `scope`, `align_first_task`,
+            `reset_moments`).
+
+    Returns:
+        A `Strategy`.
+
+    Example:
+    ```python
+    strategy = get_strategy("lwf+pam", p=0.3)
+    strategy.inner.config.p  # 0.3
+    ```
+    """
+    if isinstance(name, Strategy):
+        return name
+    wrappers, base = parse_name(name)
+    alignment = AlignmentConfig.make(alignment, **settings)
+    strategy = base.from_settings(alignment, num_tasks, num_experts)
+    for wrapper in reversed(wrappers):
+        strategy = wrapper(strategy)
+    return strategy
+
+
+def strategy_from_config(entry, alignment=None):
+    """The strategy a saved `{"name": ..., "config": ...}` entry describes.
+
+    A run folder records its strategy as `{"name": strategy.name,
+    "config": strategy.get_config()}`. Entries written before a wrapper's
+    config named its inner strategy rebuild that one from its name and
+    `alignment`, the run's alignment settings.
+
+    Args:
+        entry: dict. The strategy's name and config.
+        alignment: `keras_pam.AlignmentConfig`. The run's alignment
+            settings, for entries of that first format. Defaults to `None`
+            (the defaults).
+
+    Returns:
+        A `Strategy`.
+
+    Example:
+    ```python
+    strategy = ExperienceReplay(PAM(p=0.3), buffer_size=100)
+    entry = {"name": strategy.name, "config": strategy.get_config()}
+    strategy_from_config(entry).inner.config.p  # 0.3
+    ```
+    """
+    name, config = entry["name"], dict(entry["config"])
+    wrappers, base = parse_name(name)
+    if not wrappers:
+        return base.from_config(config)
+    if "inner" in config:
+        return wrappers[0].from_config(config)
+    inner_name = name.partition("+")[2] or wrappers[0].default_inner
+    inner = get_strategy(inner_name, alignment)
+    return wrappers[0](inner, **config)
+
+
+def adds_weights(strategy):
+    """Whether a strategy, or the one a name builds, adds weights to the
+    model (a learner that ran it cannot be `reset`)."""
+    if isinstance(strategy, str):
+        strategy = get_strategy(strategy, num_tasks=1)
+    return strategy.adds_weights
+
+
+def strategy_from_arguments(strategy, alignment, align=True, merge="average"):
+    """The strategy of `ContinualLearner`'s arguments.
+
+    Args:
+        strategy: str, `Strategy` or `None`. The method, by name or as an
+            object; `None` builds it from `align` and `merge`.
+        alignment: `keras_pam.AlignmentConfig`. The alignment settings of
+            a named method that aligns, or of the PAM that `align` builds.
+        align: bool. Without `strategy`: `True` is PAM with `merge`,
+            `False` is `Average(merge)`. Defaults to `True`.
+        merge: str, callable or `None`. Without `strategy`: the merge;
+            `None` with `align=False` is sequential fine-tuning. Defaults
+            to `"average"`.
+
+    Returns:
+        A `Strategy`.
+    """
+    if strategy is not None:
+        if align is not True or merge != "average":
+            label = repr(strategy) if isinstance(strategy, str) else None
+            merge_label = (
+                repr(merge)
+                if merge is None or isinstance(merge, str)
+                else "<fn>"
+            )
+            raise ValueError(
+                f"`strategy`={label or strategy.name} sets the method; "
+                f"it cannot be combined with `align`={align!r} or "
+                f"`merge`={merge_label}. Pass the strategy alone "
+                "(e.g. `strategy=PAM(merge='ties')`), or `align` and "
+                "`merge` without a strategy."
+            )
+        return get_strategy(strategy, alignment)
+    if align:
+        return PAM(alignment, merge=merge)
+    if merge is not None:
+        return Average(merge)
+    return Finetune()
