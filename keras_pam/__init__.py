@@ -1,5 +1,6 @@
 """keras_pam: continual learning of PaliGemma by aligned model merging."""
 
+from keras_pam import _startup  # noqa: F401 (first: before Keras loads)
 from keras_pam import alignment
 from keras_pam import distribution
 from keras_pam import merging

@@ -1538,41 +1538,19 @@ def pretrain(args, argv=()):
     return directory
 
 
-def _reexec_with_jax(argv):
-    """Restart on JAX when no backend was asked for but another one loaded.
-
-    Importing `keras_pam` imports Keras, whose backend then comes from
-    `~/.keras/keras.json`; the CLI's default is JAX.
-    """
-    if os.environ.get("KERAS_BACKEND") or "keras" not in sys.modules:
-        return
-    import keras
-
-    if keras.backend.backend() == "jax":
-        return
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    sys.stdout.flush()
-    os.execve(
-        sys.executable,
-        [sys.executable, "-m", "keras_pam"] + list(argv),
-        env,
-    )
-
-
 def main(argv=None):
     """Entry point of `keras-pam` and `python -m keras_pam`.
 
     Args:
         argv: list of str. The arguments. Defaults to `None`:
-            `sys.argv[1:]` (and a restart on JAX if no `KERAS_BACKEND` is
-            set and Keras loaded another backend).
+            `sys.argv[1:]`. Run as a command, the backend is JAX unless
+            `KERAS_BACKEND` says otherwise (see `keras_pam._startup`).
 
     Returns:
         The exit status, `0` on success.
     """
     if argv is None:
         argv = sys.argv[1:]
-        _reexec_with_jax(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

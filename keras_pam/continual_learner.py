@@ -11,7 +11,6 @@ from keras_pam import training
 from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.evaluation_tasks import EvaluationTasks
-from keras_pam.in_step_update import InStepCache
 from keras_pam.lora import AdapterState
 from keras_pam.lora_model import LoRAModel
 from keras_pam.models.pali_gemma_preset import load_pali_gemma
@@ -148,7 +147,6 @@ class ContinualLearner(LoRAModel):
         self._set_strategy(built, strategy, align, merge, alignment)
         self.eval_batch_size = eval_batch_size
         self.max_answer_tokens = max_answer_tokens
-        self._in_step_cache = InStepCache()
         self._enabled_state = AdapterState.from_model(causal_lm)
         self.scorer = Scorer(causal_lm, eval_batch_size, max_answer_tokens)
         num_weights = len(causal_lm.weights)
@@ -156,7 +154,6 @@ class ContinualLearner(LoRAModel):
         # A strategy that adds weights (MoELoRA's routers) owns the model:
         # the learner cannot be `reset` for another run.
         self._strategy_changed_model = len(causal_lm.weights) != num_weights
-        self._train_step_key = train_step_key(self.strategy)
         self.compile()
         self.preset = None
         self.open_run_dir(run_dir)
@@ -182,19 +179,9 @@ class ContinualLearner(LoRAModel):
         self.eval_tasks = EvaluationTasks(self)
         self.record = RunRecord()
         self.strategy.attach(self)
-        key = train_step_key(self.strategy)
-        update = self._in_step_cache.get(key)
-        if update is None:
-            update = self.strategy.build_in_step_update()
-            self._in_step_cache.put(key, update)
-        else:
-            update.reset()
-        # `clear`/`append`: Keras tracks the list's layers through them
-        # (a slice assignment would leave the update's variables out of
-        # the training state).
-        self._in_step_slot.clear()
-        if update is not None:
-            self._in_step_slot.append(update)
+        self.select_train_step(
+            train_step_key(self.strategy), self.strategy.build_in_step_update
+        )
 
     def reset(
         self,
@@ -251,7 +238,6 @@ class ContinualLearner(LoRAModel):
             name: alignment.get(name, defaults[field])
             for name, field in _ALIGNMENT_ARGUMENTS.items()
         }
-        previous_key = self._train_step_key
         built = _build_strategy(strategy, align, merge, alignment)
         if built.adds_weights:
             raise ValueError(
@@ -260,15 +246,10 @@ class ContinualLearner(LoRAModel):
                 "`reset`ting this one."
             )
         self._set_strategy(built, strategy, align, merge, alignment)
-        if self.train_function is not None and previous_key:
-            self._train_functions[previous_key] = self.train_function
         if optimizer is not None and not training.same_optimizer(
             self.optimizer, optimizer
         ):
             self.compile(optimizer=optimizer)
-        key = train_step_key(self.strategy)
-        self._train_step_key = key
-        self.train_function = self._train_functions.get(key) if key else None
         self.stop_training = False
         training.refresh_tokenizer(self.causal_lm)
         training.reset_optimizer(self.optimizer, self.trainable_variables)

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_pam import data as data_lib
+from keras_pam.in_step_update import InStepCache
 from keras_pam.lora import enable_lora
 from keras_pam.lora import lora_variables
 from keras_pam.lora import quantize_base
@@ -76,8 +77,40 @@ class LoRAModel(keras.Model):
         # Tracked, so that the update's variables are training state; it
         # holds at most the active update.
         self._in_step_slot = []
+        self._in_step_cache = InStepCache()
         self._train_functions = {}
+        self._train_step_key = None
         self.built = True
+
+    def select_train_step(self, key, build_update):
+        """Run the train step of `key` from now on.
+
+        A key names what is traced into the step (see
+        `keras_pam.training.train_step_key`). The compiled step and the
+        in-step update of a key are kept, so a key that comes back reuses
+        them (its update `reset`); `None` is never reused.
+
+        Args:
+            key: hashable or `None`. The step's key.
+            build_update: callable. Makes the `keras_pam.InStepUpdate` of a
+                key not seen before, or returns `None` for none.
+        """
+        if self.train_function is not None and self._train_step_key:
+            self._train_functions[self._train_step_key] = self.train_function
+        self._train_step_key = key
+        self.train_function = self._train_functions.get(key) if key else None
+        update = self._in_step_cache.get(key)
+        if update is None:
+            update = build_update()
+            self._in_step_cache.put(key, update)
+        else:
+            update.reset()
+        # `clear`/`append`: Keras tracks the list's layers through them (a
+        # slice assignment would leave the update's variables out of the
+        # training state).
+        self._in_step_slot.clear()
+        if update is not None:
+            self._in_step_slot.append(update)
 
     @property
     def in_step_update(self):

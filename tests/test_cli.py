@@ -14,6 +14,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -423,6 +425,37 @@ def test_settings_flags_override_quick():
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "run" in capsys.readouterr().out
+
+
+def test_started_as_command_line():
+    from keras_pam._startup import started_as_command_line
+
+    assert started_as_command_line(["/venv/bin/keras-pam", "run"], [])
+    assert started_as_command_line(
+        ["-m"], ["python", "-m", "keras_pam", "--help"]
+    )
+    assert not started_as_command_line(["-c"], ["python", "-c", "pass"])
+    assert not started_as_command_line(
+        ["/venv/bin/pytest"], ["python", "/venv/bin/pytest"]
+    )
+
+
+def test_help_prints_no_start_up_logs():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_pam", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: keras-pam")
+    assert done.stderr == ""
 
 
 def test_main_module_exists():
