@@ -74,7 +74,7 @@ def fitter(learner, batch, steps, batch_size, every, cpu_seconds):
     without alignment. Each call also appends the `fit`'s process CPU
     seconds to `cpu_seconds`."""
     from keras_pam.alignment import SignAlignmentCallback
-    from keras_pam.continual_learner import _StopOnNonFiniteLoss
+    from keras_pam.training import StopOnNonFiniteLoss
 
     x, y, sample_weight = batch
     x = {k: np.concatenate([v] * steps) for k, v in x.items()}
@@ -85,7 +85,7 @@ def fitter(learner, batch, steps, batch_size, every, cpu_seconds):
     def run():
         # Each fit starts from the global adapter, as a task does.
         learner.global_state.assign_to(learner)
-        callbacks = [_StopOnNonFiniteLoss("benchmark")]
+        callbacks = [StopOnNonFiniteLoss("benchmark")]
         if every is not None:
             aligner = SignAlignmentCallback(
                 learner.global_state, p=0.5, every=every

@@ -18,9 +18,12 @@ reuse inductor's cache. `--no-compile` leaves the compiled variant out,
 For each model size it builds, from the same configuration and with random
 weights (nothing downloaded):
 
-- `keras_pam`: a `ContinualLearner` (LoRA on the attention and feed-forward
-  projections of both towers) fitted with the callbacks `learn_task` uses
-  (`SignAlignmentCallback` with `every=100` and the non-finite-loss stop);
+- `keras_pam`: a `ContinualLearner` (PAM; LoRA on the attention and
+  feed-forward projections of both towers) fitted with the callbacks
+  `learn_task` gives `fit` on a second task: the strategy's (PAM's
+  `SignAlignmentCallback`, `every=100`, which on JAX drives the alignment
+  inside the train step) and the non-finite-loss stop;
+- `keras_pam_step_alone`: the same learner's `fit` with no callbacks;
 - `kerashub`: the same `PaliGemmaCausalLM` with KerasHub's own
   `backbone.enable_lora` and a plain `fit`, no keras_pam code in the step;
 - `hf_eager`: Hugging Face `PaliGemmaForConditionalGeneration` with a PEFT
@@ -131,30 +134,45 @@ def tile(batch, steps):
 
 
 def keras_pam_fitter(size, rank, batch, steps, batch_size, jit_compile):
-    """A function that fits a `ContinualLearner` for `steps` steps."""
+    """Functions that fit a `ContinualLearner` (PAM) for `steps` steps: as
+    `learn_task` does, and with no callbacks (the train step alone)."""
     from keras_pam import ContinualLearner
-    from keras_pam.alignment import SignAlignmentCallback
-    from keras_pam.continual_learner import _StopOnNonFiniteLoss
+    from keras_pam.strategies import TaskContext
+    from keras_pam.training import StopOnNonFiniteLoss
 
     learner = ContinualLearner(build_causal_lm(size, 0), rank=rank)
     learner.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE), jit_compile=jit_compile
     )
     x, y, sample_weight = tile(batch, steps)
+    # A second task: PAM aligns (on JAX inside the train step).
+    task = TaskContext(
+        name="benchmark",
+        index=2,
+        examples={},
+        previous_global=learner.global_state,
+        initial=learner.initial_state,
+    )
 
     def run():
-        # The callbacks `learn_task` gives `fit` for PAM.
-        callbacks = [
-            SignAlignmentCallback(learner.global_state, p=0.5, every=100),
-            _StopOnNonFiniteLoss("benchmark"),
-        ]
-        seconds = common.timed_fit(
-            learner, x, y, sample_weight, batch_size, callbacks
-        )
+        # The callbacks `learn_task` gives `fit` (`training.fit_task`).
+        callbacks = list(learner.strategy.callbacks(task))
+        callbacks.append(StopOnNonFiniteLoss(task.name))
+        try:
+            seconds = common.timed_fit(
+                learner, x, y, sample_weight, batch_size, callbacks
+            )
+        finally:
+            if learner.in_step_update is not None:
+                learner.in_step_update.stop()
+        return seconds / steps
+
+    def run_step_alone():
+        seconds = common.timed_fit(learner, x, y, sample_weight, batch_size)
         return seconds / steps
 
     trainable = sum(int(np.prod(v.shape)) for v in learner.trainable_weights)
-    return run, trainable
+    return run, run_step_alone, trainable
 
 
 def kerashub_fitter(size, rank, batch, steps, batch_size, jit_compile):
@@ -325,10 +343,11 @@ def benchmark_size(size, args, matmul_rate):
     jit_compile = {"auto": "auto", "true": True, "false": False}[
         args.jit_compile
     ]
-    run, keras_pam_trainable = keras_pam_fitter(
+    run, run_step_alone, keras_pam_trainable = keras_pam_fitter(
         size, args.rank, batch, steps, args.batch_size, jit_compile
     )
     variants["keras_pam"] = run
+    variants["keras_pam_step_alone"] = run_step_alone
     run, kerashub_trainable = kerashub_fitter(
         size, args.rank, batch, steps, args.batch_size, jit_compile
     )
@@ -383,6 +402,11 @@ def benchmark_size(size, args, matmul_rate):
     results["keras_pam_overhead_vs_kerashub"] = (
         keras_median / per_step["kerashub"]["median"] - 1
     )
+    results["keras_pam_step_alone_overhead_vs_kerashub"] = (
+        per_step["keras_pam_step_alone"]["median"]
+        / per_step["kerashub"]["median"]
+        - 1
+    )
     results["fraction_of_matmul_peak"] = {
         name: flops / stats["median"] / matmul_rate
         for name, stats in per_step.items()
@@ -400,13 +424,13 @@ def print_results(results):
     )
     print(f"trainable parameters: {results['trainable_parameters']}")
     print(
-        f"{'variant':<12} {'median ms':>10} {'min ms':>8} "
+        f"{'variant':<20} {'median ms':>10} {'min ms':>8} "
         f"{'GFLOP/s':>8} {'of peak':>8}"
     )
     for name, stats in results["seconds_per_step"].items():
         rate = results["step_flops"] / stats["median"]
         print(
-            f"{name:<12} {1e3 * stats['median']:>10.2f} "
+            f"{name:<20} {1e3 * stats['median']:>10.2f} "
             f"{1e3 * stats['min']:>8.2f} {rate / 1e9:>8.2f} "
             f"{100 * results['fraction_of_matmul_peak'][name]:>7.1f}%"
         )
@@ -415,6 +439,8 @@ def print_results(results):
     print(
         "keras_pam overhead over plain KerasHub fit: "
         f"{100 * results['keras_pam_overhead_vs_kerashub']:+.1f}%"
+        " (its train step alone, no callbacks: "
+        f"{100 * results['keras_pam_step_alone_overhead_vs_kerashub']:+.1f}%)"
     )
     print(
         f"load average {results['load_average_before']} -> "

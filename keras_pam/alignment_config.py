@@ -4,6 +4,15 @@ import dataclasses
 
 REINIT_MODES = ("global", "zero")
 SCOPES = ("tensor", "global")
+# `ContinualLearner`'s names for the fields it takes as arguments.
+LEARNER_ARGUMENTS = {
+    "p": "p",
+    "align_every": "every",
+    "reinit": "reinit",
+    "scope": "scope",
+    "align_first_task": "align_first_task",
+    "reset_moments": "reset_moments",
+}
 
 
 def check_p(p):
@@ -95,6 +104,22 @@ class AlignmentConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_learner_arguments(cls, **arguments):
+        """The config of `ContinualLearner`'s alignment arguments (`p`,
+        `align_every`, ...); those not given take the defaults."""
+        unknown = sorted(set(arguments) - set(LEARNER_ARGUMENTS))
+        if unknown:
+            raise TypeError(
+                f"Unexpected alignment arguments {unknown}. Choose from "
+                f"{list(LEARNER_ARGUMENTS)}."
+            )
+        return cls(**{LEARNER_ARGUMENTS[k]: v for k, v in arguments.items()})
+
+    def to_learner_arguments(self):
+        """The fields under `ContinualLearner`'s argument names."""
+        return {k: getattr(self, f) for k, f in LEARNER_ARGUMENTS.items()}
 
 
 DEFAULT_ALIGNMENT = AlignmentConfig()

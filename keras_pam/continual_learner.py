@@ -6,16 +6,15 @@ import time
 import keras
 
 from keras_pam import data as data_lib
-from keras_pam import run_folder
 from keras_pam import training
 from keras_pam.alignment_config import DEFAULT_ALIGNMENT
+from keras_pam.alignment_config import LEARNER_ARGUMENTS
 from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.evaluation_tasks import EvaluationTasks
 from keras_pam.lora import AdapterState
 from keras_pam.lora_model import LoRAModel
-from keras_pam.models.pali_gemma_preset import load_pali_gemma
 from keras_pam.report import TaskReport
-from keras_pam.run_folder import RunFolder
+from keras_pam.run_folder import RunFolderMixin
 from keras_pam.run_record import RunRecord
 from keras_pam.scoring import Scorer
 from keras_pam.strategies import TaskContext
@@ -24,41 +23,23 @@ from keras_pam.training import NonFiniteLossError  # noqa: F401 (public)
 from keras_pam.training import initial_adapter
 from keras_pam.training import train_step_key
 
-# The constructor's alignment arguments, as `AlignmentConfig` fields.
-_ALIGNMENT_ARGUMENTS = {
-    "p": "p",
-    "align_every": "every",
-    "reinit": "reinit",
-    "scope": "scope",
-    "align_first_task": "align_first_task",
-    "reset_moments": "reset_moments",
-}
-
 
 @keras.saving.register_keras_serializable(package="keras_pam")
-class ContinualLearner(LoRAModel):
+class ContinualLearner(RunFolderMixin, LoRAModel):
     """Teach a PaliGemma a sequence of tasks by aligned LoRA merging (PAM).
 
-    The learner wraps a `keras_hub.models.PaliGemmaCausalLM`, enables LoRA on
-    the attention and feed-forward projections of both towers and keeps one
-    *global* adapter. `learn_task` clones it into a temporary adapter, fits
-    that, scores it on the task, merges it into the global adapter and
-    evaluates every registered task, filling one row of the accuracy
-    matrix. Outside `learn_task` the model's LoRA variables hold the global
-    adapter, so `call`, `predict` and `generate` use it. `call` takes the
-    causal LM's preprocessed inputs; `learn_task` and `evaluate_task` take
-    raw splits in the PaliGemma dict format (`images`, `prompts`,
-    `responses`).
+    The learner wraps a `keras_hub.models.PaliGemmaCausalLM` with LoRA on
+    both towers (a `keras_pam.LoRAModel`) and keeps one *global* adapter.
+    `learn_task` clones it into a temporary adapter, fits that, merges it
+    into the global adapter and evaluates every registered task: one row
+    of the accuracy matrix. Outside `learn_task` the model holds the global
+    adapter, so `call`, `predict` and `generate` use it.
 
-    The learner knows no method: the strategy's hooks (see
-    `keras_pam.strategies.Strategy`) decide what is trained, what runs
-    inside the train step (`in_step_update`), how the adapters merge and
-    what the task report says. PAM's in-step update, on JAX, is a
-    `keras_pam.FusedSignAlignment` inside the compiled step; on the other
-    backends its `SignAlignmentCallback` writes the factors between
-    batches. It trains under `keras.distribution` (JAX), on an int8 base
-    (`quantize="int8"`) or a bfloat16 one (`dtype="bfloat16"`): see the
-    README's "Bigger models".
+    The learner knows no method: the strategy's hooks
+    (`keras_pam.strategies.Strategy`) decide what trains, what runs inside
+    the train step, how adapters merge and what the task report says. It
+    trains under `keras.distribution` (JAX), on an int8 base
+    (`quantize="int8"`) or a bfloat16 one: see the README's "Bigger models".
 
     Args:
         causal_lm: `keras_hub.models.PaliGemmaCausalLM`. The model, with its
@@ -69,34 +50,31 @@ class ContinualLearner(LoRAModel):
         align: bool. Without `strategy`: `True` is PAM, `False` with
             `merge="average"` the Average baseline. Defaults to `True`.
         p, align_every, reinit, scope, align_first_task, reset_moments:
-            PAM's alignment settings (`keras_pam.AlignmentConfig`'s `p`,
-            `every`, `reinit`, `scope`, `align_first_task`,
-            `reset_moments`), with its defaults.
-        merge: str or callable. Without `strategy`: how the temporary
-            adapter joins the global one, a name of
+            PAM's settings: `keras_pam.AlignmentConfig`'s `p`, `every`,
+            `reinit`, `scope`, `align_first_task`, `reset_moments`, with
+            its defaults.
+        merge: str or callable. Without `strategy`: a name of
             `keras_pam.merging.MERGE_FUNCTIONS` or a function of
             `[global, temporary]`; `None` keeps the temporary adapter
             (sequential fine-tuning). Defaults to `"average"`.
         strategy: str or `keras_pam.strategies.Strategy`. The method, by
-            name (`keras_pam.strategies.STRATEGY_NAMES`, or a composition
-            such as `"er+pam"`; those that align take the settings above)
-            or as an object. `align` and `merge` must then keep their
-            defaults. Defaults to `None`: built from `align` and `merge`.
+            name (`keras_pam.strategies.STRATEGY_NAMES`, or composed, as
+            `"er+pam"`) or as an object; `align` and `merge` must then keep
+            their defaults. Defaults to `None`: from `align` and `merge`.
         target_layer_names: list of str. Layers to adapt. Defaults to
             `None`: `keras_pam.lora.PALI_GEMMA_LORA_TARGETS`.
         eval_batch_size: int. Batch size of scoring. Defaults to `32`.
         max_answer_tokens: int. Cap on generated answer tokens when scoring.
             Defaults to `None` (from the longest reference).
         run_dir: str. A folder to checkpoint the run into after every task
-            (and the temporary adapter after every epoch), so that `resume`
-            continues a killed run. Defaults to `None` (no checkpoints).
-        quantize: str. `"int8"` quantises the frozen projections of the
-            base before LoRA is enabled (QLoRA-style); a base already
-            quantised is kept. Defaults to `None`.
+            and epoch, so that `resume` continues a killed run. Defaults to
+            `None`.
+        quantize: str. `"int8"` quantises the frozen base projections
+            (QLoRA-style). Defaults to `None`.
         seed: int. Draw the initial adapter from this seed
-            (`keras_pam.training.initial_adapter`), whatever the random
-            state, so that a run is the same whether its learner is new or
-            `reset`. Defaults to `None`: the factors `enable_lora` drew.
+            (`keras_pam.training.initial_adapter`), so a run is the same
+            whether its learner is new or `reset`. Defaults to `None`: the
+            factors `enable_lora` drew.
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -131,7 +109,8 @@ class ContinualLearner(LoRAModel):
         seed=None,
         **kwargs,
     ):
-        alignment = dict(
+        # Checked before the model changes.
+        alignment = AlignmentConfig.from_learner_arguments(
             p=p,
             align_every=align_every,
             reinit=reinit,
@@ -139,8 +118,7 @@ class ContinualLearner(LoRAModel):
             align_first_task=align_first_task,
             reset_moments=reset_moments,
         )
-        # Checked before the model changes.
-        built = _build_strategy(strategy, align, merge, alignment)
+        built = strategy_from_arguments(strategy, alignment, align, merge)
         super().__init__(
             causal_lm, rank, alpha, target_layer_names, quantize, **kwargs
         )
@@ -155,7 +133,6 @@ class ContinualLearner(LoRAModel):
         # the learner cannot be `reset` for another run.
         self._strategy_changed_model = len(causal_lm.weights) != num_weights
         self.compile()
-        self.preset = None
         self.open_run_dir(run_dir)
 
     def _set_strategy(self, built, strategy, align, merge, alignment):
@@ -163,7 +140,7 @@ class ContinualLearner(LoRAModel):
         self.strategy = built
         self.align = align
         self.merge = merge
-        for name, value in alignment.items():
+        for name, value in alignment.to_learner_arguments().items():
             setattr(self, name, value)
         self.strategy_name = strategy if isinstance(strategy, str) else None
 
@@ -195,26 +172,19 @@ class ContinualLearner(LoRAModel):
     ):
         """Start a new run on this learner's model, keeping what it compiled.
 
-        The learner becomes what `ContinualLearner(causal_lm, ...)` with the
-        same model settings and these arguments would be: a fresh initial
-        adapter, no tasks, no records, a new strategy and `run_dir`, the
-        optimizer's state zeroed. It keeps the scorer's decoders and the
-        train step of every `train_step_key` seen so far, so a study of
-        several methods, seeds and orders on one model compiles them once.
-        The accuracy matrix of a run does not depend on the runs before it.
+        The learner becomes what `ContinualLearner(causal_lm, ...)` with
+        these arguments would be (fresh initial adapter, no tasks or
+        records, optimizer state zeroed), but keeps the scorer's decoders
+        and every train step traced so far: a study of many methods, seeds
+        and orders on one model compiles them once. A run's results do not
+        depend on the runs before it.
 
         Args:
-            strategy, align, merge: as in the constructor.
-            seed: int. The initial adapter's seed (see `initial_adapter`).
-                Defaults to `None`: the adapter the learner was built with.
-            run_dir: str. The new run's checkpoint folder. Defaults to
-                `None`.
-            optimizer: `keras.optimizers.Optimizer`. One of other settings
-                than the current one recompiles. Defaults to `None` (keep
-                the current one).
-            **alignment: the constructor's alignment settings (`p`,
-                `align_every`, `reinit`, `scope`, `align_first_task`,
-                `reset_moments`); those not given take the defaults.
+            strategy, align, merge, seed, run_dir: as in the constructor.
+            optimizer: `keras.optimizers.Optimizer`. One with other settings
+                than the current one recompiles. Defaults to `None` (keep).
+            **alignment: the constructor's alignment settings; those not
+                given take the defaults.
 
         Example:
         ```python
@@ -224,21 +194,14 @@ class ContinualLearner(LoRAModel):
             ...  # add_eval_task, learn_task, evaluate_all
         ```
         """
-        unknown = sorted(set(alignment) - set(_ALIGNMENT_ARGUMENTS))
-        if unknown:
-            raise TypeError(f"`reset` got unexpected arguments {unknown}.")
+        alignment = AlignmentConfig.from_learner_arguments(**alignment)
         if self._strategy_changed_model:
             raise ValueError(
                 f"The learner's strategy {self.strategy.name!r} added "
                 "weights to the model: build a new learner instead of "
                 "resetting this one."
             )
-        defaults = DEFAULT_ALIGNMENT.to_dict()
-        alignment = {
-            name: alignment.get(name, defaults[field])
-            for name, field in _ALIGNMENT_ARGUMENTS.items()
-        }
-        built = _build_strategy(strategy, align, merge, alignment)
+        built = strategy_from_arguments(strategy, alignment, align, merge)
         if built.adds_weights:
             raise ValueError(
                 f"The strategy {built.name!r} adds weights to the model (as "
@@ -256,32 +219,6 @@ class ContinualLearner(LoRAModel):
         self._start_run(seed)
         self.open_run_dir(run_dir)
         return self
-
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
-        """Build a learner from a KerasHub PaliGemma preset.
-
-        Args:
-            preset: str. A preset name, handle or local directory (see
-                `keras_pam.models.pali_gemma_preset.load_pali_gemma`).
-            load_weights: bool. Load the preset's weights. Defaults to `True`.
-            dtype: str. The model's dtype policy, e.g. `"bfloat16"` (the
-                LoRA factors stay float32). Defaults to `None`.
-            **kwargs: passed to `ContinualLearner`, e.g. `quantize="int8"`.
-
-        Example:
-        ```python
-        learner = ContinualLearner.from_preset(
-            "pali_gemma_3b_224", quantize="int8", rank=32
-        )
-        ```
-        """
-        run_dir = kwargs.pop("run_dir", None)
-        learner = cls(load_pali_gemma(preset, load_weights, dtype), **kwargs)
-        if isinstance(preset, str):
-            learner.preset = preset
-        learner.open_run_dir(run_dir)
-        return learner
 
     def extra_loss(self, x, y, y_pred, sample_weight):
         return self.strategy.extra_loss(x, y, y_pred, sample_weight)
@@ -337,26 +274,26 @@ class ContinualLearner(LoRAModel):
         """Learn one task: clone, fit with alignment, merge, evaluate.
 
         With a `run_dir`, the run is checkpointed after the task and the
-        temporary adapter after every epoch, so a killed task restarts from
-        its last finished epoch (see `resume`).
+        temporary adapter after every epoch (see `resume`).
 
         Args:
             train_data: dict, `tf.data.Dataset` or generator. The task's
-                training split in the PaliGemma dict format.
+                training split in the PaliGemma dict format (`images`,
+                `prompts`, `responses`).
             name: str. The task's name. Defaults to `"task_<t>"`.
             eval_data: The task's test split, registered with
-                `add_eval_task` unless a task of this name already is.
-                Defaults to `None`.
+                `add_eval_task` unless the name already is. Defaults to
+                `None`.
             epochs: int. Training epochs. Defaults to `1`.
             batch_size: int. Training batch size. Defaults to `8`.
             callbacks: list of `keras.callbacks.Callback`. Added to `fit`
                 after the strategy's callbacks. Defaults to `None`.
-            shuffle: bool. Shuffle the examples every epoch (epoch `e` with
-                the seed `(seed, e)`). Defaults to `True`.
+            shuffle: bool. Shuffle every epoch (epoch `e` with the seed
+                `(seed, e)`). Defaults to `True`.
             seed: int. Shuffling seed. Defaults to `0`.
             verbose: passed to `fit`. Defaults to `"auto"`.
-            relearn: bool. Allow a name that was already learned (it gets a
-                new row). Defaults to `False`.
+            relearn: bool. Allow a learned name (a new row). Defaults to
+                `False`.
             **fit_kwargs: passed to `fit`.
 
         Returns:
@@ -462,72 +399,6 @@ class ContinualLearner(LoRAModel):
         """The `TaskReport` of every learned task, in order."""
         return self.record.task_reports
 
-    @property
-    def run_dir(self):
-        """The run folder checkpointed into, or `None`."""
-        return None if self.run_folder is None else self.run_folder.path
-
-    def open_run_dir(self, run_dir):
-        """Checkpoint into `run_dir` from now on (`None`: nowhere); a
-        folder written by another configuration is refused."""
-        self.run_folder = None
-        if run_dir is not None:
-            config = run_folder.run_configuration(self)
-            self.run_folder = RunFolder(run_dir, config)
-
-    def save_checkpoint(self):
-        """Write the run's state after the last task into `run_dir`.
-
-        `learn_task` calls it after every task when the learner has a
-        `run_dir`; the write is atomic (see `keras_pam.checkpoint`).
-        """
-        if self.run_folder is None:
-            raise ValueError("The learner has no `run_dir` to checkpoint to.")
-        run_folder.save_checkpoint(self)
-
-    @classmethod
-    def resume(
-        cls,
-        run_dir,
-        eval_tasks=None,
-        causal_lm=None,
-        strategy=None,
-        learner=None,
-    ):
-        """Continue a run from its last completed task.
-
-        Args:
-            run_dir: str. The run folder given as `run_dir` before.
-            eval_tasks: dict of name to split. The evaluation tasks the run
-                had registered (data is not checkpointed); all are needed.
-                Defaults to `None`.
-            causal_lm: The base model, when the run did not start from
-                `from_preset` (which records the preset). Defaults to `None`.
-            strategy: `Strategy`. The run's strategy, needed when the
-                registry cannot rebuild it from its recorded name and config
-                (a method of your own). Defaults to `None`.
-            learner: `ContinualLearner`. Continue the run on this learner
-                (`reset` to the run's settings), keeping its compiled steps;
-                its model settings and preset must be the run's. Defaults to
-                `None`.
-
-        Returns:
-            A `ContinualLearner` holding the run's state: learn the tasks
-            not in `learned_task_names` to continue. A task killed mid-way
-            restarts from its last finished epoch.
-
-        Example:
-        ```python
-        learner = ContinualLearner.resume("runs/pam", eval_tasks=tests)
-        for task in suite:
-            if task.name not in learner.learned_task_names:
-                learner.learn_task(task.train, name=task.name, epochs=4)
-        ```
-        """
-        return run_folder.resume(
-            cls, run_dir, eval_tasks, causal_lm, strategy, learner
-        )
-
     def save_adapter(self, filepath):
         """Save the global adapter as a KerasHub `.lora.h5` file."""
         self.global_state.save(filepath, self.causal_lm.backbone)
@@ -547,7 +418,7 @@ class ContinualLearner(LoRAModel):
         config.update(
             {
                 "align": self.align,
-                **{name: getattr(self, name) for name in _ALIGNMENT_ARGUMENTS},
+                **{name: getattr(self, name) for name in LEARNER_ARGUMENTS},
                 "strategy": self.strategy_name,
                 "merge": merge,
                 "eval_batch_size": self.eval_batch_size,
@@ -565,12 +436,3 @@ class ContinualLearner(LoRAModel):
                 config["merge"]
             )
         return super().from_config(config)
-
-
-def _build_strategy(strategy, align, merge, alignment):
-    """The strategy of the constructor's arguments (`alignment`: its
-    alignment arguments by name)."""
-    config = AlignmentConfig(
-        **{_ALIGNMENT_ARGUMENTS[k]: v for k, v in alignment.items()}
-    )
-    return strategy_from_arguments(strategy, config, align, merge)

@@ -28,6 +28,24 @@ def _as_str_array(values, key, name):
     return out
 
 
+def _as_answer_list(answers, index, name):
+    if isinstance(answers, (str, bytes)) or not isinstance(
+        answers, collections.abc.Iterable
+    ):
+        answers = None
+    else:
+        answers = [
+            a.decode("utf-8") if isinstance(a, bytes) else str(a)
+            for a in answers
+        ]
+    if not answers:
+        raise ValueError(
+            f"`{name}['answers']` must hold a non-empty list of reference "
+            f"answers per example; example {index} has none."
+        )
+    return answers
+
+
 def _concatenate(batches):
     keys = batches[0].keys()
     merged = {}
@@ -88,6 +106,9 @@ def _materialise(data, name):
 def as_examples(data, image_size=None, name="data"):
     """Check a split and return it as a dict of numpy arrays.
 
+    The one check of a split: the learner, the scorer and the data sets'
+    `validate_split` all use it.
+
     Args:
         data: dict, `tf.data.Dataset`, iterable or generator function. The
             split, in the PaliGemma dict format.
@@ -143,7 +164,8 @@ def as_examples(data, image_size=None, name="data"):
     }
     if "answers" in data:
         examples["answers"] = [
-            [str(a) for a in answers] for answers in data["answers"]
+            _as_answer_list(answers, i, name)
+            for i, answers in enumerate(data["answers"])
         ]
     sizes = {k: len(v) for k, v in examples.items()}
     if len(set(sizes.values())) != 1:

@@ -8,6 +8,7 @@ from keras_pam.in_step_update import InStepCache
 from keras_pam.lora import enable_lora
 from keras_pam.lora import lora_variables
 from keras_pam.lora import quantize_base
+from keras_pam.models.pali_gemma_preset import load_pali_gemma
 
 # The inputs of the causal LM; other keys of `x` feed extra losses.
 MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
@@ -80,7 +81,33 @@ class LoRAModel(keras.Model):
         self._in_step_cache = InStepCache()
         self._train_functions = {}
         self._train_step_key = None
+        # The preset the model came from (`from_preset`), or `None`.
+        self.preset = None
         self.built = True
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
+        """Build the model from a KerasHub PaliGemma preset.
+
+        Args:
+            preset: str. A preset name, handle or local directory (see
+                `keras_pam.models.pali_gemma_preset.load_pali_gemma`).
+            load_weights: bool. Load the preset's weights. Defaults to `True`.
+            dtype: str. The model's dtype policy, e.g. `"bfloat16"` (the
+                LoRA factors stay float32). Defaults to `None`.
+            **kwargs: passed to the constructor, e.g. `quantize="int8"`.
+
+        Example:
+        ```python
+        learner = keras_pam.ContinualLearner.from_preset(
+            "pali_gemma_3b_224", quantize="int8", rank=32
+        )
+        ```
+        """
+        model = cls(load_pali_gemma(preset, load_weights, dtype), **kwargs)
+        if isinstance(preset, str):
+            model.preset = preset
+        return model
 
     def select_train_step(self, key, build_update):
         """Run the train step of `key` from now on.

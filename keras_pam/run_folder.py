@@ -5,7 +5,7 @@ another configuration is refused), the committed checkpoints of
 `keras_pam.checkpoint` (one after every task) and `task_backup/`, the
 temporary adapter of the task in progress after each of its epochs
 (`keras_pam.task_backup`), removed when the task's checkpoint commits.
-Its functions write a learner's checkpoint and resume a learner from one.
+`RunFolderMixin` gives the learner its checkpoint and `resume` methods.
 """
 
 import json
@@ -229,63 +229,132 @@ def check_same_model(kwargs, preset, learner_config, learner_preset, path):
         )
 
 
-def save_checkpoint(learner):
-    """Commit the learner's state after its last task into its folder."""
-    tree = {
-        **learner.record.to_tree(learner.eval_tasks),
-        "initial": learner.initial_state,
-        "global": learner.global_state,
-        "strategy": learner.strategy.get_state(),
-        "optimizer": keras.optimizers.serialize(learner.optimizer),
-    }
-    learner.run_folder.commit(
-        len(learner.record.learned),
-        tree,
-        learner.global_state,
-        learner.causal_lm.backbone,
-    )
+class RunFolderMixin:
+    """The run-folder methods of `keras_pam.ContinualLearner`: where it
+    checkpoints, the checkpoint after each task, and `resume`."""
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
+        # The run folder records the preset, so it opens once that is set.
+        run_dir = kwargs.pop("run_dir", None)
+        learner = super().from_preset(preset, load_weights, dtype, **kwargs)
+        learner.open_run_dir(run_dir)
+        return learner
 
-def _restore(learner, tree):
-    learner.initial_state = tree["initial"]
-    learner.global_state = tree["global"]
-    learner.global_state.assign_to(learner)
-    learner.record = RunRecord.from_tree(tree)
-    learner.strategy.set_state(tree["strategy"])
-    optimizer = keras.optimizers.deserialize(tree["optimizer"])
-    if not same_optimizer(learner.optimizer, optimizer):
-        learner.compile(optimizer=optimizer)
+    @property
+    def run_dir(self):
+        """The run folder checkpointed into, or `None`."""
+        return None if self.run_folder is None else self.run_folder.path
 
+    def open_run_dir(self, run_dir):
+        """Checkpoint into `run_dir` from now on (`None`: nowhere); a
+        folder written by another configuration is refused."""
+        self.run_folder = None
+        if run_dir is not None:
+            self.run_folder = RunFolder(run_dir, run_configuration(self))
 
-def resume(learner_class, path, eval_tasks, causal_lm, strategy, learner):
-    """`ContinualLearner.resume`: continue the run in `path`."""
-    config, tree = RunFolder.read(path)
-    names = tree["eval_task_names"] if tree else []
-    eval_tasks = dict(eval_tasks or {})
-    missing = [n for n in names if n not in eval_tasks]
-    if missing:
-        raise ValueError(
-            f"`eval_tasks` lacks the run's evaluation tasks {missing}."
+    def save_checkpoint(self):
+        """Write the run's state after the last task into `run_dir`.
+
+        `learn_task` calls it after every task when the learner has a
+        `run_dir`; the write is atomic (see `keras_pam.checkpoint`).
+        """
+        if self.run_folder is None:
+            raise ValueError("The learner has no `run_dir` to checkpoint to.")
+        tree = {
+            **self.record.to_tree(self.eval_tasks),
+            "initial": self.initial_state,
+            "global": self.global_state,
+            "strategy": self.strategy.get_state(),
+            "optimizer": keras.optimizers.serialize(self.optimizer),
+        }
+        self.run_folder.commit(
+            len(self.record.learned),
+            tree,
+            self.global_state,
+            self.causal_lm.backbone,
         )
-    kwargs, preset = learner_arguments(config, strategy)
-    if learner is not None:
-        check_same_model(
-            kwargs, preset, run_configuration(learner), learner.preset, path
-        )
-        learner.reset(seed=kwargs.pop("seed", None), **kwargs)
-    elif causal_lm is None:
-        if preset is None:
+
+    def _restore(self, tree):
+        self.initial_state = tree["initial"]
+        self.global_state = tree["global"]
+        self.global_state.assign_to(self)
+        self.record = RunRecord.from_tree(tree)
+        self.strategy.set_state(tree["strategy"])
+        optimizer = keras.optimizers.deserialize(tree["optimizer"])
+        if not same_optimizer(self.optimizer, optimizer):
+            self.compile(optimizer=optimizer)
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir,
+        eval_tasks=None,
+        causal_lm=None,
+        strategy=None,
+        learner=None,
+    ):
+        """Continue a run from its last completed task.
+
+        Args:
+            run_dir: str. The run folder given as `run_dir` before.
+            eval_tasks: dict of name to split. The evaluation tasks the run
+                had registered (data is not checkpointed); all are needed.
+                Defaults to `None`.
+            causal_lm: The base model, when the run did not start from
+                `from_preset` (which records the preset). Defaults to `None`.
+            strategy: `Strategy`. The run's strategy, needed when the
+                registry cannot rebuild it from its recorded name and config
+                (a method of your own). Defaults to `None`.
+            learner: `ContinualLearner`. Continue the run on this learner
+                (`reset` to the run's settings), keeping its compiled steps;
+                its model settings and preset must be the run's. Defaults to
+                `None`.
+
+        Returns:
+            A `ContinualLearner` holding the run's state: learn the tasks
+            not in `learned_task_names` to continue. A task killed mid-way
+            restarts from its last finished epoch.
+
+        Example:
+        ```python
+        learner = ContinualLearner.resume("runs/pam", eval_tasks=tests)
+        for task in suite:
+            if task.name not in learner.learned_task_names:
+                learner.learn_task(task.train, name=task.name, epochs=4)
+        ```
+        """
+        config, tree = RunFolder.read(run_dir)
+        names = tree["eval_task_names"] if tree else []
+        eval_tasks = dict(eval_tasks or {})
+        missing = [n for n in names if n not in eval_tasks]
+        if missing:
             raise ValueError(
-                f"The run in {path!r} did not start from a preset: "
-                "pass its `causal_lm`."
+                f"`eval_tasks` lacks the run's evaluation tasks {missing}."
             )
-        learner = learner_class.from_preset(preset, **kwargs)
-    else:
-        learner = learner_class(causal_lm, **kwargs)
-        learner.preset = preset
-    learner.open_run_dir(path)
-    for name in names + [n for n in eval_tasks if n not in names]:
-        learner.add_eval_task(name, eval_tasks[name])
-    if tree is not None:
-        _restore(learner, tree)
-    return learner
+        kwargs, preset = learner_arguments(config, strategy)
+        if learner is not None:
+            check_same_model(
+                kwargs,
+                preset,
+                run_configuration(learner),
+                learner.preset,
+                run_dir,
+            )
+            learner.reset(seed=kwargs.pop("seed", None), **kwargs)
+        elif causal_lm is None:
+            if preset is None:
+                raise ValueError(
+                    f"The run in {run_dir!r} did not start from a preset: "
+                    "pass its `causal_lm`."
+                )
+            learner = cls.from_preset(preset, **kwargs)
+        else:
+            learner = cls(causal_lm, **kwargs)
+            learner.preset = preset
+        learner.open_run_dir(run_dir)
+        for name in names + [n for n in eval_tasks if n not in names]:
+            learner.add_eval_task(name, eval_tasks[name])
+        if tree is not None:
+            learner._restore(tree)
+        return learner

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_pam import metrics
+from keras_pam.answer_accuracy import answer_accuracy
 
 
 class GreedyDecoder(keras.Model):
@@ -182,7 +182,7 @@ class Scorer:
         else:
             references = [list(r) for r in references]
         predictions = self.predict(data, self._num_steps(references))
-        return metrics.answer_accuracy(predictions, references)
+        return answer_accuracy(predictions, references)
 
 
 def _to_lists(tokens):

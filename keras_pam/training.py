@@ -46,13 +46,6 @@ def initial_adapter(model, seed):
     return AdapterState(tensors)
 
 
-def strategy_chain(strategy):
-    chain = [strategy]
-    while isinstance(chain[-1], StrategyWrapper):
-        chain.append(chain[-1].inner)
-    return chain
-
-
 def train_step_key(strategy):
     """What a strategy puts into the compiled train step, as a key.
 
@@ -71,7 +64,7 @@ def train_step_key(strategy):
         StrategyWrapper.build_in_step_update,
     )
     parts = []
-    for part in strategy_chain(strategy):
+    for part in strategy.chain():
         adds_loss = type(part).extra_loss not in plain_loss
         adds_step = type(part).build_in_step_update not in plain_step
         if not (adds_loss or adds_step):

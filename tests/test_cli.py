@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from keras_pam import cli
+from keras_pam import experiment
 from keras_pam import statistics
 from keras_pam.models import tiny_base
 
@@ -312,6 +313,41 @@ def test_cell_settings():
     assert cell["log_dir"] == os.path.join("logs", "order1", "seed4")
     assert settings.get("seed") is None  # The study's settings unchanged.
     assert cli.cell_label("pam", cell) == "pam order1 seed4"
+
+
+def test_every_method_is_built_with_the_study_settings():
+    from keras_pam import strategies
+
+    settings = parse(
+        ["run", "--methods", "all", "--p", "0.3", "--every", "7"]
+        + ["--reinit", "zero", "--scope", "global"]
+    )
+    assert settings["methods"] == list(cli._strategy_names())
+    aligned = (0.3, 7, "zero", "global")
+    # The settings each base method takes; the others take none.
+    checks = {
+        strategies.PAM: lambda s: (
+            (s.config.p, s.config.every, s.config.reinit, s.config.scope)
+            == aligned
+        ),
+        strategies.PostAlign: lambda s: (
+            (s.p, s.reinit, s.scope) == (0.3, "zero", "global")
+        ),
+        strategies.OLoRA: lambda s: s.num_tasks == 5,
+    }
+    checked = set()
+    for name in settings["methods"]:
+        strategy = experiment._make_strategy(name, settings, num_tasks=5)
+        assert strategy.name == name
+        base = strategy
+        while isinstance(base, strategies.StrategyWrapper):
+            base = base.inner
+        if type(base) in checks:
+            assert checks[type(base)](base), name
+            checked.add(type(base))
+        else:
+            assert base.get_config() == type(base)().get_config(), name
+    assert checked == set(checks)
 
 
 def test_parse_pairs_and_study_pairs():

@@ -33,7 +33,7 @@ def small_tasks():
 
 
 def run_cell(shared, method, seed, suite, run_dir=None, stop_after=None):
-    """The logic of `keras_pam.cli.run_method` on a `SharedModel`."""
+    """The logic of `keras_pam.experiment.run_method` on a `SharedModel`."""
     keras.utils.set_random_seed(seed)  # It must not break the tokenizer.
     tests = {task.name: task.test for task in suite}
     with CompileLog() as compiles:

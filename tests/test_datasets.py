@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keras_pam import data as data_lib
 from keras_pam import datasets
 from keras_pam.datasets import generated
 
@@ -336,7 +337,7 @@ def test_write_llava_json_round_trip(tmp_path):
     split = datasets.load_llava_json(path, tmp_path, image_size=32)
     for key in ("images", "prompts", "responses"):
         np.testing.assert_array_equal(split[key], task.train[key])
-    with pytest.raises(ValueError, match="missing key"):
+    with pytest.raises(ValueError, match="missing the key"):
         datasets.write_llava_json({}, tmp_path / "x.json", tmp_path)
 
 
@@ -594,3 +595,15 @@ def test_registry_values():
         datasets.hyperparameters("ImageNet")
     with pytest.raises(dataclasses.FrozenInstanceError):
         hp["GQA"].epochs = 3
+
+
+def test_one_split_check_for_the_learner_and_the_data_sets():
+    task = datasets.make_task("color", num_train=3, num_test=1, image_size=32)
+    split = dict(task.train, answers=[["red"], [], ["blue"]])
+    for check in (datasets.validate_split, data_lib.as_examples):
+        with pytest.raises(ValueError, match="example 1 has none"):
+            check(split)
+    split = dict(task.train, responses=np.arange(3))
+    for check in (datasets.validate_split, data_lib.as_examples):
+        with pytest.raises(ValueError, match="must hold strings"):
+            check(split)

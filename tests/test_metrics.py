@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from keras_pam import metrics
-from keras_pam.metrics import answer_accuracy
+from keras_pam.answer_accuracy import answer_accuracy
+from keras_pam.answer_accuracy import exact_match
+from keras_pam.answer_accuracy import normalize_answer
+from keras_pam.answer_accuracy import vqa_accuracy
 from keras_pam.metrics import continual_metrics
-from keras_pam.metrics import exact_match
-from keras_pam.metrics import normalize_answer
-from keras_pam.metrics import vqa_accuracy
 
 NAN = float("nan")
 
@@ -349,3 +349,11 @@ def test_docstring_example_runs(name):
         indent = min(len(ln) - len(ln.lstrip()) for ln in lines if ln.strip())
         # Trusted source: the examples in this package's own docstrings.
         exec("\n".join(ln[indent:] for ln in lines), {})  # noqa: S102
+
+
+def test_metrics_re_exports_the_answer_scoring():
+    from keras_pam import answer_accuracy as module
+    from keras_pam import metrics
+
+    for name in module.__all__:
+        assert getattr(metrics, name) is getattr(module, name)

@@ -349,7 +349,7 @@ def test_a_strategy_can_work_inside_the_train_step(tiny_preset, two_tasks):
 
 
 def test_the_wrapper_forwards_every_hook():
-    own = {"attach", "get_state", "set_state", "get_config"}
+    own = {"attach", "chain", "get_state", "set_state", "get_config"}
     hooks = {
         name
         for name, value in vars(strategies.Strategy).items()
@@ -382,6 +382,7 @@ def test_composed_names_nest_wrappers_around_a_method():
     assert isinstance(strategy, strategies.ExperienceReplay)
     assert isinstance(strategy.inner, strategies.TALL)
     assert strategy.inner.inner.config.p == 0.3
+    assert strategy.chain() == [strategy, strategy.inner, strategy.inner.inner]
     # A wrapper alone wraps its default method.
     assert isinstance(strategies.get_strategy("lwf").inner, strategies.Finetune)
     for name in ("er+", "pam+er", "pam2"):

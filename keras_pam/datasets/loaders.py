@@ -210,6 +210,11 @@ def write_llava_json(
     from keras_pam.datasets.registry import validate_split
 
     count = validate_split(split)
+    if np.asarray(split["images"]).dtype != np.uint8:
+        raise ValueError(
+            "`split['images']` must be uint8 to be written as PNG files; "
+            f"received dtype {np.asarray(split['images']).dtype}."
+        )
     json_path = os.fspath(json_path)
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     folder = os.path.join(os.fspath(image_root), image_folder)

@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 
+from keras_pam.data import as_examples
+
 PAPER_LEARNING_RATE = 5e-4
 PAPER_LORA_RANK = 32
 
@@ -102,6 +104,8 @@ def object_array(items):
 def validate_split(split, name="split"):
     """Checks that a split follows the dataset format, raising `ValueError`.
 
+    The rules are `keras_pam.data.as_examples`'s, the learner's own check.
+
     Args:
         split: dict. The split to check.
         name: str. A name used in error messages. Defaults to `"split"`.
@@ -123,51 +127,12 @@ def validate_split(split, name="split"):
     assert validate_split(split) == 1
     ```
     """
-    for key in ("images", "prompts", "responses"):
-        if key not in split:
-            raise ValueError(f"{name}: missing key {key!r}.")
-    images = split["images"]
-    if (
-        not isinstance(images, np.ndarray)
-        or images.dtype != np.uint8
-        or images.ndim != 4
-        or images.shape[-1] != 3
-        or images.shape[1] != images.shape[2]
-    ):
+    if not isinstance(split, dict):
         raise ValueError(
-            f"{name}: 'images' must be a uint8 array of shape (N, S, S, 3), "
-            f"got {getattr(images, 'dtype', type(images))} "
-            f"{getattr(images, 'shape', '')}."
+            f"`{name}` must be a dict of arrays; received "
+            f"{type(split).__name__}."
         )
-    n = images.shape[0]
-    keys = ["prompts", "responses"] + (
-        ["answers"] if "answers" in split else []
-    )
-    for key in keys:
-        value = split[key]
-        if not isinstance(value, np.ndarray) or value.dtype != object:
-            raise ValueError(f"{name}: {key!r} must be a numpy object array.")
-        if value.shape != (n,):
-            raise ValueError(
-                f"{name}: {key!r} has shape {value.shape}, expected ({n},)."
-            )
-    for prompt in split["prompts"]:
-        if not isinstance(prompt, str) or not prompt.endswith("\n"):
-            raise ValueError(
-                f"{name}: every prompt must be a str ending with '\\n', "
-                f"got {prompt!r}."
-            )
-    bad = [r for r in split["responses"] if not isinstance(r, str)]
-    if bad:
-        raise ValueError(f"{name}: responses must be str, got {bad[0]!r}.")
-    if "answers" in split:
-        for answers in split["answers"]:
-            if not isinstance(answers, list) or not answers:
-                raise ValueError(
-                    f"{name}: every item of 'answers' must be a non-empty list "
-                    f"of str, got {answers!r}."
-                )
-    return n
+    return len(as_examples(split, name=name)["images"])
 
 
 @dataclasses.dataclass(frozen=True)

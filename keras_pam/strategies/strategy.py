@@ -66,6 +66,10 @@ class Strategy:
         """Called once by the learner that uses this strategy."""
         self.learner = learner
 
+    def chain(self):
+        """This strategy and the strategies it wraps, outermost first."""
+        return [self]
+
     def training_data(self, task):
         """The examples to train on (data mixing); defaults to the task's."""
         return task.examples
@@ -232,6 +236,9 @@ class StrategyWrapper(Strategy):
     def attach(self, learner):
         super().attach(learner)
         self.inner.attach(learner)
+
+    def chain(self):
+        return [self, *self.inner.chain()]
 
     def get_state(self):
         return {"inner": self.inner.get_state()}

@@ -1,0 +1,886 @@
+"""The experiment runner of `keras-pam run`: a study's cells and report.
+
+A study teaches a task suite with each method on every (order, seed) cell
+of its grid (`run_study`; one method on one cell is `run_method`), then
+sums the cells up: mean ± std of the paper's metrics per order and over
+orders (`aggregate`), the paired differences of pairs of methods with
+their confidence intervals (`differences`), the printed tables and
+sentences (`format_report` and the `format_*` helpers), and the files of
+the output folder (`results.json`, `results.csv`, `matrices.csv`,
+`table.txt`, plots, TensorBoard scalars).
+
+`keras_pam.cli` turns the flags into a study's settings dict and calls
+`run_study`; this module reads no flags.
+"""
+
+import csv
+import datetime
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+# The paired differences reported by default (when both methods ran).
+DEFAULT_PAIRS = (
+    ("pam", "average"),
+    ("pam", "finetune"),
+    ("average", "finetune"),
+)
+# The differences are reported for these metrics (A_m when both have it).
+DIFFERENCE_METRICS = (("acc", "ACC"), ("bwt", "BWT"), ("a_m", "A_m"))
+CONFIDENCE = 0.95
+METRIC_COLUMNS = (
+    ("acc", "ACC"),
+    ("bwt", "BWT"),
+    ("fwt", "FWT"),
+    ("a_t", "A_t"),
+    ("a_m", "A_m"),
+)
+# The files of an output folder: the study's settings, written first (what
+# `--resume` reads back), and each finished cell's result.
+RUN_FILE = "run.json"
+CELL_FILE = "result.json"
+# The first columns of `matrices.csv`.
+MATRIX_HEADER = ["order", "seed", "method", "after"]
+
+
+def study_pairs(settings):
+    """The pairs of methods whose differences a study reports.
+
+    Args:
+        settings: dict. The study's settings (`pairs`, `methods`).
+
+    Returns:
+        A list of `[a, b]`: `settings["pairs"]`, or the `DEFAULT_PAIRS`
+        whose two methods both ran.
+    """
+    if settings.get("pairs") is not None:
+        return [list(pair) for pair in settings["pairs"]]
+    ran = settings["methods"]
+    return [list(p) for p in DEFAULT_PAIRS if p[0] in ran and p[1] in ran]
+
+
+def _join(values):
+    return ",".join(str(v) for v in values)
+
+
+def _output_folder(output):
+    if output is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = os.path.join("runs", stamp)
+        suffix = 1
+        while os.path.exists(output):
+            suffix += 1
+            output = os.path.join("runs", f"{stamp}-{suffix}")
+    os.makedirs(output, exist_ok=True)
+    return os.path.abspath(output)
+
+
+def _format_metric(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{100 * value:.2f}"
+
+
+def format_table(metrics_by_method):
+    """The side-by-side table of the paper's metrics, in percent.
+
+    Args:
+        metrics_by_method: dict. Method name to its metrics dict (`acc`,
+            `bwt`, `fwt`, `a_t`, `a_m`; a missing metric is left blank).
+
+    Returns:
+        The table as str.
+    """
+    width = max([6] + [len(m) for m in metrics_by_method]) + 2
+    lines = [
+        "method".ljust(width) + "".join(h.rjust(8) for _, h in METRIC_COLUMNS)
+    ]
+    for method, metrics in metrics_by_method.items():
+        metrics = metrics or {}
+        cells = "".join(
+            _format_metric(metrics.get(key)).rjust(8)
+            for key, _ in METRIC_COLUMNS
+        )
+        lines.append(method.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def _is_missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _format_mean_std(summary):
+    """`"12.34 ± 1.05"` in percent; the std left out when there is none."""
+    if summary is None or _is_missing(summary.get("mean")):
+        return ""
+    text = f"{100 * summary['mean']:.2f}"
+    if not _is_missing(summary.get("std")):
+        text += f" ± {100 * summary['std']:.2f}"
+    return text
+
+
+def format_summary_table(summaries):
+    """The table of the paper's metrics as mean ± std, in percent.
+
+    Args:
+        summaries: dict. Method name to a dict of metric (`acc`, `bwt`,
+            `fwt`, `a_t`, `a_m`) to `keras_pam.statistics.summarize`'s
+            dict (`mean`, `std`); a missing or NaN mean is left blank, a
+            NaN std (one value) is left out.
+
+    Returns:
+        The table as str.
+
+    Example:
+    ```python
+    format_summary_table({"pam": {"acc": {"mean": 0.5, "std": 0.01}}})
+    ```
+    """
+    width = max([6] + [len(m) for m in summaries]) + 2
+    cells = {
+        method: [
+            _format_mean_std((row or {}).get(k)) for k, _ in METRIC_COLUMNS
+        ]
+        for method, row in summaries.items()
+    }
+    column = max([8] + [len(c) + 2 for row in cells.values() for c in row])
+    lines = [
+        "method".ljust(width)
+        + "".join(h.rjust(column) for _, h in METRIC_COLUMNS)
+    ]
+    for method, row in cells.items():
+        lines.append(
+            method.ljust(width) + "".join(c.rjust(column) for c in row)
+        )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _points(value):
+    return f"{100 * value:+.2f}"
+
+
+def format_difference(a, b, label, difference, width=0):
+    """One line of a paired difference, in percentage points.
+
+    Args:
+        a: str. The first method.
+        b: str. The second method (the difference is `a - b`).
+        label: str. The metric's name, e.g. `"ACC"`.
+        difference: dict. `keras_pam.statistics.paired_difference`'s result.
+        width: int. Pad `"a - b"` to this width. Defaults to `0`.
+
+    Returns:
+        The line, e.g.
+        `"pam - average  ACC +1.23 [-0.40, +2.86] 95% CI, n=3: not resolved"`.
+    """
+    d = difference
+    pair = f"{a} - {b}".ljust(width)
+    if d["n"] < 2:
+        interval = f"(no interval with n={d['n']})"
+    else:
+        level = f"{100 * d['confidence']:g}%"
+        interval = (
+            f"[{_points(d['low'])}, {_points(d['high'])}] {level} CI, "
+            f"n={d['n']}"
+        )
+    verdict = "resolved" if d["resolved"] else "not resolved"
+    return f"{pair}  {label} {_points(d['mean'])} {interval}: {verdict}"
+
+
+def _and(items):
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def difference_sentence(a, b, differences):
+    """Which of a pair's differences are resolved, in words.
+
+    Args:
+        a: str. The first method.
+        b: str. The second method.
+        differences: list of (label, dict). Each metric's label (`"ACC"`)
+            and `keras_pam.statistics.paired_difference`'s result for
+            `a - b`.
+
+    Returns:
+        One sentence, e.g. `"pam vs average: pam has the higher BWT (by
+        2.10 points), resolved at 95%; the ACC difference is not resolved
+        (its 95% interval includes 0)."`.
+    """
+    resolved = [(label, d) for label, d in differences if d["resolved"]]
+    unresolved = [label for label, d in differences if not d["resolved"]]
+    level = f"{100 * differences[0][1]['confidence']:g}%" if differences else ""
+    parts = []
+    if resolved:
+        parts.append(
+            _and(
+                f"{a} has the {'higher' if d['mean'] > 0 else 'lower'} "
+                f"{label} (by {abs(100 * d['mean']):.2f} points)"
+                for label, d in resolved
+            )
+            + f", resolved at {level}"
+        )
+    if unresolved:
+        n = min(d["n"] for label, d in differences if not d["resolved"])
+        plural = len(unresolved) > 1
+        reason = (
+            "one cell gives no interval: run more seeds"
+            if n < 2
+            else (
+                f"their {level} intervals include 0"
+                if plural
+                else f"the {level} interval includes 0"
+            )
+            + ": the cells cannot say which is higher"
+        )
+        parts.append(
+            f"the {_and(unresolved)} difference{'s' if plural else ''} "
+            f"{'are' if plural else 'is'} not resolved ({reason})"
+        )
+    return f"{a} vs {b}: " + "; ".join(parts) + "."
+
+
+def _make_strategy(name, settings, num_tasks):
+    """The strategy `name` of a cell, with the study's settings.
+
+    `get_strategy` gives the alignment settings (`p`, `every`, `reinit`,
+    `scope`) to the methods that align and `num_tasks` to O-LoRA; the
+    other methods leave them unused.
+    """
+    from keras_pam.strategies import get_strategy
+
+    return get_strategy(
+        name,
+        num_tasks=num_tasks,
+        p=settings["p"],
+        every=settings["every"],
+        reinit=settings["reinit"],
+        scope=settings["scope"],
+    )
+
+
+def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
+    """Learn `suite` with one method: a fresh run on the study's model.
+
+    The first call builds the model on `preset` (`SharedModel.get`); later
+    calls with the same preset, rank and alpha reuse it, with its compiled
+    train step and scorer, so a study compiles them once. Each call is a
+    new run (its initial adapter drawn from `settings["seed"]`) with the
+    same accuracy matrix whatever ran before it.
+
+    Args:
+        method: str. A name of `keras_pam.strategies.STRATEGY_NAMES`.
+        preset: str. The base preset (name or directory).
+        suite: list of `keras_pam.datasets.Task`. The task sequence.
+        settings: dict. The cell's settings (see `cell_settings`): the
+            study's, with the cell's `seed` and `order`, and `log_dir`
+            (TensorBoard scalars go to `<log_dir>/<method>/`, none when
+            `None` or missing).
+        verbose: int. Passed to each task's `fit`. Defaults to `0`.
+        run_dir: str. The method's checkpoint folder; when it holds a
+            checkpoint, the method continues from its last completed task.
+            Defaults to `None` (no checkpoints).
+
+    Returns:
+        A `keras_pam.ContinualReport`.
+    """
+    import keras
+
+    from keras_pam.compilation import CompileLog
+    from keras_pam.compilation import cell_summary
+    from keras_pam.shared_model import SharedModel
+
+    label = cell_label(method, settings)
+    # Seed before `shared.learner`: seeding clears TensorFlow's kernel
+    # cache, and the learner then remakes its tokenizer's model.
+    keras.utils.set_random_seed(settings["seed"])
+    tests = {task.name: task.test for task in suite}
+    # One model per study: its train step and scorer compile once.
+    shared = SharedModel.get(
+        preset, rank=settings["rank"], alpha=settings["alpha"]
+    )
+    resuming = run_dir is not None and os.path.isfile(
+        os.path.join(run_dir, "config.json")
+    )
+    compiles = CompileLog().start()
+    learner = shared.learner(
+        _make_strategy(method, settings, len(suite)),
+        seed=settings["seed"],
+        run_dir=run_dir,
+        eval_tasks=tests,  # All registered first: FWT needs them.
+        optimizer=keras.optimizers.Adam(
+            learning_rate=settings["learning_rate"]
+        ),
+        p=settings["p"],
+        align_every=settings["every"],
+        reinit=settings["reinit"],
+        scope=settings["scope"],
+    )
+    if resuming:
+        done = learner.learned_task_names
+        print(
+            f"[{label}] resumed after {len(done)}/{len(suite)} tasks",
+            flush=True,
+        )
+    log_dir = settings.get("log_dir")
+    if log_dir is not None:
+        log_dir = os.path.join(log_dir, _safe_name(method))
+    rows = None if log_dir is None else _accuracy_writer(log_dir, learner)
+    for i, task in enumerate(suite, start=1):
+        if task.name in learner.learned_task_names:
+            continue
+        report = learner.learn_task(
+            task.train,
+            name=task.name,
+            epochs=settings["epochs"],
+            batch_size=settings["batch_size"],
+            seed=settings["seed"] + i,
+            verbose=verbose,
+            callbacks=_training_logs(log_dir, i, task.name),
+        )
+        if rows is not None:
+            _log_accuracy_row(rows, learner.evaluate_all(), i)
+        if not verbose:
+            print(f"[{label} {i}/{len(suite)}] {report.summary()}", flush=True)
+    if rows is not None:
+        rows.on_train_end()  # Flushes and closes the writer.
+    report = learner.evaluate_all()
+    compiles.stop()
+    print(f"[{label}] {cell_summary(compiles, shared.compile_log)}", flush=True)
+    return report
+
+
+def cell_label(method, settings):
+    """`"pam order1 seed1"`: a method on the cell of `settings`."""
+    parts = [method]
+    if settings.get("order") is not None:
+        parts.append(str(settings["order"]))
+    if settings.get("seed") is not None:
+        parts.append(f"seed{settings['seed']}")
+    return " ".join(parts)
+
+
+def _tensorboard(log_dir, **kwargs):
+    import keras
+
+    return keras.callbacks.TensorBoard(
+        log_dir, write_graph=False, profile_batch=0, **kwargs
+    )
+
+
+def _training_logs(log_dir, index, name):
+    """The TensorBoard callback of task `index`'s `fit`, or none."""
+    if log_dir is None:
+        return []
+    folder = os.path.join(log_dir, f"task{index}_{_safe_name(name)}")
+    return [_tensorboard(folder, update_freq="batch")]
+
+
+def _accuracy_writer(log_dir, learner):
+    """A TensorBoard callback that writes the accuracy row of each step."""
+    writer = _tensorboard(os.path.join(log_dir, "accuracy"))
+    writer.set_model(learner)
+    return writer
+
+
+def _log_accuracy_row(writer, report, step):
+    """Write the last row of `report`'s matrix as scalars at `step`."""
+    row = report.matrix[-1]
+    logs = {
+        f"accuracy/{name}": float(value)
+        for name, value in zip(report.eval_task_names, row)
+        if not math.isnan(value)
+    }
+    # TensorBoard writes `epoch_<name>` scalars at step `step`.
+    writer.on_epoch_end(step, logs=logs)
+
+
+def _safe_name(method):
+    return "".join(c if c.isalnum() else "_" for c in method)
+
+
+def check_settings(settings):
+    """Raise `ValueError` on an unknown order or task, before any work."""
+    from keras_pam import datasets
+
+    if not settings.get("seeds"):
+        raise ValueError("The seed list is empty.")
+    if settings["tasks"] is None:
+        for order in settings["orders"]:
+            if order not in datasets.ORDERS:
+                raise ValueError(
+                    f"Unknown order {order!r}. Choose from: "
+                    f"{', '.join(datasets.ORDERS)}."
+                )
+    for name in settings["tasks"] or ():
+        if name not in datasets.TASK_NAMES:
+            raise ValueError(
+                f"Unknown task {name!r}. Choose from: "
+                f"{', '.join(datasets.TASK_NAMES)}."
+            )
+    if settings["tasks"] is not None and not settings["tasks"]:
+        raise ValueError("`--tasks` is empty.")
+
+
+def check_log_dir(log_dir):
+    """Raise `ValueError` when `--log-dir` is given but cannot be written.
+
+    Keras's TensorBoard callback writes through `tf.summary`, which needs
+    the `tensorboard` package.
+    """
+    import importlib.util
+
+    if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "`--log-dir` writes TensorBoard scalars with Keras's TensorBoard "
+            "callback, which needs the `tensorboard` package: "
+            "`pip install tensorboard`."
+        )
+
+
+def resolve_preset(settings):
+    """The base preset of a study: the same for every cell.
+
+    Args:
+        settings: dict. The study's settings (`preset`).
+
+    Returns:
+        The preset, a name or a local directory: `settings["preset"]`, or
+        the tiny base that ships with keras_pam, checked against its
+        recorded checksums (`keras_pam.models.shipped_base_preset`).
+
+    Raises:
+        keras_pam.models.CorruptBaseError: the shipped base fails its
+            checksums; the message gives the command that rebuilds it.
+    """
+    preset = settings.get("preset")
+    if preset is None:
+        from keras_pam.models.tiny_base import shipped_base_preset
+
+        preset = shipped_base_preset()
+    return preset
+
+
+def cell_settings(settings, order, seed, log_dir=None):
+    """A copy of the study's `settings` for the cell (`order`, `seed`).
+
+    Args:
+        settings: dict. The study's settings.
+        order: str. The cell's order (`"custom"` with `--tasks`).
+        seed: int. The cell's seed.
+        log_dir: str. The study's TensorBoard folder; the cell's is
+            `<log_dir>/<order>/seed<seed>`. Defaults to `None` (no logs).
+
+    Returns:
+        A dict: `settings` with `order`, `seed` and `log_dir` set.
+    """
+    cell = dict(settings, order=order, seed=int(seed), log_dir=None)
+    if log_dir is not None:
+        cell["log_dir"] = os.path.join(log_dir, order, f"seed{seed}")
+    return cell
+
+
+def _run_cell(method, preset, suite, cell, verbose, run_dir):
+    """One method on one cell, or its saved result if it finished before.
+
+    Returns the cell's JSON-able result: `order`, `seed`, `method`,
+    `seconds` and the `ContinualReport` as a dict.
+    """
+    from keras_pam import checkpoint
+    from keras_pam import report as report_lib
+
+    label = cell_label(method, cell)
+    path = os.path.join(run_dir, CELL_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            result = json.load(f)
+        print(f"[{label}] done before: {path}", flush=True)
+        return result
+    start = time.time()
+    report = run_method(method, preset, suite, cell, verbose, run_dir)
+    seconds = time.time() - start
+    result = {
+        "order": cell["order"],
+        "seed": cell["seed"],
+        "method": method,
+        "seconds": seconds,
+        **report.to_dict(),
+    }
+    result = json.loads(json.dumps(report_lib._jsonable(result)))
+    checkpoint.write_atomic(path, json.dumps(result, indent=1))
+    print(f"[{label}] done in {seconds:.1f}s", flush=True)
+    return result
+
+
+def _metric(cell, key):
+    value = (cell.get("metrics") or {}).get(key)
+    return math.nan if value is None else float(value)
+
+
+def aggregate(cells, settings):
+    """Mean ± std of every metric per order and method, and over orders.
+
+    Args:
+        cells: list of dict. The cells' results (see `_run_cell`).
+        settings: dict. The study's settings (`orders`, `methods`).
+
+    Returns:
+        A dict: `by_order` (order to method to metric to
+        `keras_pam.statistics.summarize` over seeds) and `overall` (method
+        to metric to the summary over orders of the per-order means;
+        `None` with one order).
+    """
+    from keras_pam import statistics
+
+    by_order = {}
+    for order in settings["orders"]:
+        by_order[order] = {}
+        for method in settings["methods"]:
+            group = [
+                c
+                for c in cells
+                if c["order"] == order and c["method"] == method
+            ]
+            by_order[order][method] = {
+                key: statistics.summarize([_metric(c, key) for c in group])
+                for key, _ in METRIC_COLUMNS
+            }
+    overall = None
+    if len(settings["orders"]) > 1:
+        overall = {
+            method: {
+                key: statistics.summarize(
+                    [by_order[o][method][key]["mean"] for o in by_order]
+                )
+                for key, _ in METRIC_COLUMNS
+            }
+            for method in settings["methods"]
+        }
+    return {"by_order": by_order, "overall": overall}
+
+
+def differences(cells, pairs, confidence=CONFIDENCE):
+    """The paired differences of `pairs` over the (order, seed) cells.
+
+    Args:
+        cells: list of dict. The cells' results (see `_run_cell`).
+        pairs: list of `[a, b]`. Method pairs; the difference is `a - b`.
+        confidence: float. The intervals' level. Defaults to `0.95`.
+
+    Returns:
+        A list of dicts, one per pair and metric of `DIFFERENCE_METRICS`
+        that both methods report: `a`, `b`, `metric`, `label` and
+        `keras_pam.statistics.paired_difference`'s keys.
+    """
+    from keras_pam import statistics
+
+    index = {(c["order"], c["seed"], c["method"]): c for c in cells}
+    keys = list(dict.fromkeys((c["order"], c["seed"]) for c in cells))
+    results = []
+    for a, b in pairs:
+        matched = [k for k in keys if k + (a,) in index and k + (b,) in index]
+        for key, label in DIFFERENCE_METRICS:
+            first = [_metric(index[k + (a,)], key) for k in matched]
+            second = [_metric(index[k + (b,)], key) for k in matched]
+            both = [
+                not (math.isnan(x) or math.isnan(y))
+                for x, y in zip(first, second)
+            ]
+            if not any(both):
+                continue  # A method does not report this metric.
+            difference = statistics.paired_difference(
+                first, second, confidence=confidence
+            )
+            results.append(
+                {"a": a, "b": b, "metric": key, "label": label, **difference}
+            )
+    return results
+
+
+def _seeds_text(seeds):
+    count = len(seeds)
+    return f"{count} seed{'s' if count > 1 else ''} ({_join(seeds)})"
+
+
+def format_report(summary, diffs, settings, task_names):
+    """The printed tables and difference lines of a study.
+
+    Args:
+        summary: dict. `aggregate`'s result.
+        diffs: list of dict. `differences`' result.
+        settings: dict. The study's settings.
+        task_names: dict. Order to its task names.
+
+    Returns:
+        The text, as str.
+    """
+    seeds = _seeds_text(settings["seeds"])
+    spread = ", mean ± std over" if len(settings["seeds"]) > 1 else " of"
+    blocks = []
+    for order, table in summary["by_order"].items():
+        blocks.append(
+            f"{order} ({', '.join(task_names[order])}): metrics (%)"
+            f"{spread} {seeds}\n" + format_summary_table(table)
+        )
+    if summary["overall"] is not None:
+        blocks.append(
+            f"All {len(summary['by_order'])} orders: metrics (%), mean over "
+            "orders of the per-order means ± std over orders\n"
+            + format_summary_table(summary["overall"])
+        )
+    if diffs:
+        count = len(settings["orders"]) * len(settings["seeds"])
+        lines = [
+            f"Paired differences (points), over {count} (seed, order) "
+            f"cell{'s' if count > 1 else ''}:"
+        ]
+        width = max(len(f"{d['a']} - {d['b']}") for d in diffs)
+        lines += [
+            format_difference(d["a"], d["b"], d["label"], d, width)
+            for d in diffs
+        ]
+        lines.append("")
+        for pair in dict.fromkeys((d["a"], d["b"]) for d in diffs):
+            of_pair = [
+                (d["label"], d) for d in diffs if (d["a"], d["b"]) == pair
+            ]
+            lines.append(difference_sentence(pair[0], pair[1], of_pair))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def mean_report(cells):
+    """The mean (and std) accuracy matrix of cells of one order and method.
+
+    Args:
+        cells: list of dict. The cells' results (same tasks).
+
+    Returns:
+        A pair: a `keras_pam.ContinualReport` of the means over the cells
+        (its `metrics` are `None`), and the std matrix (`None` with one
+        cell).
+    """
+    from keras_pam.report import ContinualReport
+
+    def stack(key):
+        return np.array([np.asarray(c[key], dtype=float) for c in cells])
+
+    matrices = stack("matrix")
+    std = None
+    if len(cells) > 1:
+        std = np.std(matrices, axis=0, ddof=1)
+    report = ContinualReport(
+        task_names=list(cells[0]["task_names"]),
+        eval_task_names=list(cells[0]["eval_task_names"]),
+        matrix=np.mean(matrices, axis=0),
+        zero_shot=np.mean(stack("zero_shot"), axis=0),
+        pre_merge=np.mean(stack("pre_merge"), axis=0),
+        metrics=None,
+    )
+    return report, std
+
+
+def _cell_groups(cells, settings):
+    for order in settings["orders"]:
+        for method in settings["methods"]:
+            group = [
+                c
+                for c in cells
+                if c["order"] == order and c["method"] == method
+            ]
+            if group:
+                yield order, method, group
+
+
+def _write_plots(output, cells, settings):
+    from keras_pam import plotting
+    from keras_pam import statistics
+
+    seeds = _seeds_text(settings["seeds"])
+    spread = (
+        "one seed" if len(settings["seeds"]) == 1 else f"mean ± std, {seeds}"
+    )
+    for order, method, group in _cell_groups(cells, settings):
+        report, std = mean_report(group)
+        name = f"{_safe_name(order)}_{_safe_name(method)}"
+        report.plot(
+            os.path.join(output, f"matrix_{name}.png"),
+            title=f"{method}, {order}: mean accuracy over {seeds}",
+        )
+        columns = [report.eval_task_names.index(t) for t in report.task_names]
+        plotting.plot_forgetting_curves(
+            report.matrix[:, columns],
+            report.task_names,
+            std=None if std is None else std[:, columns],
+            title=f"{method}, {order}: accuracy on each task, {spread}",
+            path=os.path.join(output, f"forgetting_{name}.png"),
+        )
+    points = {}
+    for method in settings["methods"]:
+        of_method = [c for c in cells if c["method"] == method]
+        point = {}
+        for key in ("acc", "bwt"):
+            summary = statistics.summarize([_metric(c, key) for c in of_method])
+            point[key], point[f"{key}_std"] = summary["mean"], summary["std"]
+        if not (math.isnan(point["acc"]) or math.isnan(point["bwt"])):
+            points[method] = point
+    if points:
+        count = len(cells) // max(1, len(settings["methods"]))
+        plotting.plot_acc_bwt(
+            points,
+            title=f"ACC vs BWT: mean ± std over {count} (seed, order) cells",
+            path=os.path.join(output, "acc_bwt.png"),
+        )
+
+
+def _write_results(output, results, cells):
+    from keras_pam import report as report_lib
+
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump(report_lib._jsonable(results), f, indent=2)
+    with open(os.path.join(output, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["order", "seed", "method"]
+            + [k for k, _ in METRIC_COLUMNS]
+            + ["sec"]
+        )
+        for cell in cells:
+            metrics = cell.get("metrics") or {}
+            writer.writerow(
+                [cell["order"], cell["seed"], cell["method"]]
+                + [
+                    "" if metrics.get(k) is None else f"{metrics[k]:.6f}"
+                    for k, _ in METRIC_COLUMNS
+                ]
+                + [f"{cell['seconds']:.1f}"]
+            )
+    with open(os.path.join(output, "matrices.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        for cell in cells:
+            key = [cell["order"], cell["seed"], cell["method"]]
+            writer.writerow(MATRIX_HEADER + cell["eval_task_names"])
+            writer.writerow(key + ["zero-shot"] + list(cell["zero_shot"]))
+            for name, row in zip(cell["task_names"], cell["matrix"]):
+                writer.writerow(key + [name] + list(row))
+
+
+def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
+    """Run a study: every method on every (order, seed) cell, and report.
+
+    Args:
+        settings: dict. The study's settings, resolved and checked (see
+            `keras_pam.cli.resolve_settings` and `check_settings`).
+        output: str. The output folder. Defaults to `None`: a new folder
+            `runs/<date>-<time>`.
+        resume: bool. Whether `output` holds a run to continue: its
+            finished cells are read back, its methods continue from their
+            checkpoints, and its `run.json` is kept. Defaults to `False`.
+        log_dir: str. The study's TensorBoard folder (see `cell_settings`).
+            Defaults to `None` (no TensorBoard scalars).
+        verbose: int. Passed to each task's `fit`. Defaults to `0`.
+
+    Returns:
+        The dict written to `results.json`: `settings`, `preset`,
+        `backend`, `cells` (one per order, seed and method), `aggregates`
+        (see `aggregate`), `differences` (see `differences`), `seconds`.
+    """
+    start = time.time()
+
+    from keras_pam import checkpoint
+    from keras_pam import datasets
+
+    output = _output_folder(output)
+    import keras
+
+    if not resume:
+        checkpoint.write_atomic(
+            os.path.join(output, RUN_FILE),
+            json.dumps(
+                {"settings": settings, "backend": keras.backend.backend()},
+                indent=1,
+            ),
+        )
+
+    print(
+        f"keras-pam run: methods {', '.join(settings['methods'])}; orders "
+        f"{', '.join(settings['orders'])}; seeds {_join(settings['seeds'])}; "
+        f"backend {keras.backend.backend()}; output {output}",
+        flush=True,
+    )
+    preset = resolve_preset(settings)
+    print(f"Base: {preset}", flush=True)
+    import keras_hub
+
+    image_size = keras_hub.models.PaliGemmaBackbone.from_preset(
+        preset, load_weights=False
+    ).image_size
+    cells, task_names = [], {}
+    for order in settings["orders"]:
+        for seed in settings["seeds"]:
+            cell = cell_settings(settings, order, seed, log_dir)
+            suite = datasets.make_suite(
+                order=order,
+                num_train=settings["num_train"],
+                num_test=settings["num_test"],
+                image_size=image_size,
+                seed=seed,
+                tasks=settings["tasks"],
+            )
+            task_names[order] = [t.name for t in suite]
+            print(
+                f"Cell {order} seed{seed}: tasks "
+                f"{', '.join(task_names[order])}",
+                flush=True,
+            )
+            for method in settings["methods"]:
+                run_dir = os.path.join(
+                    output,
+                    "checkpoints",
+                    _safe_name(order),
+                    f"seed{seed}",
+                    _safe_name(method),
+                )
+                cells.append(
+                    _run_cell(method, preset, suite, cell, verbose, run_dir)
+                )
+
+    from keras_pam.shared_model import SharedModel
+
+    shared = SharedModel.get(
+        preset, rank=settings["rank"], alpha=settings["alpha"]
+    )
+    print(f"Study: {shared.compile_log.summary()}", flush=True)
+    SharedModel.clear()  # Frees the model: the next study builds its own.
+
+    for order, method, group in _cell_groups(cells, settings):
+        report, _ = mean_report(group)
+        print(
+            f"\n{method}, {order}: mean accuracy after each task (rows) on "
+            f"each task, over {_seeds_text(settings['seeds'])}"
+        )
+        print(report.format_matrix())
+    summary = aggregate(cells, settings)
+    diffs = differences(cells, study_pairs(settings))
+    text = format_report(summary, diffs, settings, task_names)
+    print("\n" + text)
+    results = {
+        "settings": settings,
+        "preset": preset,
+        "backend": keras.backend.backend(),
+        "cells": cells,
+        "aggregates": summary,
+        "differences": diffs,
+        "seconds": time.time() - start,
+    }
+    _write_results(output, results, cells)
+    with open(os.path.join(output, "table.txt"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    _write_plots(output, cells, settings)
+    print(f"\nResults in {output} ({time.time() - start:.1f}s)")
+    return results
