@@ -12,6 +12,7 @@ from keras_pam.continual_learner import ContinualLearner
 from keras_pam.fused_sign_alignment import FusedSignAlignment
 from keras_pam.in_step_update import InStepUpdate
 from keras_pam.lora import AdapterState
+from keras_pam.lora_batch_callback import LoRABatchCallback
 from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport
 

@@ -18,7 +18,7 @@ from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.alignment_config import check_choice
 from keras_pam.alignment_config import check_p
 from keras_pam.lora import AdapterState
-from keras_pam.lora import lora_variables
+from keras_pam.lora_batch_callback import LoRABatchCallback
 from keras_pam.utils import compile_function
 
 
@@ -281,7 +281,7 @@ def optimizer_slots(optimizer, variable):
     ]
 
 
-class SignAlignmentCallback(keras.callbacks.Callback):
+class SignAlignmentCallback(LoRABatchCallback):
     """Align the temporary adapter's signs to the global one during `fit`.
 
     Every `every` training batches it applies `align` to all LoRA factors of
@@ -354,7 +354,7 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         return self.global_state.num_entries
 
     def on_train_begin(self, logs=None):
-        variables = lora_variables(self.model)
+        variables = self.lora_variables()
         self._paths = list(variables)
         AdapterState(variables).check_compatible(
             self.global_state, what="global state"
@@ -413,7 +413,7 @@ class SignAlignmentCallback(keras.callbacks.Callback):
         # training state first and re-read it after this write.
         model = self.model
         if self._variables is None:
-            variables = lora_variables(model)
+            variables = self.lora_variables()
             self._variables = [variables[k] for k in self._paths]
             self._slots = [
                 optimizer_slots(model.optimizer, v)

@@ -23,7 +23,10 @@ class TaskBackup(keras.callbacks.Callback):
         directory: str. The backup folder.
         task_name: str. The task being trained.
         stateful_callbacks: list of callbacks. Those with
-            `backup_state`/`restore_backup_state` are saved and restored.
+            `backup_state`/`restore_backup_state`, the protocol that
+            `keras_pam.LoRABatchCallback` declares (every subclass of it,
+            and any other callback with both methods), are saved and
+            restored.
         history: dict. The history of the epochs before this `fit`.
         restore: dict. A backup to restore the callbacks from, or `None`.
     """
@@ -34,6 +37,8 @@ class TaskBackup(keras.callbacks.Callback):
         super().__init__()
         self.directory = directory
         self.task_name = task_name
+        # Duck typing: a strategy's own callback may take part without
+        # subclassing `LoRABatchCallback`.
         self.stateful_callbacks = [
             c for c in stateful_callbacks if hasattr(c, "backup_state")
         ]

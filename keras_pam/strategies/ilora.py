@@ -1,16 +1,15 @@
 """I-LoRA: a fast adapter trained, a slow EMA of it evaluated."""
 
-import keras
 from keras import ops
 
 from keras_pam.lora import AdapterState
-from keras_pam.lora import lora_variables
+from keras_pam.lora_batch_callback import LoRABatchCallback
 from keras_pam.strategies.strategy import ALL_METRICS
 from keras_pam.strategies.strategy import Strategy
 from keras_pam.utils import compile_function
 
 
-class ExponentialMovingAverage(keras.callbacks.Callback):
+class ExponentialMovingAverage(LoRABatchCallback):
     """Keep an exponential moving average of the LoRA factors during `fit`.
 
     After every batch, `average = decay * average + (1 - decay) * current`,
@@ -29,7 +28,7 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
         self.decay = decay
 
     def on_train_begin(self, logs=None):
-        self._paths = list(lora_variables(self.model))
+        self._paths = list(self.lora_variables())
         self._average = [
             ops.convert_to_tensor(self.initial[k], "float32")
             for k in self._paths
@@ -44,7 +43,7 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
         self._update = compile_function(update)
 
     def on_train_batch_end(self, batch, logs=None):
-        variables = lora_variables(self.model)
+        variables = self.lora_variables()
         self._average = self._update(
             self._average, [variables[k].value for k in self._paths]
         )

@@ -1,11 +1,11 @@
 """O-LoRA: a new LoRA per task, orthogonal to the frozen earlier ones."""
 
-import keras
 import numpy as np
 from keras import ops
 
 from keras_pam.lora import AdapterState
 from keras_pam.lora import lora_variables
+from keras_pam.lora_batch_callback import LoRABatchCallback
 from keras_pam.strategies.strategy import Strategy
 from keras_pam.utils import compile_function
 
@@ -47,7 +47,7 @@ def _rank_mask(shape, columns, is_a):
     )
 
 
-class FreezeRankSlices(keras.callbacks.Callback):
+class FreezeRankSlices(LoRABatchCallback):
     """Hold some rank columns of every LoRA factor at fixed values.
 
     After each training batch, entries outside the trainable columns are
@@ -65,7 +65,7 @@ class FreezeRankSlices(keras.callbacks.Callback):
         self.trainable_columns = np.asarray(trainable_columns, bool)
 
     def on_train_begin(self, logs=None):
-        self._paths = list(lora_variables(self.model))
+        self._paths = list(self.lora_variables())
         self._frozen = [
             ops.convert_to_tensor(self.frozen[k]) for k in self._paths
         ]
@@ -88,7 +88,7 @@ class FreezeRankSlices(keras.callbacks.Callback):
         self._restore = compile_function(restore)
 
     def on_train_batch_end(self, batch, logs=None):
-        variables = lora_variables(self.model)
+        variables = self.lora_variables()
         values = self._restore(
             [variables[k].value for k in self._paths],
             self._frozen,
