@@ -8,6 +8,9 @@
   path imports on every backend) logs through absl before any setting can
   reach it, so its import runs with the process's stderr sent to
   `/dev/null`; a Python error in that import still reaches the user.
+  Later, TensorFlow's runtime logs errors that are none on a CPU machine
+  (no CUDA driver; no AVX-512 kernel for int64): `TF_CPP_MIN_LOG_LEVEL`
+  defaults to 3, which keeps them out. A Python exception still shows.
 
 A library import (`import keras_pam`) leaves all of this to the user.
 """
@@ -55,5 +58,5 @@ def import_tensorflow_quietly():
 
 if started_as_command_line():
     os.environ.setdefault("KERAS_BACKEND", "jax")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import_tensorflow_quietly()

@@ -476,21 +476,44 @@ def test_started_as_command_line():
     )
 
 
-def test_help_prints_no_start_up_logs():
+def _command_line_process(args):
+    """Run `args` as the command line does, without the test run's
+    TensorFlow log level."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in [env.get("PYTHONPATH")] if p]
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "keras_pam", "--help"],
+    return subprocess.run(
+        [sys.executable, *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_help_prints_no_start_up_logs():
+    done = _command_line_process(["-m", "keras_pam", "--help"])
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: keras-pam")
+    assert done.stderr == ""
+
+
+def test_a_run_prints_no_tensorflow_runtime_logs():
+    # A run's data path: a tf.data pipeline of int64 tokens (on a CPU
+    # machine TensorFlow logs a CUDA and an AVX-512 "error" for it).
+    script = (
+        "import sys; sys.argv = ['keras-pam']\n"
+        "import keras_pam\n"
+        "import tensorflow as tf\n"
+        "tokens = tf.range(3, dtype='int64')\n"
+        "data = tf.data.Dataset.from_tensor_slices(tokens)\n"
+        "print(list(data.map(lambda x: x * 2).as_numpy_iterator()))\n"
+    )
+    done = _command_line_process(["-c", script])
+    assert done.returncode == 0, done.stderr
+    assert "0, 2, 4" in done.stdout.replace("np.int64(", "").replace(")", "")
     assert done.stderr == ""
 
 
