@@ -87,8 +87,13 @@ def fitter(learner, batch, steps, batch_size, every, cpu_seconds):
         learner.global_state.assign_to(learner)
         callbacks = [StopOnNonFiniteLoss("benchmark")]
         if every is not None:
+            # As PAM's `callbacks` makes it: on JAX it drives the
+            # learner's in-step update.
             aligner = SignAlignmentCallback(
-                learner.global_state, p=0.5, every=every
+                learner.global_state,
+                p=0.5,
+                every=every,
+                fused_alignment=learner.in_step_update,
             )
             aligners.append(aligner)
             callbacks.insert(0, aligner)

@@ -373,7 +373,8 @@ class SignAlignmentCallback(LoRABatchCallback):
                 f"model uses {type(optimizer).__name__}."
             )
         self._variables = None  # Found at the first alignment.
-        self._batches = 0
+        self._batches = 0  # Steps started (done, between steps).
+        self._aligned_after = 0
         self._counts = []
         self._fused = self.fused_alignment
         if self._fused is not None and (
@@ -398,15 +399,25 @@ class SignAlignmentCallback(LoRABatchCallback):
             self._globals = self._masks = None
             self._update = _compiled_update()
 
-    def on_train_batch_end(self, batch, logs=None):
+    # The alignment after step `n` runs before step `n + 1` starts, or at
+    # the epoch's end: never in `on_train_batch_end`, which Keras then
+    # runs on a worker thread while the next step is dispatched (a
+    # `on_train_batch_end` makes every step wait for the host).
+    def on_train_batch_begin(self, batch, logs=None):
+        self._align_if_due()
         self._batches += 1
-        if self._batches % self.every:
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._align_if_due()
+
+    def _align_if_due(self):
+        done = self._batches
+        if done == 0 or done % self.every or done == self._aligned_after:
             return
+        self._aligned_after = done
         if self._fused is not None:
             # The train step aligned; read its counts before they wrap.
-            if self._batches // self.every - self._num_read == (
-                self._fused.capacity
-            ):
+            if done // self.every - self._num_read == self._fused.capacity:
                 self._read_fused_counts()
             return
         # Reaching the model through `self.model` makes Keras sync the JAX
@@ -455,6 +466,7 @@ class SignAlignmentCallback(LoRABatchCallback):
 
     def restore_backup_state(self, state):
         self._batches = int(state["batches"])
+        self._aligned_after = self._batches
         self._counts = list(state["counts"])
         if self._fused is not None:
             self._fused.set_step(self._batches)

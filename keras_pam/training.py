@@ -117,35 +117,28 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stop `fit` at the first non-finite loss with an error naming the
     task and the step.
 
-    A batch's loss is read on the host at the end of the next batch (or of
-    the epoch): by then it is computed, so the check never makes the host
-    wait for the step in flight (JAX dispatches steps asynchronously). The
-    temporary adapter is discarded on error, so the one step trained past
-    the bad one changes nothing.
+    It is `async_safe`: where the backend allows it (JAX, torch), Keras
+    runs its batch-end check on a worker thread, so the host never waits
+    for a step before dispatching the next one, and the error reaches
+    `fit` a few steps later at most (at the latest when the epoch ends).
+    The temporary adapter is discarded on error, so the steps trained past
+    the bad one change nothing.
     """
+
+    async_safe = True
 
     def __init__(self, task_name):
         super().__init__()
         self.task_name = task_name
-        self._pending = None
+        self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._pending = None
 
     def on_train_batch_end(self, batch, logs=None):
-        self._check_pending()
         loss = (logs or {}).get("loss")
-        self._pending = None if loss is None else (batch, loss)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check_pending()
-
-    def _check_pending(self):
-        if self._pending is None:
+        if loss is None:
             return
-        batch, loss = self._pending
-        self._pending = None
         loss = float(keras.ops.convert_to_numpy(loss))
         if not math.isfinite(loss):
             raise NonFiniteLossError(

@@ -173,23 +173,42 @@ def test_run_folder_of_another_configuration(tiny_preset, tmp_path):
 
 
 class PoisonAdapter(keras.callbacks.Callback):
-    """Writes a NaN into a LoRA factor after the first batch."""
+    """Writes a NaN into a LoRA factor after the first batch: at its end,
+    or (`at_begin`) before the second, which leaves Keras free to run the
+    batch-end checks on a worker thread."""
 
-    def on_train_batch_end(self, batch, logs=None):
+    def __init__(self, at_begin=False):
+        super().__init__()
+        if at_begin:
+            self.on_train_batch_begin = self._poison_before
+        else:
+            self.on_train_batch_end = self._poison_after
+
+    def _poison_after(self, batch, logs=None):
         if batch == 0:
-            variable = next(iter(lora_variables(self.model).values()))
-            value = keras.ops.convert_to_numpy(variable.value).copy()
-            value.flat[0] = np.nan
-            variable.assign(value)
+            self._poison()
+
+    def _poison_before(self, batch, logs=None):
+        if batch == 1:
+            self._poison()
+
+    def _poison(self):
+        variable = next(iter(lora_variables(self.model).values()))
+        value = keras.ops.convert_to_numpy(variable.value).copy()
+        value.flat[0] = np.nan
+        variable.assign(value)
 
 
-def test_non_finite_loss_stops_and_changes_nothing(tiny_preset, two_tasks):
+@pytest.mark.parametrize("at_begin", [False, True], ids=["sync", "async"])
+def test_non_finite_loss_stops_and_changes_nothing(
+    tiny_preset, two_tasks, at_begin
+):
     learner = new_learner(tiny_preset, two_tasks)
     learn(learner, two_tasks[0])
     before = learner.global_state
     matrix = learner.evaluate_all().matrix
     with pytest.raises(NonFiniteLossError, match=r"'shape'.*step 2"):
-        learn(learner, two_tasks[1], callbacks=[PoisonAdapter()])
+        learn(learner, two_tasks[1], callbacks=[PoisonAdapter(at_begin)])
     assert learner.learned_task_names == [two_tasks[0].name]
     np.testing.assert_array_equal(learner.evaluate_all().matrix, matrix)
     live = AdapterState.from_model(learner)
