@@ -341,6 +341,170 @@ def test_write_llava_json_round_trip(tmp_path):
         datasets.write_llava_json({}, tmp_path / "x.json", tmp_path)
 
 
+def _coin_eval_record(image, question_id, question, answer):
+    """A record of CoIN's evaluation files (no conversations)."""
+    return {
+        "question_id": question_id,
+        "image": image,
+        "text": f"{question}\nAnswer the question using a single word.",
+        "answer": answer,
+    }
+
+
+def _write_json(path, content):
+    with open(path, "w") as f:
+        json.dump(content, f)
+    return path
+
+
+def test_load_llava_json_reads_the_annotators_answers(tmp_path):
+    # Answers in the records: a list of str, or VQAv2/VizWiz dicts.
+    first = dict(
+        _record("a.png", "What color?", "Red"),
+        answers=[" Red", "red", "ORANGE"],
+    )
+    second = dict(
+        _record("b.jpg", "Is it big?", "yes"),
+        answers=[
+            {"answer": "Yes", "answer_confidence": "yes"},
+            {"answer": "no"},
+        ],
+    )
+    path = _write_llava(tmp_path, [first, second])
+    split = datasets.load_llava_json(path, tmp_path, image_size=16)
+    assert datasets.validate_split(split) == 2
+    assert list(split["responses"]) == ["red", "yes"]
+    assert list(split["answers"]) == [["red", "red", "orange"], ["yes", "no"]]
+
+    # CoIN's evaluation records joined on question_id with TextVQA's file.
+    records = [
+        _coin_eval_record("a.png", 11, "What does it say?", "Stop"),
+        _coin_eval_record("b.jpg", "12", "Which brand?", "acme"),
+    ]
+    path = _write_llava(tmp_path, records)
+    textvqa = _write_json(
+        tmp_path / "textvqa.json",
+        {
+            "dataset_name": "textvqa",
+            "data": [
+                {"question_id": 12, "answers": ["ACME", "acme co"]},
+                {"question_id": 11, "answers": ["stop", "Stop ", "halt"]},
+            ],
+        },
+    )
+    split = datasets.load_llava_json(
+        path, tmp_path, image_size=16, annotations_path=textvqa
+    )
+    assert list(split["prompts"]) == [
+        "answer en What does it say? Answer the question using a single "
+        "word.\n",
+        "answer en Which brand? Answer the question using a single word.\n",
+    ]
+    assert list(split["responses"]) == ["stop", "acme"]
+    assert list(split["answers"]) == [
+        ["stop", "stop", "halt"],
+        ["acme", "acme co"],
+    ]
+
+    # VQAv2's annotation file: entries under "annotations", dict answers.
+    vqav2 = _write_json(
+        tmp_path / "vqav2.json",
+        {
+            "annotations": [
+                {
+                    "question_id": qid,
+                    "multiple_choice_answer": "x",
+                    "answers": [
+                        {"answer": a, "answer_id": i + 1}
+                        for i, a in enumerate(answers)
+                    ],
+                }
+                for qid, answers in ((11, ["two", "2"]), (12, ["no"] * 3))
+            ]
+        },
+    )
+    split = datasets.load_llava_json(
+        path, tmp_path, image_size=16, annotations_path=vqav2
+    )
+    assert list(split["answers"]) == [["two", "2"], ["no", "no", "no"]]
+
+    # Without answers anywhere, the split has no "answers" key.
+    split = datasets.load_llava_json(path, tmp_path, image_size=16)
+    assert "answers" not in split
+    assert list(split["responses"]) == ["stop", "acme"]
+
+
+def test_load_llava_json_answer_errors(tmp_path):
+    with_answers = dict(_record("a.png", "Q?", "a"), answers=["a", "b"])
+    without = _record("b.jpg", "Q?", "b")
+    path = _write_llava(tmp_path, [with_answers, without])
+    with pytest.raises(ValueError, match="Record 1: the annotators' answers"):
+        datasets.load_llava_json(path, tmp_path)
+    path = _write_llava(tmp_path, [dict(with_answers, answers=[])])
+    with pytest.raises(ValueError, match="Record 0: 'answers' is empty"):
+        datasets.load_llava_json(path, tmp_path)
+    path = _write_llava(tmp_path, [dict(with_answers, answers="a")])
+    with pytest.raises(ValueError, match="must be a list of str"):
+        datasets.load_llava_json(path, tmp_path)
+    two_questions = dict(with_answers)
+    two_questions["conversations"] = with_answers["conversations"] * 2
+    path = _write_llava(tmp_path, [two_questions])
+    with pytest.raises(ValueError, match="Record 0 has 2 questions"):
+        datasets.load_llava_json(path, tmp_path)
+    records = [_coin_eval_record("a.png", 5, "Q?", "a")]
+    path = _write_llava(tmp_path, records)
+    other = _write_json(
+        tmp_path / "ann.json", {"data": [{"question_id": 6, "answers": ["a"]}]}
+    )
+    with pytest.raises(ValueError, match="no annotation with its question_id"):
+        datasets.load_llava_json(path, tmp_path, annotations_path=other)
+    with pytest.raises(ValueError, match="Annotation file not found"):
+        datasets.load_llava_json(
+            path, tmp_path, annotations_path=tmp_path / "missing.json"
+        )
+    bad = _write_json(tmp_path / "bad.json", {"questions": []})
+    with pytest.raises(ValueError, match="'annotations' \\(VQAv2\\)"):
+        datasets.load_llava_json(path, tmp_path, annotations_path=bad)
+    no_answer = [{"question_id": 1, "image": "a.png", "text": "Q?"}]
+    path = _write_llava(tmp_path, no_answer)
+    with pytest.raises(ValueError, match="no 'answer' or 'answers'"):
+        datasets.load_llava_json(path, tmp_path)
+
+
+def test_vqa_task_without_answers_is_refused(tmp_path):
+    path = _write_llava(tmp_path, [_record("a.png", "What color?", "red")])
+    test = datasets.load_llava_json(path, tmp_path, image_size=16)
+    with pytest.raises(ValueError, match="Task 'TextVQA': metric 'vqa'"):
+        datasets.Task("TextVQA", train=test, test=test, metric="vqa")
+    # Exact match needs no answers; with answers, "vqa" is accepted.
+    assert datasets.Task("GQA", train=test, test=test, metric="exact")
+    scored = dict(test, answers=datasets.object_array([["red", "red"]]))
+    task = datasets.Task("TextVQA", train=test, test=scored, metric="vqa")
+    assert task.num_test == 1
+
+
+def test_write_llava_json_round_trip_keeps_answers(tmp_path):
+    task = datasets.make_task("color", num_train=1, num_test=3, image_size=32)
+    assert task.metric == "vqa"
+    split = dict(task.test)
+    split["answers"] = datasets.object_array(
+        [["Red", "red", "blue"], ["green"], ["a", "b", "c", "d"]]
+    )
+    path = datasets.write_llava_json(split, tmp_path / "test.json", tmp_path)
+    with open(path) as f:
+        records = json.load(f)
+    assert records[1]["answers"] == ["green"]
+    loaded = datasets.load_llava_json(path, tmp_path, image_size=32)
+    assert list(loaded["answers"]) == [
+        ["red", "red", "blue"],
+        ["green"],
+        ["a", "b", "c", "d"],
+    ]
+    np.testing.assert_array_equal(loaded["responses"], task.test["responses"])
+    rebuilt = datasets.Task("color", task.train, loaded, metric="vqa")
+    assert rebuilt.num_test == 3
+
+
 # TFDS -----------------------------------------------------------------------
 
 

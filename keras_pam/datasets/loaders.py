@@ -11,6 +11,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from keras_pam.data import as_examples
 from keras_pam.datasets.registry import object_array
 
 IMAGE_TOKEN = "<image>"
@@ -44,12 +45,84 @@ def _to_split(images, prompts, responses, answers=None):
     return split
 
 
+def _answer_list(raw, where):
+    """Annotators' answers as stripped, lower-cased str, like responses.
+
+    Takes a list of str (TextVQA's `"answers"`) or of dicts with an
+    `"answer"` key (VQAv2's and VizWiz's `"answers"`).
+    """
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
+        raise ValueError(
+            f"{where}: 'answers' must be a list of str or of dicts with an "
+            f"'answer' key; got {raw!r}."
+        )
+    items = []
+    for item in raw:
+        if isinstance(item, dict):
+            item = item.get("answer")
+        if not isinstance(item, str):
+            raise ValueError(
+                f"{where}: every entry of 'answers' must be a str or a dict "
+                f"with a str 'answer'; got {raw!r}."
+            )
+        items.append(item.strip().lower())
+    if not items:
+        raise ValueError(f"{where}: 'answers' is empty.")
+    return items
+
+
+def _load_annotations(path):
+    """Maps `str(question_id)` to its answers, from a VQA-style file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Invalid JSON in {path}: {error}") from error
+    entries = content
+    if isinstance(content, dict):
+        # VQAv2 keeps its entries under "annotations", TextVQA under "data".
+        entries = content.get("annotations", content.get("data"))
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{path} must hold a list of annotations, or a dict with an "
+            "'annotations' (VQAv2) or 'data' (TextVQA) list."
+        )
+    table = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "question_id" not in entry:
+            raise ValueError(
+                f"{path}: annotation {index} has no 'question_id'."
+            )
+        table[str(entry["question_id"])] = _answer_list(
+            entry.get("answers"), f"{path}: annotation {index}"
+        )
+    return table
+
+
 def _conversation_pairs(record, index):
     conversations = record.get("conversations")
+    if conversations is None and "text" in record:
+        # CoIN's evaluation files: one question ("text") per record, with
+        # its reference in "answer" (or only the annotators' "answers").
+        if "answer" in record:
+            answer = str(record["answer"])
+        elif "answers" in record:
+            answer = _most_common(
+                _answer_list(record["answers"], f"Record {index}")
+            )
+        else:
+            raise ValueError(
+                f"Record {index} has a 'text' question but no 'answer' or "
+                f"'answers' (keys: {sorted(record)})."
+            )
+        return [(_clean_text(str(record["text"])), answer.strip())]
     if not isinstance(conversations, list) or not conversations:
         raise ValueError(
-            f"Record {index} has no 'conversations' list "
-            f"(keys: {sorted(record)})."
+            f"Record {index} has no 'conversations' list nor CoIN's 'text' "
+            f"question (keys: {sorted(record)})."
         )
     pairs = []
     question = None
@@ -78,17 +151,40 @@ def load_llava_json(
     image_size=224,
     prompt_prefix="answer en ",
     max_examples=None,
+    annotations_path=None,
 ):
     """Loads a LLaVA / CoIN-style instruction JSON file into a split.
 
     The file holds a list of records, each with an `"image"` path relative
-    to `image_root` and a `"conversations"` list of turns
-    `{"from": "human" | "gpt", "value": str}`. Every human turn followed by
-    a gpt turn becomes one example: the prompt is `prompt_prefix` + the
-    question with the `<image>` token removed and whitespace (newlines
-    included) folded into single spaces + `"\\n"`; the response is the gpt
-    answer, stripped and lower-cased. Images are converted to RGB and resized
-    to `image_size` x `image_size` (bilinear, aspect ratio not kept).
+    to `image_root` and either a `"conversations"` list of turns
+    `{"from": "human" | "gpt", "value": str}` (LLaVA, CoIN's training
+    files) or a `"text"` question with its `"answer"` (CoIN's evaluation
+    files, `{"question_id", "image", "text", "answer"}`). Every human turn
+    followed by a gpt turn, or every `"text"`, becomes one example: the
+    prompt is `prompt_prefix` + the question with the `<image>` token
+    removed and whitespace (newlines included) folded into single spaces +
+    `"\\n"`; the response is the answer, stripped and lower-cased. Images
+    are converted to RGB and resized to `image_size` x `image_size`
+    (bilinear, aspect ratio not kept).
+
+    CoIN's own files carry one reference answer per question; the
+    annotators' answers that VQA soft accuracy needs (TextVQA, VizWiz,
+    VQAv2) live in the original datasets' annotation files. They are read
+    from either of:
+
+    - an `"answers"` field of the record: a list of str (TextVQA's form,
+      and what `write_llava_json` writes) or of `{"answer": str}` dicts
+      (VQAv2's and VizWiz's form);
+    - `annotations_path`: a JSON file of entries with a `"question_id"` and
+      such `"answers"`, either a list of entries or a dict holding them
+      under `"annotations"` (VQAv2's `v2_mscoco_val2014_annotations.json`)
+      or `"data"` (TextVQA's `TextVQA_0.5.1_val.json`). Records are matched
+      on `str(record["question_id"])`, as CoIN's TextVQA evaluation does.
+
+    A record's own `"answers"` take precedence over `annotations_path`.
+    The answers are stripped and lower-cased like the responses. A `"text"`
+    record with `"answers"` but no `"answer"` gets the most common answer
+    (ties to the first seen) as its response.
 
     Args:
         json_path: str. Path of the JSON file.
@@ -98,14 +194,22 @@ def load_llava_json(
             `"answer en "`.
         max_examples: int, optional. Stop after this many examples.
             Defaults to `None` (all).
+        annotations_path: str, optional. A VQA-style annotation file with
+            the annotators' answers, see above. Defaults to `None` (only
+            the records' own `"answers"`).
 
     Returns:
-        A split dict with `"images"`, `"prompts"` and `"responses"`.
+        A split dict with `"images"`, `"prompts"`, `"responses"` and, when
+        the records or `annotations_path` give the annotators' answers,
+        `"answers"` (a non-empty list of str per example).
 
     Raises:
-        ValueError: if the file is missing or not a non-empty JSON list, a
-            record has no image or no usable conversation, an image file is
-            missing, or no example is produced.
+        ValueError: if a file is missing or not valid JSON, the file is not
+            a non-empty JSON list, a record has no image or no usable
+            question and answer, an image file is missing, answers are
+            malformed, given for only some of the examples, given for a
+            record with several questions, or missing from
+            `annotations_path` for a record, or no example is produced.
 
     Example:
 
@@ -125,6 +229,14 @@ def load_llava_json(
         json.dump(records, f)
     split = load_llava_json(path, root, image_size=32)
     print(split["prompts"][0], split["responses"][0])
+
+    # CoIN's evaluation form, with the annotators' answers.
+    records = [{"question_id": 7, "image": "a.png", "text": "Color?",
+                "answer": "red", "answers": ["red", "Red", "orange"]}]
+    with open(path, "w") as f:
+        json.dump(records, f)
+    split = load_llava_json(path, root, image_size=32)
+    print(split["answers"][0])  # ['red', 'red', 'orange']
     ```
     """
     json_path = os.fspath(json_path)
@@ -141,13 +253,28 @@ def load_llava_json(
             f"{json_path} must hold a non-empty JSON list of records, "
             f"got {type(records).__name__} {str(records)[:40]}."
         )
-    images, prompts, responses = [], [], []
+    table = None
+    if annotations_path is not None:
+        table = _load_annotations(annotations_path)
+    images, prompts, responses, answers = [], [], [], []
     for index, record in enumerate(records):
         if max_examples is not None and len(prompts) >= max_examples:
             break
         if not isinstance(record, dict) or not record.get("image"):
             raise ValueError(f"Record {index} has no 'image' field.")
         pairs = _conversation_pairs(record, index)
+        items = _annotators_answers(record, index, table, json_path)
+        if items is not None and len(pairs) > 1:
+            raise ValueError(
+                f"Record {index} has {len(pairs)} questions but one list of "
+                "'answers'; the answers cannot be assigned to a question."
+            )
+        if prompts and (items is None) != (answers[-1] is None):
+            raise ValueError(
+                f"Record {index}: the annotators' answers are given for "
+                "some examples of the file and not for others; give them "
+                "for all or none."
+            )
         image_path = os.path.join(image_root, record["image"])
         if not os.path.isfile(image_path):
             raise ValueError(
@@ -161,9 +288,31 @@ def load_llava_json(
             images.append(pixels)
             prompts.append(prompt_prefix + question + "\n")
             responses.append(answer.lower())
+            answers.append(items)
     if not prompts:
         raise ValueError(f"No examples were loaded from {json_path}.")
-    return _to_split(images, prompts, responses)
+    return _to_split(
+        images,
+        prompts,
+        responses,
+        answers=None if answers[0] is None else answers,
+    )
+
+
+def _annotators_answers(record, index, table, json_path):
+    """A record's annotators' answers, or `None` when none are given."""
+    if "answers" in record:
+        return _answer_list(record["answers"], f"Record {index}")
+    if table is None:
+        return None
+    key = str(record.get("question_id"))
+    if "question_id" not in record or key not in table:
+        raise ValueError(
+            f"Record {index} of {json_path}: no annotation with its "
+            f"question_id ({record.get('question_id')!r}) in the "
+            "annotation file."
+        )
+    return table[key]
 
 
 def write_llava_json(
@@ -175,8 +324,11 @@ def write_llava_json(
     its image saved as a PNG file `<image_folder>/<index>.png` under
     `image_root` and one human turn (`"<image>\\n"` + the question, the
     prompt without `prefix` and its final `"\\n"`) followed by a gpt turn
-    (the response). Useful to hand generated data to tools that read the
-    CoIN format, and to exercise `load_llava_json` on local files.
+    (the response). A split with `"answers"` also writes each example's
+    annotators' answers as the record's `"answers"` list of str, which
+    `load_llava_json` reads back. Useful to hand generated data to tools
+    that read the CoIN format, and to exercise `load_llava_json` on local
+    files.
 
     Args:
         split: dict. A split (see `validate_split`).
@@ -205,6 +357,14 @@ def write_llava_json(
     )
     split = datasets.load_llava_json(path, root, image_size=32)
     assert list(split["responses"]) == list(task.train["responses"])
+
+    # A VQA-scored task keeps its annotators' answers.
+    task = datasets.make_task("color", num_train=4, num_test=4)
+    path = datasets.write_llava_json(
+        task.test, os.path.join(root, "test.json"), root
+    )
+    split = datasets.load_llava_json(path, root, image_size=32)
+    assert list(split["answers"]) == list(task.test["answers"])
     ```
     """
     from keras_pam.datasets.registry import validate_split
@@ -219,6 +379,10 @@ def write_llava_json(
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     folder = os.path.join(os.fspath(image_root), image_folder)
     os.makedirs(folder, exist_ok=True)
+    answers = None
+    if "answers" in split:
+        # The learner's own check: a non-empty list of str per example.
+        answers = as_examples(split, name="split")["answers"]
     records = []
     for index in range(count):
         relative = f"{image_folder}/{index}.png"
@@ -228,19 +392,20 @@ def write_llava_json(
         question = split["prompts"][index]
         if prefix and question.startswith(prefix):
             question = question[len(prefix) :]
-        records.append(
-            {
-                "id": str(index),
-                "image": relative,
-                "conversations": [
-                    {
-                        "from": "human",
-                        "value": IMAGE_TOKEN + "\n" + question.rstrip("\n"),
-                    },
-                    {"from": "gpt", "value": split["responses"][index]},
-                ],
-            }
-        )
+        record = {
+            "id": str(index),
+            "image": relative,
+            "conversations": [
+                {
+                    "from": "human",
+                    "value": IMAGE_TOKEN + "\n" + question.rstrip("\n"),
+                },
+                {"from": "gpt", "value": split["responses"][index]},
+            ],
+        }
+        if answers is not None:
+            record["answers"] = [str(answer) for answer in answers[index]]
+        records.append(record)
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(records, f, indent=1)
     return json_path

@@ -6,6 +6,7 @@ recipes (Beyer et al., 2024) and changed only the learning rate, which is
 `5e-4` for every task (see `PAPER_LEARNING_RATE`).
 """
 
+import collections.abc
 import dataclasses
 
 import numpy as np
@@ -31,10 +32,15 @@ class Task:
         name: str. The task name.
         train: dict. The training split.
         test: dict. The test split.
-        metric: str. `"vqa"` (VQA soft accuracy over `"answers"`) or
-            `"exact"` (exact match with `"responses"` after normalisation).
+        metric: str. `"vqa"` (VQA soft accuracy over `"answers"`, which
+            the test split must then have) or `"exact"` (exact match with
+            `"responses"` after normalisation).
         description: str. A short human-readable description. Defaults to
             `""`.
+
+    Raises:
+        ValueError: if `metric` is unknown, or is `"vqa"` while the test
+            split has no `"answers"`.
 
     Example:
 
@@ -64,6 +70,16 @@ class Task:
                 f"Task {self.name!r}: metric must be one of {METRICS}, "
                 f"got {self.metric!r}."
             )
+        if self.metric == "vqa" and not _has_answers(self.test):
+            # Without the annotators' answers the scorer falls back to exact
+            # match against one response, a different metric: refuse.
+            raise ValueError(
+                f"Task {self.name!r}: metric 'vqa' (VQA soft accuracy) needs "
+                "the annotators' answers, but its test split has no "
+                "'answers'. Load them (e.g. `load_llava_json(..., "
+                "annotations_path=...)` or `load_tfds` with a sequence "
+                "answer feature) or use metric='exact'."
+            )
 
     @property
     def num_train(self):
@@ -74,6 +90,11 @@ class Task:
     def num_test(self):
         """The number of test examples."""
         return len(self.test["responses"])
+
+
+def _has_answers(split):
+    """Whether a split (a dict) carries the annotators' `"answers"`."""
+    return isinstance(split, collections.abc.Mapping) and "answers" in split
 
 
 def object_array(items):
