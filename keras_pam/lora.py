@@ -81,9 +81,80 @@ def enable_lora(backbone, rank, alpha=None, target_layer_names=None):
         )
     for layer in layers:
         layer.lora_alpha = float(alpha if alpha is not None else rank)
-        bias = getattr(layer, "bias", None)
-        if bias is not None:
-            bias.trainable = False
+    freeze_all_but_lora_factors(backbone)
+    return layers
+
+
+def freeze_all_but_lora_factors(backbone):
+    """Freeze every trainable weight of `backbone` but the LoRA factors.
+
+    KerasHub's `enable_lora` freezes the backbone but leaves the layers it
+    adapts trainable, so their biases train too. A bias trained that way
+    is outside the adapter: no clone, alignment, merge or reset touches
+    it, and it carries over from task to task. In keras_pam only the LoRA
+    factors train.
+
+    Args:
+        backbone: `keras_hub.models.PaliGemmaBackbone`. A LoRA-enabled
+            backbone.
+    """
+    for variable in backbone.trainable_weights:
+        if variable.name not in LORA_FACTOR_NAMES:
+            variable.trainable = False
+
+
+def adopt_lora(backbone, rank, alpha=None):
+    """Take a backbone that arrives with LoRA enabled, as `enable_lora`
+    would leave it.
+
+    LoRA may have been enabled by KerasHub: `backbone.enable_lora`, or
+    `backbone.load_lora_weights` on a fresh backbone, which enables it on
+    KerasHub's default targets with an `alpha` equal to the rank. The rank
+    and `alpha` of every adapted layer are checked against the requested
+    ones first, so a mismatch raises and leaves the backbone unchanged.
+    Then, as in `enable_lora`, every trainable weight but the LoRA factors
+    (the biases of the adapted layers) is frozen.
+
+    Args:
+        backbone: `keras_hub.models.PaliGemmaBackbone`. A backbone with LoRA
+            enabled.
+        rank: int. The LoRA rank the backbone must have.
+        alpha: float. The LoRA scale numerator every adapted layer must
+            have. Defaults to `None`, which means `rank` (Keras's and
+            KerasHub's default).
+
+    Returns:
+        The list of adapted layers, in KerasHub's `.lora.h5` order.
+
+    Example:
+    ```python
+    causal_lm = keras_pam.models.build_tiny_pali_gemma()
+    causal_lm.backbone.enable_lora(4)  # KerasHub: biases stay trainable.
+    keras_pam.lora.adopt_lora(causal_lm.backbone, rank=4)
+    ```
+    """
+    layers = adapted_layers(backbone)
+    if not layers:
+        raise ValueError("The backbone has no LoRA to adopt.")
+    ranks = {int(layer.lora_rank) for layer in layers}
+    if ranks != {rank} or backbone._lora_rank != rank:
+        raise ValueError(
+            f"`causal_lm` already has LoRA of rank "
+            f"{backbone._lora_rank}, not `rank`={rank}."
+        )
+    requested = float(alpha if alpha is not None else rank)
+    alphas = sorted({float(layer.lora_alpha) for layer in layers})
+    if alphas != [requested]:
+        found = alphas[0] if len(alphas) == 1 else alphas
+        raise ValueError(
+            f"`causal_lm` already has LoRA with alpha {found}, but the "
+            f"requested alpha is {requested} (`alpha`={alpha!r}; `None` "
+            f"means the rank, {rank}). KerasHub's `enable_lora` and "
+            "`load_lora_weights` set alpha to the rank. Pass "
+            "`alpha` equal to the model's, or set `lora_alpha` on every "
+            "layer of `keras_pam.lora.adapted_layers(backbone)` first."
+        )
+    freeze_all_but_lora_factors(backbone)
     return layers
 
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from keras_pam import data as data_lib
 from keras_pam.in_step_update import InStepCache
+from keras_pam.lora import adopt_lora
 from keras_pam.lora import enable_lora
 from keras_pam.lora import lora_variables
 from keras_pam.lora import quantize_base
@@ -26,7 +27,10 @@ class LoRAModel(keras.Model):
 
     Args:
         causal_lm: `keras_hub.models.PaliGemmaCausalLM`. The model, with its
-            preprocessor. LoRA is enabled on it unless it already is.
+            preprocessor. LoRA is enabled on it unless it already is; a
+            model that has LoRA (e.g. from KerasHub's `enable_lora` or
+            `load_lora_weights`) must have `rank` and `alpha`, and its
+            biases are frozen (`keras_pam.lora.adopt_lora`).
         rank: int. LoRA rank. Defaults to `32` (the paper's).
         alpha: float. LoRA scale numerator, the update is
             `(alpha / rank) A B`. Defaults to `None` (equal to `rank`).
@@ -64,11 +68,9 @@ class LoRAModel(keras.Model):
             # Before LoRA: quantisation replaces the kernels.
             quantize_base(backbone, quantize)
         if getattr(backbone, "_lora_enabled_layers", None):
-            if backbone._lora_rank != rank:
-                raise ValueError(
-                    f"`causal_lm` already has LoRA of rank "
-                    f"{backbone._lora_rank}, not `rank`={rank}."
-                )
+            # Enabled elsewhere (e.g. by KerasHub): checked, and its biases
+            # frozen, so that here too only the LoRA factors train.
+            adopt_lora(backbone, rank, alpha)
         else:
             enable_lora(backbone, rank, alpha, target_layer_names)
         self.rank = rank

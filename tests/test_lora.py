@@ -9,6 +9,7 @@ from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
 from keras_pam.lora import AdapterState
 from keras_pam.lora import adapted_layers
 from keras_pam.lora import enable_lora
+from keras_pam.lora_model import LoRAModel
 
 # The tiny model: 2 Gemma blocks x 7 projections + 2 SigLIP blocks x 6.
 NUM_ADAPTED_LAYERS = 2 * 7 + 2 * 6
@@ -156,3 +157,53 @@ def test_load_refuses_other_rank_and_keeps_state(
         learner.save_adapter(str(tmp_path / "adapter.h5"))
     with pytest.raises(FileNotFoundError):
         learner.load_adapter(str(tmp_path / "missing.lora.h5"))
+
+
+def keras_hub_lora_model(tiny_preset, target_layer_names):
+    """The tiny model with LoRA enabled by KerasHub, not by keras_pam."""
+    causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(tiny_preset)
+    causal_lm.backbone.enable_lora(4, target_layer_names=target_layer_names)
+    # KerasHub leaves the biases of the adapted layers trainable.
+    assert any(v.name == "bias" for v in causal_lm.trainable_weights)
+    return causal_lm
+
+
+@pytest.mark.parametrize(
+    "target_layer_names",
+    # keras_pam's targets, and KerasHub's defaults (which its
+    # `load_lora_weights` enables on a backbone without LoRA).
+    [list(PALI_GEMMA_LORA_TARGETS), None],
+    ids=["keras_pam_targets", "keras_hub_defaults"],
+)
+@pytest.mark.parametrize("model_class", [LoRAModel, ContinualLearner])
+def test_model_with_lora_enabled_trains_only_the_factors(
+    tiny_preset, target_layer_names, model_class
+):
+    causal_lm = keras_hub_lora_model(tiny_preset, target_layer_names)
+    layers = adapted_layers(causal_lm.backbone)
+    model = model_class(causal_lm, rank=4)
+    # As on the normal path: exactly the factors of every adapted layer.
+    expected = {id(layer.lora_kernel_a) for layer in layers}
+    expected |= {id(layer.lora_kernel_b) for layer in layers}
+    assert {id(v) for v in model.trainable_weights} == expected
+    assert len(model.trainable_weights) == 2 * len(layers)
+    for layer in layers:
+        if getattr(layer, "bias", None) is not None:
+            assert not layer.bias.trainable
+
+
+def test_model_with_lora_enabled_must_have_the_requested_alpha(tiny_preset):
+    causal_lm = keras_hub_lora_model(tiny_preset, list(PALI_GEMMA_LORA_TARGETS))
+    trainable = [v.path for v in causal_lm.trainable_weights]
+    # KerasHub's alpha is the rank, 4.
+    with pytest.raises(ValueError, match=r"alpha 4\.0.*requested alpha is 8"):
+        ContinualLearner(causal_lm, rank=4, alpha=8.0)
+    with pytest.raises(ValueError, match="rank 4, not `rank`=2"):
+        LoRAModel(causal_lm, rank=2)
+    # Refused before anything changed.
+    assert [v.path for v in causal_lm.trainable_weights] == trainable
+    # Equal alphas are accepted.
+    for layer in adapted_layers(causal_lm.backbone):
+        layer.lora_alpha = 8.0
+    learner = ContinualLearner(causal_lm, rank=4, alpha=8.0)
+    assert {v.name for v in learner.trainable_weights} == set(LORA_FACTOR_NAMES)

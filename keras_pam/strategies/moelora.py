@@ -253,6 +253,28 @@ class MoELoRA(Strategy):
     is evaluated. With `B = 0` (the initial adapter) every layer is its
     base layer, so the zero-shot row is the base model's.
 
+    Departure from CoIN: the rank of an expert. CoIN's MoELoRA
+    (`CoINMOELoraLinear` and its LLaVA `Train_MOE` scripts) gives every
+    adapted linear layer one LoRA of rank `r = 128` (`lora_alpha = 256`)
+    split into 8 experts of rank `r / 8 = 16`, with the scale
+    `lora_alpha / r` of the whole rank, as here. This strategy splits
+    the learner's rank `R` instead: at the paper's `R = 32` (App. A: "a
+    LoRA rank of 32 for all baselines") the 8 default experts have rank
+    4, not 16. Why: the paper gives every baseline a rank-32 LoRA, and
+    here the experts are the learner's one rank-`R` adapter, the adapter
+    that every method of a run trains, saves (`.lora.h5`, checkpoints)
+    and is compared with on the same model. Splitting it keeps MoELoRA at
+    the paper's parameter budget (the routers aside) instead of 4 times
+    it (128 / 32).
+    CoIN's expert rank is reached with `rank=128, alpha=256` and
+    `num_experts=8` (CoIN's setting), or with `rank=32, num_experts=2`
+    (the paper's budget). Also unlike CoIN: the router kernel starts at
+    zero (a uniform gate; CoIN's starts at PyTorch's random `Linear`
+    initialisation), the `A` factors are the learner's initial adapter
+    (He-uniform; CoIN draws them from a normal of standard deviation
+    0.01), there is no LoRA dropout (CoIN's default is 0.05), and both
+    towers are adapted (CoIN adapts the language model only).
+
     The routers are not part of the adapter: `AdapterState` and the
     `.lora.h5` files of `save_adapter` hold the LoRA factors only. The
     routers are the strategy's state (`get_state`, which the learner's
@@ -261,8 +283,9 @@ class MoELoRA(Strategy):
 
     Args:
         num_experts: int. The number of LoRA experts per layer; the
-            learner's rank must be a multiple of it. Defaults to `8`
-            (CoIN's: 8 experts of rank 16 for a rank of 128).
+            learner's rank `R` must be a multiple of it, and each expert
+            has rank `R / num_experts`. Defaults to `8` (CoIN's number;
+            CoIN's experts have rank 16, see above).
 
     Example:
     ```python
