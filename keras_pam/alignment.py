@@ -245,9 +245,75 @@ def _compiled_conflict_count(p, scope):
     return compiled(("conflict_count", p, scope), lambda: count)
 
 
-def misaligned_fraction(temporary, global_state, p=0.5, scope="tensor"):
+def _compiled_opposed_count():
+    """The number of entries whose sign the temporary adapter strictly
+    opposes to the global one, over all entries; compiled once."""
+
+    def count(temps, globals_):
+        total = ops.convert_to_tensor(0, "int32")
+        for temp, global_ in zip(temps, globals_):
+            # Signs, not `temp * global_ < 0`: a product of two tiny
+            # entries can underflow to zero and hide the conflict.
+            product = ops.multiply(
+                ops.sign(temp), ops.sign(ops.cast(global_, temp.dtype))
+            )
+            total = total + ops.sum(ops.cast(product < 0, "int32"))
+        return total
+
+    if keras.backend.backend() != "jax":
+        return count  # Once per task; eager is fine.
+    return compiled(("opposed_count",), lambda: count)
+
+
+def _tensors(temporary, global_state):
+    paths = list(global_state)
+    temps = [ops.convert_to_tensor(temporary[k]) for k in paths]
+    globals_ = [ops.convert_to_tensor(global_state[k]) for k in paths]
+    return temps, globals_
+
+
+def misaligned_fraction_all(temporary, global_state):
+    """Of all adapter entries, the fraction whose sign the temporary
+    adapter strictly opposes to the global one.
+
+    This is the paper's count ("Improved model plasticity and capacity":
+    "29.41% of parameters across all layers are misaligned between the
+    global module and the most recent LoRA module"): every entry of every
+    LoRA factor is in the denominator, pooled over all factors, whatever
+    its magnitude. An entry that is zero in either adapter has no sign and
+    is not misaligned (at the first task every global `B` entry is zero,
+    so only `A` entries can count).
+
+    Args:
+        temporary: `AdapterState` or dict. The trained temporary adapter.
+        global_state: `AdapterState`. The global adapter it started from.
+
+    Returns:
+        A float in [0, 1].
+
+    Example:
+    ```python
+    g = AdapterState({"w": np.array([3.0, -1.0, 0.0, 2.0])})
+    w = AdapterState({"w": np.array([-1.0, 1.0, -4.0, 2.0])})
+    misaligned_fraction_all(w, g)  # 0.5: entries 0 and 1 of 4.
+    ```
+    """
+    temps, globals_ = _tensors(temporary, global_state)
+    opposed = _compiled_opposed_count()(temps, globals_)
+    total = sum(int(math.prod(t.shape)) for t in temps)
+    return int(ops.convert_to_numpy(opposed)) / total
+
+
+def misaligned_fraction_important(
+    temporary, global_state, p=0.5, scope="tensor"
+):
     """Of the important entries of the global adapter, the fraction whose
-    sign the temporary adapter strictly opposes (the paper's Fig. 3).
+    sign the temporary adapter strictly opposes.
+
+    Important is PAM's rule (`importance_mask`: non-zero and among the
+    top `p` magnitudes of its `scope`), so this counts the conflicts that
+    PAM's alignment at this `p` and `scope` re-initialises, unlike
+    `misaligned_fraction_all`, the paper's count over all entries.
 
     Args:
         temporary: `AdapterState` or dict. The trained temporary adapter.
@@ -256,19 +322,48 @@ def misaligned_fraction(temporary, global_state, p=0.5, scope="tensor"):
         scope: str. `"tensor"` or `"global"`. Defaults to `"tensor"`.
 
     Returns:
-        A float, or NaN when no global entry is important (the first
-        task, when every global factor is zero).
+        A float in [0, 1], or NaN when no global entry is important
+        (every global entry is zero).
+
+    Example:
+    ```python
+    g = AdapterState({"w": np.array([3.0, -1.0, 0.0, 2.0])})
+    w = AdapterState({"w": np.array([-1.0, 1.0, -4.0, 2.0])})
+    # Important: entries 0 and 3 (k = 2); entry 0 is opposed.
+    misaligned_fraction_important(w, g, p=0.5)  # 0.5
+    ```
     """
-    paths = list(global_state)
     count = _compiled_conflict_count(p, scope)
-    conflicts, important = count(
-        [ops.convert_to_tensor(temporary[k]) for k in paths],
-        [ops.convert_to_tensor(global_state[k]) for k in paths],
-    )
+    conflicts, important = count(*_tensors(temporary, global_state))
     important = int(ops.convert_to_numpy(important))
     if not important:
         return math.nan
     return int(ops.convert_to_numpy(conflicts)) / important
+
+
+def misalignment(temporary, global_state, p=0.5, scope="tensor"):
+    """Both misaligned fractions, keyed as `keras_pam.TaskReport` names
+    its fields: `misaligned_fraction_all` (over all entries, the paper's)
+    and `misaligned_fraction_important` (over the important entries at
+    `p` and `scope`).
+
+    Args:
+        temporary: `AdapterState` or dict. The trained temporary adapter.
+        global_state: `AdapterState`. The global adapter it started from.
+        p: float. Fraction of important global entries. Defaults to `0.5`.
+        scope: str. `"tensor"` or `"global"`. Defaults to `"tensor"`.
+
+    Returns:
+        A dict of two floats.
+    """
+    return {
+        "misaligned_fraction_all": misaligned_fraction_all(
+            temporary, global_state
+        ),
+        "misaligned_fraction_important": misaligned_fraction_important(
+            temporary, global_state, p, scope
+        ),
+    }
 
 
 def optimizer_slots(optimizer, variable):

@@ -11,6 +11,7 @@ from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.alignment_config import LEARNER_ARGUMENTS
 from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.evaluation_tasks import EvaluationTasks
+from keras_pam.learner_adapters import LearnerAdaptersMixin
 from keras_pam.lora import AdapterState
 from keras_pam.lora_model import LoRAModel
 from keras_pam.report import TaskReport
@@ -25,7 +26,7 @@ from keras_pam.training import train_step_key
 
 
 @keras.saving.register_keras_serializable(package="keras_pam")
-class ContinualLearner(RunFolderMixin, LoRAModel):
+class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
     """Teach a PaliGemma a sequence of tasks by aligned LoRA merging (PAM).
 
     The learner wraps a `keras_hub.models.PaliGemmaCausalLM` with LoRA on
@@ -245,11 +246,6 @@ class ContinualLearner(RunFolderMixin, LoRAModel):
             zero_shot = self.eval_tasks.score(name, self.initial_state)
             self.record.zero_shot[name] = zero_shot
 
-    def evaluate_task(self, eval_data):
-        """Accuracy of the global adapter on a split."""
-        examples = data_lib.as_examples(eval_data, self.image_size, "eval_data")
-        return self.scorer.score(examples)
-
     def _evaluate_zero_shot(self):
         missing = [n for n in self.eval_tasks if n not in self.record.zero_shot]
         if missing:
@@ -398,17 +394,6 @@ class ContinualLearner(RunFolderMixin, LoRAModel):
     def task_reports(self):
         """The `TaskReport` of every learned task, in order."""
         return self.record.task_reports
-
-    def save_adapter(self, filepath):
-        """Save the global adapter as a KerasHub `.lora.h5` file."""
-        self.global_state.save(filepath, self.causal_lm.backbone)
-
-    def load_adapter(self, filepath):
-        """Load a `.lora.h5` file (keras_pam's or KerasHub's) as the global
-        adapter. A file of another rank or model is refused unchanged."""
-        state = AdapterState.load(filepath, self.causal_lm.backbone)
-        state.assign_to(self)
-        self.global_state = state
 
     def get_config(self):
         config = super().get_config()

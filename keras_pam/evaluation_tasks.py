@@ -60,11 +60,8 @@ class EvaluationTasks(collections.abc.Mapping):
     def score_all(self, names, state):
         """The accuracies on `names` of the adapter `state`."""
         learner = self.learner
-        state.assign_to(learner)
-        try:
+        with learner.holding_adapter(state, then=learner.global_state):
             return {n: learner.scorer.score(self._examples[n]) for n in names}
-        finally:
-            learner.global_state.assign_to(learner)
 
     def row(self, strategy):
         """Score every task with the adapter `strategy` picks for it (the

@@ -405,8 +405,16 @@ def _safe_name(method):
 
 
 def check_settings(settings):
-    """Raise `ValueError` on an unknown order or task, before any work."""
+    """Raise `ValueError` on an unknown order or task, or on a method that
+    cannot run with the study's settings, before any work.
+
+    Every method is built as `run_method` builds it and checked against
+    the rank and each sequence's length
+    (`keras_pam.strategies.registry.check_strategy`), so that a study of
+    many methods does not stop after hours at its last one.
+    """
     from keras_pam import datasets
+    from keras_pam.strategies.registry import check_strategy
 
     if not settings.get("seeds"):
         raise ValueError("The seed list is empty.")
@@ -425,6 +433,26 @@ def check_settings(settings):
             )
     if settings["tasks"] is not None and not settings["tasks"]:
         raise ValueError("`--tasks` is empty.")
+    if settings["tasks"] is not None:
+        lengths = {len(settings["tasks"])}
+    else:
+        lengths = {len(datasets.ORDERS[order]) for order in settings["orders"]}
+    alignment = {
+        key: settings[key]
+        for key in ("p", "every", "reinit", "scope")
+        if key in settings
+    }
+    for method in settings.get("methods") or ():
+        for num_tasks in sorted(lengths):
+            try:
+                check_strategy(
+                    method,
+                    rank=settings.get("rank"),
+                    num_tasks=num_tasks,
+                    **alignment,
+                )
+            except ValueError as e:
+                raise ValueError(f"Method {method!r}: {e}") from e
 
 
 def check_log_dir(log_dir):

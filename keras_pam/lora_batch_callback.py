@@ -9,8 +9,9 @@ from keras_pam.lora import lora_variables
 class LoRABatchCallback(keras.callbacks.Callback):
     """A callback that reads or writes the LoRA factors between batches.
 
-    PAM's `SignAlignmentCallback`, O-LoRA's `FreezeRankSlices` and I-LoRA's
-    `ExponentialMovingAverage` are ones. The base gives them two things:
+    PAM's `SignAlignmentCallback`, `FreezeRankSlices` (which keeps rank
+    slices fixed) and I-LoRA's `ExponentialMovingAverage` are ones. The
+    base gives them two things:
 
     - `lora_variables()`, the model's LoRA factors reached through
       `self.model`. On JAX, `fit` keeps the training state outside the

@@ -1,5 +1,7 @@
 """`LoRAModel`: a KerasHub causal LM whose LoRA factors alone train."""
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -224,6 +226,20 @@ class LoRAModel(keras.Model):
         )
         dataset = dataset.map(lambda x, y, w: x)
         return np.asarray(self.predict(dataset, verbose=0), dtype="float32")
+
+    @contextlib.contextmanager
+    def holding_adapter(self, state, then):
+        """Inside the block the model holds the adapter `state` (an
+        `AdapterState`, or `None` for what it holds now); after it, `then`.
+        """
+        if state is None or state is then:
+            yield
+            return
+        state.assign_to(self)
+        try:
+            yield
+        finally:
+            then.assign_to(self)
 
     def generate(self, inputs, max_length=None, **kwargs):
         """Generate with the current adapter (`PaliGemmaCausalLM.generate`)."""

@@ -20,6 +20,16 @@ def _jsonable(value):
     return value
 
 
+# The `TaskReport` fields that `to_dict` writes as `None` when NaN.
+_FLOAT_FIELDS = (
+    "pre_merge_accuracy",
+    "post_merge_accuracy",
+    "misaligned_fraction_all",
+    "misaligned_fraction_important",
+    "seconds",
+)
+
+
 @dataclasses.dataclass
 class TaskReport:
     """What `ContinualLearner.learn_task` did on one task.
@@ -36,9 +46,17 @@ class TaskReport:
             over all alignments of the task.
         reinitialised_counts: list of int. The count of each alignment.
         num_entries: int. Entries of the adapter.
-        misaligned_fraction: float. Of the important global entries, the
-            fraction whose sign the final temporary adapter opposes; NaN for
-            the first task when the global `B` factors are all zero.
+        misaligned_fraction_all: float. Of all adapter entries, the
+            fraction whose sign the trained temporary adapter strictly
+            opposes to the previous global adapter: the paper's count of
+            misaligned parameters. NaN when not measured (reports of run
+            folders written before it existed).
+        misaligned_fraction_important: float. The same, of the important
+            global entries only (top-`p` magnitude in `scope`, at the
+            strategy's own `p` and `scope`, or the default
+            `AlignmentConfig`'s for a method without them): the entries
+            PAM's alignment protects. NaN when no global entry is
+            important.
         seconds: float. Wall time of the whole task, evaluation included.
         diagnostics: dict. What the strategy reported of the task beyond
             the fields above (`Strategy.task_diagnostics`).
@@ -52,7 +70,8 @@ class TaskReport:
     num_reinitialised: int = 0
     reinitialised_counts: list = dataclasses.field(default_factory=list)
     num_entries: int = 0
-    misaligned_fraction: float = math.nan
+    misaligned_fraction_all: float = math.nan
+    misaligned_fraction_important: float = math.nan
     seconds: float = 0.0
     diagnostics: dict = dataclasses.field(default_factory=dict)
 
@@ -66,6 +85,27 @@ class TaskReport:
         known = {k: diagnostics.pop(k) for k in list(diagnostics) if k in names}
         return cls(**fields, **known, diagnostics=diagnostics)
 
+    @classmethod
+    def from_dict(cls, tree):
+        """The report that `to_dict` wrote (NaN written as `None` reads
+        back as NaN).
+
+        A report written before the two misaligned fractions has one
+        `misaligned_fraction`: the fraction of the important entries, read
+        as `misaligned_fraction_important` (`misaligned_fraction_all` was
+        not measured and is NaN), so that an older run folder resumes.
+        """
+        tree = dict(tree)
+        if "misaligned_fraction" in tree:
+            tree.setdefault(
+                "misaligned_fraction_important",
+                tree.pop("misaligned_fraction"),
+            )
+        for name in _FLOAT_FIELDS:
+            if name in tree and tree[name] is None:
+                tree[name] = math.nan
+        return cls(**tree)
+
     def summary(self):
         """A one-line summary, as printed after each task."""
         loss = self.history.get("loss", [math.nan])[-1]
@@ -76,8 +116,19 @@ class TaskReport:
         )
         if self.reinitialised_counts:
             line += f", re-initialised {self.num_reinitialised} entries"
-        if not math.isnan(self.misaligned_fraction):
-            line += f", misaligned {100 * self.misaligned_fraction:.1f}%"
+        misaligned = []
+        if not math.isnan(self.misaligned_fraction_all):
+            misaligned.append(
+                f"{100 * self.misaligned_fraction_all:.1f}% of all entries"
+            )
+        if not math.isnan(self.misaligned_fraction_important):
+            ones = "ones" if misaligned else "entries"
+            misaligned.append(
+                f"{100 * self.misaligned_fraction_important:.1f}% of "
+                f"important {ones}"
+            )
+        if misaligned:
+            line += ", misaligned " + ", ".join(misaligned)
         return line + f" ({self.seconds:.1f}s)"
 
     def to_dict(self):

@@ -88,7 +88,7 @@ class RunFolder:
             self.backup_dir, task_name, callbacks, history, restore
         )
 
-    def commit(self, index, tree, global_state, backbone):
+    def commit(self, index, tree, global_state, backbone, evaluation=None):
         """Commit the checkpoint after task `index`; drop the task backup.
 
         Args:
@@ -96,12 +96,20 @@ class RunFolder:
             tree: dict. The state tree (`keras_pam.checkpoint.save_tree`).
             global_state: `AdapterState`. Also written as `global.lora.h5`
                 (KerasHub's format, for users).
-            backbone: the model's backbone, for the `.lora.h5` file.
+            backbone: the model's backbone, for the `.lora.h5` files.
+            evaluation: `AdapterState`. The adapter the accuracy matrix
+                scores when the task is not known, written as
+                `evaluation.lora.h5` when it is not the global adapter
+                (MagMax's merge). Defaults to `None`.
         """
 
         def write(folder):
             checkpoint.save_tree(folder, tree)
             global_state.save(os.path.join(folder, "global.lora.h5"), backbone)
+            if evaluation is not None and evaluation is not global_state:
+                evaluation.save(
+                    os.path.join(folder, "evaluation.lora.h5"), backbone
+                )
 
         checkpoint.commit(self.path, f"task_{index:04d}", write)
         shutil.rmtree(self.backup_dir, ignore_errors=True)
@@ -273,6 +281,7 @@ class RunFolderMixin:
             tree,
             self.global_state,
             self.causal_lm.backbone,
+            evaluation=self.evaluation_adapter(),
         )
 
     def _restore(self, tree):

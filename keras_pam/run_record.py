@@ -54,7 +54,9 @@ class RunRecord:
             rows=[dict(row) for row in tree["rows"]],
             zero_shot=dict(tree["zero_shot"]),
             pre_merge=dict(tree["pre_merge"]),
-            task_reports=[TaskReport(**r) for r in tree["task_reports"]],
+            task_reports=[
+                TaskReport.from_dict(r) for r in tree["task_reports"]
+            ],
         )
 
     def eval_task_names(self, registered):

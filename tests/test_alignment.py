@@ -110,6 +110,95 @@ def test_conflict_count_matches_mask_and_align(scope):
     )
 
 
+def numpy_misaligned_fractions(temporary, global_state, p, scope):
+    """Both misaligned fractions, written again in numpy from the rule:
+    over all entries, and over the important ones (non-zero, top
+    `ceil(p * n)` magnitudes per tensor or over all, ties kept)."""
+    paths = list(global_state)
+    temps = [np.asarray(temporary[k], "float64") for k in paths]
+    globals_ = [np.asarray(global_state[k], "float64") for k in paths]
+    opposed = [np.sign(t) * np.sign(g) < 0 for t, g in zip(temps, globals_)]
+    all_fraction = sum(o.sum() for o in opposed) / sum(t.size for t in temps)
+
+    def tau(magnitudes):
+        k = max(1, int(np.ceil(round(p * magnitudes.size, 6))))
+        return np.sort(magnitudes, axis=None)[::-1][k - 1]
+
+    if scope == "global":
+        flat = np.concatenate([np.abs(g).ravel() for g in globals_])
+        taus = [tau(flat)] * len(globals_)
+    else:
+        taus = [tau(np.abs(g)) for g in globals_]
+    important = [(np.abs(g) >= t) & (g != 0) for g, t in zip(globals_, taus)]
+    num_important = sum(m.sum() for m in important)
+    conflicts = sum((o & m).sum() for o, m in zip(opposed, important))
+    important_fraction = (
+        conflicts / num_important if num_important else float("nan")
+    )
+    return all_fraction, important_fraction
+
+
+def random_states(seed):
+    """A global and a temporary adapter with zeros in both (a zero `B`
+    factor, scattered zeros) and a tie."""
+    rng = np.random.default_rng(seed)
+    g = {
+        "a": rng.normal(size=(5, 4, 3)).astype("float32"),
+        "b": np.zeros((3, 4), "float32"),
+        "c": rng.normal(size=(7,)).astype("float32"),
+    }
+    g["c"][:2] = 0.0
+    g["c"][2:4] = 1.5  # A tie that may sit at the threshold.
+    w = {k: rng.normal(size=v.shape).astype("float32") for k, v in g.items()}
+    w["a"][0] = 0.0
+    return AdapterState(w), AdapterState(g)
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+@pytest.mark.parametrize("p", [0.3, 0.5, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_misaligned_fractions_match_numpy(seed, p, scope):
+    w, g = random_states(seed)
+    expected_all, expected_important = numpy_misaligned_fractions(
+        w, g, p, scope
+    )
+    assert alignment.misaligned_fraction_all(w, g) == pytest.approx(
+        expected_all
+    )
+    assert alignment.misaligned_fraction_important(
+        w, g, p, scope
+    ) == pytest.approx(expected_important)
+    assert alignment.misalignment(w, g, p, scope) == pytest.approx(
+        {
+            "misaligned_fraction_all": expected_all,
+            "misaligned_fraction_important": expected_important,
+        }
+    )
+
+
+def test_misaligned_fraction_all_counts_every_entry():
+    g = AdapterState(
+        {"a": np.array([3.0, -1.0, 0.0, 2.0]), "b": np.zeros((2, 2))}
+    )
+    # Opposed: a[0] and a[1]. Not opposed: a[2] (global zero), a[3] (same
+    # sign), b (global zero, no sign), however the temporary moved.
+    w = AdapterState(
+        {"a": np.array([-1.0, 1.0, -4.0, 2.0]), "b": -np.ones((2, 2))}
+    )
+    # Over all 8 entries, small ones and zero ones included.
+    assert alignment.misaligned_fraction_all(w, g) == 2 / 8
+    # Important at p = 0.5 per tensor: a[0] and a[3]; b has none.
+    assert alignment.misaligned_fraction_important(w, g, 0.5) == 1 / 2
+    # A zero temporary entry has no sign either.
+    w = AdapterState({"a": np.zeros(4), "b": np.zeros((2, 2))})
+    assert alignment.misaligned_fraction_all(w, g) == 0.0
+    assert alignment.misaligned_fraction_important(w, g, 0.5) == 0.0
+    # Nothing important when the global adapter is all zero.
+    zero = g.map(np.zeros_like)
+    assert alignment.misaligned_fraction_all(w, zero) == 0.0
+    assert np.isnan(alignment.misaligned_fraction_important(w, zero))
+
+
 def test_align_rejects_mismatched_states():
     g = AdapterState({"w": np.ones(3)})
     with pytest.raises(ValueError, match="shape"):

@@ -77,7 +77,7 @@ def test_task_reports(learned):
         assert report.num_entries > 0
         assert report.name in report.summary()
     # From task 2 on, the global B factors are non-zero and can conflict.
-    assert 0.0 <= reports[1].misaligned_fraction <= 1.0
+    assert 0.0 <= reports[1].misaligned_fraction_important <= 1.0
 
 
 def test_evaluate_all_on_two_tasks(learned, tmp_path):

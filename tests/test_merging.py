@@ -436,6 +436,8 @@ def _examples(fn):
         "multiply",
         "tall_mask",
         "tall",
+        "tall_consensus",
+        "tall_merge",
     ],
 )
 def test_docstring_examples_run(name):
@@ -452,3 +454,103 @@ def test_docstring_examples_run(name):
         except (ValueError, SyntaxError):
             continue  # A comment in words, not a value.
         np.testing.assert_allclose(np.asarray(value), expected)
+
+
+# TALL's task-agnostic consensus merge.
+
+
+def _random_state(rng, dtype="float32"):
+    return AdapterState(
+        {
+            "a": rng.normal(size=(7, 5)).astype(dtype),
+            "b": rng.normal(size=(5, 9)).astype(dtype),
+        }
+    )
+
+
+def _numpy_tall_merge(previous, temporary, base, merged, lam):
+    """TALL's consensus of two models, written out for two states."""
+    out = {}
+    for key in base:
+        g = previous[key].astype(np.float64)
+        w = temporary[key].astype(np.float64)
+        g0 = base[key].astype(np.float64)
+        tau_g, tau_w = g - g0, w - g0
+        # `tau_MTL - tau_i` of TALL's sum is the other model's vector.
+        keep_g = np.abs(tau_g) >= lam * np.abs(tau_w)
+        keep_w = np.abs(tau_w) >= lam * np.abs(tau_g)
+        out[key] = np.where(keep_g & keep_w, merged[key], g0)
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.4])
+def test_tall_merge_matches_a_numpy_reimplementation(lam):
+    rng = np.random.default_rng(0)
+    base, previous, temporary = (_random_state(rng) for _ in range(3))
+    result = merging.tall_merge([previous, temporary], base, lam=lam)
+    mean = {k: (previous[k] + temporary[k]) / 2 for k in base}
+    expected = _numpy_tall_merge(previous, temporary, base, mean, lam)
+    dropped = 0
+    for key in base:
+        assert result[key].dtype == np.float32
+        np.testing.assert_allclose(result[key], expected[key], rtol=1e-6)
+        dropped += int(np.sum(result[key] == base[key]))
+    # The consensus both keeps and drops entries on random states.
+    assert 0 < dropped < base.num_entries
+    # A given merge (here TIES) is localised instead of the mean.
+    ties = merging.ties([previous, temporary], density=0.9)
+    result = merging.tall_merge(
+        [previous, temporary], base, merged=ties, lam=lam
+    )
+    expected = _numpy_tall_merge(previous, temporary, base, ties, lam)
+    for key in base:
+        np.testing.assert_array_equal(result[key], expected[key])
+
+
+def test_tall_masks_compare_task_vectors_on_the_same_scale():
+    # Entry 1: tau_G = 1 against tau_W = 11 is selfish to `W'` at
+    # lam = 0.1 (1 < 1.1) and drops. Against the plain mean's halved
+    # `tau_MTL - tau_G` = (11 - 1) / 2 it would stay: the full-size and
+    # the halved vectors would be on different scales. Scaling both task
+    # vectors by a positive constant never changes the consensus.
+    base = AdapterState({"x": np.zeros(3)})
+    g = AdapterState({"x": np.array([1.0, 1.0, 0.5])})
+    w = AdapterState({"x": np.array([9.0, 11.0, -0.5])})
+    np.testing.assert_array_equal(
+        merging.tall_consensus([g, w], lam=0.1)["x"], [1.0, 0.0, 1.0]
+    )
+    np.testing.assert_allclose(
+        merging.tall_merge([g, w], base, lam=0.1)["x"], [5.0, 0.0, 0.0]
+    )
+    scaled = [merging.multiply(s, _state(x=[3.0] * 3)) for s in (g, w)]
+    np.testing.assert_array_equal(
+        merging.tall_consensus(scaled, lam=0.1)["x"], [1.0, 0.0, 1.0]
+    )
+
+
+def test_tall_consensus_of_many_task_vectors():
+    rng = np.random.default_rng(1)
+    taus = [_random_state(rng, "float64") for _ in range(3)]
+    mask = merging.tall_consensus(taus, lam=0.2)
+    for key in taus[0]:
+        keep = np.ones(taus[0][key].shape, bool)
+        for i, tau in enumerate(taus):
+            others = sum(t[key] for j, t in enumerate(taus) if j != i)
+            keep &= np.abs(tau[key]) >= 0.2 * np.abs(others)
+        np.testing.assert_array_equal(mask[key], keep.astype(np.float64))
+    # One task vector has nothing to be selfish against.
+    assert all(
+        np.all(v == 1.0) for v in merging.tall_consensus(taus[:1]).values()
+    )
+
+
+def test_tall_merge_before_the_first_task_is_the_plain_merge():
+    rng = np.random.default_rng(2)
+    base, temporary = _random_state(rng), _random_state(rng)
+    # The global adapter is still `G_0`: it holds no task.
+    result = merging.tall_merge([base, temporary], base)
+    mean = merging.average([base, temporary])
+    for key in base:
+        np.testing.assert_array_equal(result[key], mean[key])
+    with pytest.raises(ValueError, match="base"):
+        merging.tall_merge([base], _state(x=[1.0]))

@@ -191,3 +191,11 @@ def test_rank_must_be_a_multiple_of_num_experts(tiny_preset):
     add_moe_router(layer, num_experts=2)
     with pytest.raises(ValueError, match="already has a MoE router"):
         add_moe_router(layer, num_experts=2)
+
+
+def test_a_study_refuses_a_rank_that_does_not_split_into_experts():
+    from keras_pam.strategies import registry
+
+    registry.check_strategy("moelora", rank=8, num_tasks=6)
+    with pytest.raises(ValueError, match=r"rank` \(4\) must be a multiple"):
+        registry.check_strategy("moelora", rank=4, num_tasks=6)

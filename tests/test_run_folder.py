@@ -21,7 +21,18 @@ OLD_RUN = os.path.join(os.path.dirname(__file__), "data", "run_folder_v1")
 def test_run_record_round_trip_and_report():
     record = RunRecord(zero_shot={"a": 0.1, "b": 0.2})
     record.add_task("a", 0.9, {"a": 0.8, "b": 0.3})
-    report = TaskReport("a", 1, {"loss": [1.0]}, 0.9, 0.8, 2, [2], 9, 0.5)
+    report = TaskReport(
+        "a",
+        1,
+        {"loss": [1.0]},
+        0.9,
+        0.8,
+        2,
+        [2],
+        9,
+        misaligned_fraction_all=0.3,
+        misaligned_fraction_important=0.5,
+    )
     record.task_reports.append(report)
     record.add_task("b", 0.7, {"a": 0.6, "b": 0.5})
     tree = record.to_tree(["b", "a"])
@@ -35,6 +46,45 @@ def test_run_record_round_trip_and_report():
     assert report.metrics["acc"] == pytest.approx(0.55)
     unlearned = RunRecord(zero_shot={"a": 0.1}).report(["a"], ("acc",))
     assert unlearned.metrics is None and unlearned.matrix.shape == (0, 1)
+
+
+def test_task_report_names_both_misaligned_fractions():
+    report = TaskReport.with_diagnostics(
+        {
+            "misaligned_fraction_all": 0.294,
+            "misaligned_fraction_important": 0.014,
+        },
+        name="b",
+        index=2,
+        history={"loss": [0.5]},
+    )
+    assert report.misaligned_fraction_all == 0.294
+    assert report.misaligned_fraction_important == 0.014
+    assert report.diagnostics == {}
+    assert "misaligned 29.4% of all entries, 1.4% of important ones" in (
+        report.summary()
+    )
+    tree = json.loads(json.dumps(report.to_dict()))
+    assert TaskReport.from_dict(tree) == report
+    # Unmeasured (NaN, written as null) reads back as NaN and is left out.
+    first = TaskReport("a", 1, {"loss": [0.5]}, misaligned_fraction_all=0.2)
+    restored = TaskReport.from_dict(json.loads(json.dumps(first.to_dict())))
+    assert math.isnan(restored.misaligned_fraction_important)
+    assert math.isnan(restored.pre_merge_accuracy)
+    assert "misaligned 20.0% of all entries (" in restored.summary()
+
+
+def test_a_task_report_of_the_first_format_reads_its_fraction():
+    # The one fraction of 0.1.0 was over the important entries.
+    folder = os.path.join(OLD_RUN, "checkpoints", "task_0001")
+    with open(os.path.join(folder, "state.json")) as f:
+        (old,) = json.load(f)["__dict__"]["task_reports"]
+    old = dict(old["__dict__"], history=old["__dict__"]["history"]["__dict__"])
+    assert "misaligned_fraction" in old
+    report = TaskReport.from_dict(old)
+    assert report.misaligned_fraction_important == old["misaligned_fraction"]
+    assert math.isnan(report.misaligned_fraction_all)
+    assert "misaligned 0.0% of important entries" in report.summary()
 
 
 def test_run_folder_refuses_another_configuration(tmp_path):
@@ -85,6 +135,13 @@ def test_a_run_folder_of_the_first_format_resumes(
     (task_report,) = report.task_reports
     assert task_report.name == "color"
     assert task_report.reinitialised_counts == [0, 0]
+    # Its one fraction was over the important entries.
+    old_report = old["task_reports"][0]["__dict__"]
+    assert (
+        task_report.misaligned_fraction_important
+        == (old_report["misaligned_fraction"])
+    )
+    assert math.isnan(task_report.misaligned_fraction_all)
     # Task 2 restarts from its backup after epoch 1.
     backup = os.path.join(run_dir, "task_backup", "checkpoints", "epoch_0001")
     with open(os.path.join(backup, "state.json")) as f:

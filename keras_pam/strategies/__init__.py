@@ -31,5 +31,6 @@ from keras_pam.strategies.strategy import Strategy
 from keras_pam.strategies.strategy import StrategyWrapper
 from keras_pam.strategies.strategy import TaskContext
 from keras_pam.strategies.tall import TALL
+from keras_pam.strategies.tall import TALLTaskID
 from keras_pam.strategies.ties import TIES
 from keras_pam.strategies.zero_shot import ZeroShot

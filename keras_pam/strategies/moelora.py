@@ -307,14 +307,20 @@ class MoELoRA(Strategy):
             raise ValueError(f"`num_experts` must be >= 1. Got {num_experts}")
         self.num_experts = num_experts
 
-    def attach(self, learner):
-        super().attach(learner)
-        if learner.rank % self.num_experts:
+    def check_settings(self, rank=None, num_tasks=None):
+        """Raise `ValueError` if the learner's `rank` does not split into
+        `num_experts` experts (`strategies.registry.check_strategy` calls
+        it before a study's first method runs)."""
+        if rank is not None and rank % self.num_experts:
             raise ValueError(
                 f"MoELoRA splits the rank into experts: the learner's `rank` "
-                f"({learner.rank}) must be a multiple of `num_experts` "
+                f"({rank}) must be a multiple of `num_experts` "
                 f"({self.num_experts})."
             )
+
+    def attach(self, learner):
+        super().attach(learner)
+        self.check_settings(rank=learner.rank)
         self.expert_rank = learner.rank // self.num_experts
         layers = adapted_layers(learner.causal_lm.backbone)
         if any(hasattr(layer, ROUTER_NAME) for layer in layers):

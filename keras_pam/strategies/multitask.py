@@ -1,4 +1,4 @@
-"""Multitask: one adapter trained on the union of the tasks' data."""
+"""Multitask: one adapter trained once on the union of all tasks' data."""
 
 import numpy as np
 
@@ -7,24 +7,93 @@ from keras_pam.strategies.strategy import Strategy
 
 
 class Multitask(Strategy):
-    """One LoRA trained jointly on the union of all training data seen so
-    far, from the initial adapter. After the last task it is the multitask
-    model of the paper's tables; earlier rows are multitask models of the
-    tasks seen so far (so a sequence of T tasks trains on 1 + 2 + ... + T
-    tasks' data). Only ACC is meaningful.
+    """The paper's joint upper bound: one LoRA trained once, from the
+    initial adapter, on the training data of all `num_tasks` tasks.
+
+    The learner learns tasks one after another; this method only collects
+    the training split of tasks `1 .. num_tasks - 1` (`trains` is `False`
+    for them, so their adapter is the initial one), and at task
+    `num_tasks` trains a single time on the union of all of them, which
+    `learn_task` shuffles as it shuffles any task. That one training runs
+    with the `epochs`, `batch_size` and optimizer of the last `learn_task`
+    call: a run that gives each task its own recipe should give the last
+    task the joint recipe.
+
+    The rows of the accuracy matrix before the last task therefore show
+    the initial adapter (the zero-shot accuracies), and only the final row
+    is the multitask model: only ACC, taken from it once all `num_tasks`
+    tasks are learned, is reported (the paper's Table 1 gives only ACC
+    too). Learning more tasks than `num_tasks` raises an error.
+
+    Args:
+        num_tasks: int. The length of the task sequence: the task at
+            which the one joint training happens. Required: without it,
+            the method would have to retrain on the growing union after
+            every task (`1 + 2 + ... + T` trainings), which is not the
+            paper's baseline.
 
     Example:
     ```python
-    learner = ContinualLearner(causal_lm, strategy=Multitask())
+    learner = ContinualLearner(causal_lm, strategy=Multitask(num_tasks=6))
     ```
     """
 
     name = "multitask"
     reported_metrics = ("acc",)
 
+    def __init__(self, num_tasks=None):
+        # `None` is the default only so that the error says what to do
+        # (and so that a run folder saved before `num_tasks` existed is
+        # refused with this message rather than resumed with growing
+        # unions).
+        if num_tasks is None:
+            raise ValueError(
+                "Multitask trains one LoRA once on all tasks: pass "
+                "`num_tasks` (the length of the task sequence), e.g. "
+                "`Multitask(num_tasks=6)` or `get_strategy('multitask', "
+                "num_tasks=6)`."
+            )
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int):
+            raise ValueError(f"`num_tasks` must be an int. Got {num_tasks!r}")
+        if num_tasks < 1:
+            raise ValueError(f"`num_tasks` must be >= 1. Got {num_tasks}")
+        self.num_tasks = num_tasks
+        self.seen = []
+
+    def check_settings(self, rank=None, num_tasks=None):
+        """Raise `ValueError` unless the sequence has `num_tasks` tasks.
+
+        Args:
+            rank: int. Unused. Defaults to `None`.
+            num_tasks: int. The length of the sequence to learn. Defaults
+                to `None` (not checked).
+        """
+        if num_tasks is not None and num_tasks != self.num_tasks:
+            raise ValueError(
+                f"Multitask trains once, at task `num_tasks`="
+                f"{self.num_tasks}; the sequence has {num_tasks} tasks."
+            )
+
     def attach(self, learner):
         super().attach(learner)
         self.seen = []
+
+    @property
+    def trains(self):
+        """Whether the task being learned trains: only task `num_tasks`.
+
+        The learner reads it for every task, after the task starts and
+        before `end_task`, so the tasks collected so far say which task
+        this is.
+        """
+        index = len(self.seen) + 1
+        if index > self.num_tasks:
+            raise ValueError(
+                f"Multitask was built for `num_tasks`={self.num_tasks} and "
+                "has trained its one joint LoRA on all of them; it cannot "
+                f"learn task {index}."
+            )
+        return index == self.num_tasks
 
     def training_data(self, task):
         splits = self.seen + [task.examples]
@@ -32,6 +101,9 @@ class Multitask(Strategy):
             k: np.concatenate([split[k] for split in splits])
             for k in REQUIRED_KEYS
         }
+
+    def start_state(self, task):
+        return self.learner.initial_state
 
     def end_task(self, temporary, task):
         self.seen.append({k: task.examples[k] for k in REQUIRED_KEYS})
@@ -42,5 +114,9 @@ class Multitask(Strategy):
     def set_state(self, state):
         self.seen = list(state["seen"])
 
-    def start_state(self, task):
-        return self.learner.initial_state
+    def get_config(self):
+        return {"num_tasks": self.num_tasks}
+
+    @classmethod
+    def from_settings(cls, alignment, num_tasks=None, num_experts=8):
+        return cls(num_tasks)

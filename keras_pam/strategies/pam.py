@@ -85,7 +85,9 @@ class PAM(Average):
         return {
             "num_reinitialised": sum(counts),
             "reinitialised_counts": counts,
-            "misaligned_fraction": alignment.misaligned_fraction(
+            # At this strategy's own `p` and `scope`, the entries its
+            # alignment protects.
+            **alignment.misalignment(
                 temporary,
                 task.previous_global,
                 self.config.p,

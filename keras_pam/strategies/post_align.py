@@ -44,11 +44,11 @@ class PostAlign(Average):
         return super().merge(aligned.numpy(), task)
 
     def task_diagnostics(self, temporary, task):
-        return {
-            "misaligned_fraction": alignment.misaligned_fraction(
-                temporary, task.previous_global, self.p, self.scope
-            )
-        }
+        # The trained adapter before this strategy aligns it, at its own
+        # `p` and `scope`.
+        return alignment.misalignment(
+            temporary, task.previous_global, self.p, self.scope
+        )
 
     def get_config(self):
         return {

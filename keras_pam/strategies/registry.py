@@ -22,6 +22,7 @@ from keras_pam.strategies.pam import PAM
 from keras_pam.strategies.post_align import PostAlign
 from keras_pam.strategies.strategy import Strategy
 from keras_pam.strategies.tall import TALL
+from keras_pam.strategies.tall import TALLTaskID
 from keras_pam.strategies.ties import TIES
 from keras_pam.strategies.zero_shot import ZeroShot
 
@@ -42,8 +43,11 @@ BASE_STRATEGIES = {
         MoELoRA,
     )
 }
+# `tall-task-id` is not in `STRATEGY_NAMES`: it needs the task's identity
+# at test time, which the paper's setting does not give.
 WRAPPERS = {
-    wrapper.prefix: wrapper for wrapper in (TALL, LwF, ExperienceReplay)
+    wrapper.prefix: wrapper
+    for wrapper in (TALL, TALLTaskID, LwF, ExperienceReplay)
 }
 # The methods of the paper's comparison, in the order the CLI lists them;
 # `parse_name` takes any other composition too.
@@ -109,7 +113,9 @@ def get_strategy(
             the strategies that align (see `PAM`). Defaults to `None` (the
             defaults, with `**settings`).
         num_tasks: int. The sequence's length, needed by `"olora"` (the
-            learner's rank is split among the tasks). Defaults to `None`.
+            number of per-task LoRAs the model has room for) and by
+            `"multitask"` (the task at which it trains once, on all
+            tasks). Defaults to `None`.
         num_experts: int. The number of LoRA experts of `"moelora"`; the
             learner's rank must be a multiple of it. Defaults to `8`.
         **settings: alignment settings replacing those of `alignment`
@@ -133,6 +139,38 @@ def get_strategy(
     for wrapper in reversed(wrappers):
         strategy = wrapper(strategy)
     return strategy
+
+
+def check_strategy(name, rank=None, num_tasks=None, num_experts=8, **settings):
+    """Raise `ValueError` if a method cannot run with these settings.
+
+    A study calls it for every method before the first one runs, so that
+    a run of many methods does not stop after hours at its last one. The
+    strategy is built as `get_strategy` builds it (which checks its
+    constructor's arguments), then every strategy of its `chain()` that
+    has a `check_settings(rank=..., num_tasks=...)` method checks the
+    run's settings (O-LoRA: the sequence fits its `num_tasks`).
+
+    Args:
+        name: str or `Strategy`. As in `get_strategy`.
+        rank: int. The learner's LoRA rank. Defaults to `None` (not
+            checked).
+        num_tasks: int. The sequence's length. Defaults to `None`.
+        num_experts: int. As in `get_strategy`. Defaults to `8`.
+        **settings: alignment settings, as in `get_strategy`.
+
+    Example:
+    ```python
+    check_strategy("olora", rank=8, num_tasks=6)  # Passes.
+    ```
+    """
+    strategy = get_strategy(
+        name, num_tasks=num_tasks, num_experts=num_experts, **settings
+    )
+    for part in strategy.chain():
+        check = getattr(part, "check_settings", None)
+        if check is not None:
+            check(rank=rank, num_tasks=num_tasks)
 
 
 def strategy_from_config(entry, alignment=None):

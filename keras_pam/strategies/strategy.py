@@ -109,19 +109,25 @@ class Strategy:
 
         Called after `merge` and before `end_task`. Keys that are fields
         of `keras_pam.TaskReport` (`num_reinitialised`,
-        `reinitialised_counts`, `misaligned_fraction`) fill them; other
-        keys go to its `diagnostics` dict. The base class measures the
-        misaligned fraction against `task.previous_global` with PAM's
-        default `p` and `scope`.
+        `reinitialised_counts`, `misaligned_fraction_all`,
+        `misaligned_fraction_important`) fill them; other keys go to its
+        `diagnostics` dict.
+
+        The base class reports how far the trained adapter's signs oppose
+        `task.previous_global` (`alignment.misalignment`): over all
+        entries (the paper's count) and over the important ones. A method
+        without alignment settings of its own (fine-tune, average, TIES,
+        ...) ranks importance with the default `AlignmentConfig`'s `p` and
+        `scope` (`0.5`, `"tensor"`, the paper's), so that every method is
+        measured against the same entries; `PAM` and `PostAlign` use their
+        own.
         """
-        return {
-            "misaligned_fraction": alignment.misaligned_fraction(
-                temporary,
-                task.previous_global,
-                DEFAULT_ALIGNMENT.p,
-                DEFAULT_ALIGNMENT.scope,
-            )
-        }
+        return alignment.misalignment(
+            temporary,
+            task.previous_global,
+            DEFAULT_ALIGNMENT.p,
+            DEFAULT_ALIGNMENT.scope,
+        )
 
     def merge(self, temporary, task):
         """The new global adapter from the trained temporary one.
