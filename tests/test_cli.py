@@ -590,3 +590,14 @@ def test_log_dir_without_tensorboard_is_refused(monkeypatch, tmp_path, capsys):
         cli.main(["run", "--log-dir", "logs", "--output", str(output)])
     assert "needs the `tensorboard` package" in capsys.readouterr().err
     assert not output.exists()
+
+
+@pytest.mark.large
+def test_every_method_runs_to_the_end_in_the_quick_form(tmp_path):
+    # About 6 minutes on two cores (JAX): behind `--run-large`.
+    status, printed = run_main(
+        ["run", "--quick", "--methods", "all", "--output", str(tmp_path)]
+    )
+    assert status == 0, printed
+    methods = {cell["method"] for cell in results_of(tmp_path)["cells"]}
+    assert methods == set(cli.parse_methods("all"))

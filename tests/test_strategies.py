@@ -11,7 +11,6 @@ from keras_pam import ContinualLearner
 from keras_pam import strategies
 from keras_pam.lora import AdapterState
 from keras_pam.strategies import experience_replay
-from keras_pam.strategies import lwf
 from keras_pam.strategies import olora
 from keras_pam.strategies import strategy as strategy_module
 
@@ -142,43 +141,6 @@ def test_experience_replay_mixes_the_buffer(tiny_preset, two_tasks):
     assert len(strategy.training_data(context)["prompts"]) == 32 + 20
     with pytest.raises(ValueError, match="buffer_size"):
         strategies.ExperienceReplay(strategies.Finetune(), 0)
-
-
-def test_distillation_loss():
-    rng = np.random.default_rng(0)
-    teacher = rng.normal(size=(2, 3, 5)).astype("float32")
-    student = rng.normal(size=(2, 3, 5)).astype("float32")
-    mask = np.array([[1, 1, 0], [0, 1, 0]], "float32")
-    loss = keras.ops.convert_to_numpy(
-        lwf.distillation_loss(teacher, teacher, mask, 2.0)
-    )
-    assert abs(float(loss)) < 1e-6
-    got = float(
-        keras.ops.convert_to_numpy(
-            lwf.distillation_loss(teacher, student, mask, 2.0)
-        )
-    )
-
-    def log_softmax(z):
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    lt, ls = log_softmax(teacher / 2), log_softmax(student / 2)
-    kl = (np.exp(lt) * (lt - ls)).sum(-1)
-    expected = 4 * (kl * mask).sum() / mask.sum()
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
-
-
-def test_lwf_computes_teacher_logits_from_task_two(tiny_preset, two_tasks):
-    strategy = strategies.LwF(strategies.Finetune())
-    learner = run_two_tasks(tiny_preset, two_tasks, strategy)
-    examples = two_tasks[0].train
-    first = strategies.TaskContext("a", 1, examples)
-    second = strategies.TaskContext("b", 2, examples)
-    assert strategy.extra_inputs(examples, first) == {}
-    logits = strategy.extra_inputs(examples, second)["teacher_logits"]
-    vocabulary = learner.causal_lm.backbone.vocabulary_size
-    assert logits.shape[0] == 32 and logits.shape[-1] == vocabulary
 
 
 def test_ilora_global_is_the_ema_of_the_fast_adapter(tiny_preset, two_tasks):
