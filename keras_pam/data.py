@@ -219,8 +219,8 @@ def training_dataset(
         shuffle: bool. Reshuffle every epoch. Defaults to `True`.
         seed: int. The shuffling seed. Defaults to `0`.
         extra_inputs: dict of arrays. Per-example arrays added to `x` under
-            their keys (e.g. a teacher's logits), shuffled with the examples.
-            Defaults to `None`.
+            their keys (values a strategy's `extra_loss` reads), shuffled
+            with the examples. Defaults to `None`.
         epochs: int. The last epoch (exclusive). Defaults to `1`.
         initial_epoch: int. The first epoch. Defaults to `0`.
     """
