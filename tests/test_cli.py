@@ -334,6 +334,7 @@ def test_every_method_is_built_with_the_study_settings():
             (s.p, s.reinit, s.scope) == (0.3, "zero", "global")
         ),
         strategies.OLoRA: lambda s: s.num_tasks == 5,
+        strategies.Multitask: lambda s: s.num_tasks == 5,
     }
     checked = set()
     for name in settings["methods"]:
