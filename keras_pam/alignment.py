@@ -8,6 +8,7 @@ zero).
 """
 
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -449,6 +450,16 @@ class SignAlignmentCallback(LoRABatchCallback):
         return self.global_state.num_entries
 
     def on_train_begin(self, logs=None):
+        steps = (self.params or {}).get("steps")
+        epochs = (self.params or {}).get("epochs")
+        if steps and epochs and steps * epochs < self.every:
+            warnings.warn(
+                f"Sign alignment runs every {self.every} training steps, but "
+                f"this `fit` has {steps * epochs} ({epochs} epochs of "
+                f"{steps}): it never aligns. Lower `every` (`align_every`) "
+                "or train longer.",
+                stacklevel=2,
+            )
         variables = self.lora_variables()
         self._paths = list(variables)
         AdapterState(variables).check_compatible(

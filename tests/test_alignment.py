@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -316,3 +318,30 @@ def test_a_pam_fit_leaves_batch_ends_to_keras_worker_thread():
     for callback in (SignAlignmentCallback(state), StopOnNonFiniteLoss("t")):
         own = type(callback).on_train_batch_end is not plain
         assert not own or getattr(callback, "async_safe", False), callback
+
+
+def test_callback_warns_when_a_fit_never_aligns():
+    model = _lora_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    state = AdapterState.from_model(model)
+    x = np.ones((8, 4), "float32")
+    y = np.zeros((8, 3), "float32")
+    with pytest.warns(UserWarning, match=r"has 8 \(2 epochs of 4\).*never"):
+        model.fit(
+            x,
+            y,
+            batch_size=2,
+            epochs=2,
+            callbacks=[SignAlignmentCallback(state, every=9)],
+            verbose=0,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(
+            x,
+            y,
+            batch_size=2,
+            epochs=2,
+            callbacks=[SignAlignmentCallback(state, every=8)],
+            verbose=0,
+        )
