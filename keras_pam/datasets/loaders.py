@@ -71,16 +71,22 @@ def _answer_list(raw, where):
     return items
 
 
+def _read_json(path, what):
+    """The content of the JSON file `path`; `ValueError` naming it (as
+    `what`) when it is missing or not valid JSON."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Invalid JSON in {path}: {error}") from error
+
+
 def _load_annotations(path):
     """Maps `str(question_id)` to its answers, from a VQA-style file."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Annotation file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Invalid JSON in {path}: {error}") from error
+    content = _read_json(path, "Annotation file")
     entries = content
     if isinstance(content, dict):
         # VQAv2 keeps its entries under "annotations", TextVQA under "data".
@@ -241,13 +247,7 @@ def load_llava_json(
     """
     json_path = os.fspath(json_path)
     image_root = os.fspath(image_root)
-    if not os.path.isfile(json_path):
-        raise ValueError(f"JSON file not found: {json_path}")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            records = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Invalid JSON in {json_path}: {error}") from error
+    records = _read_json(json_path, "JSON file")
     if not isinstance(records, list) or not records:
         raise ValueError(
             f"{json_path} must hold a non-empty JSON list of records, "
