@@ -11,6 +11,7 @@ from keras_pam.alignment import optimizer_slots
 from keras_pam.alignment_config import REINIT_MODES
 from keras_pam.alignment_config import check_choice
 from keras_pam.in_step_update import InStepUpdate
+from keras_pam.lora import zero_copies
 
 
 class FusedSignAlignment(InStepUpdate):
@@ -56,24 +57,7 @@ class FusedSignAlignment(InStepUpdate):
             raise ValueError(f"`capacity` must be >= 1. Got {capacity}.")
         self.paths = list(lora_variables)
         self.capacity = capacity
-        distribution = keras.distribution.distribution()
-        targets = []
-        for index, path in enumerate(self.paths):
-            variable = lora_variables[path]
-            layout = None
-            if distribution is not None:
-                layout = distribution.get_variable_layout(variable)
-            targets.append(
-                keras.Variable(
-                    keras.initializers.Zeros(),
-                    shape=variable.shape,
-                    dtype=variable.dtype,
-                    trainable=False,
-                    name=f"alignment_target_{index}",
-                    layout=layout,
-                )
-            )
-        self.targets = targets
+        self.targets = zero_copies(lora_variables, "alignment_target")
         self.step = self._scalar("alignment_step", 0, "int32")
         self.every = self._scalar("alignment_every", 0, "int32")
         self.keep_global = self._scalar("alignment_keep_global", 1, "float32")

@@ -503,3 +503,35 @@ class AdapterState(collections.abc.Mapping):
             state, what=f"adapter file {filepath!r}"
         )
         return state
+
+
+def zero_copies(lora_variables, name_prefix):
+    """Non-trainable zero variables shaped, typed and laid out (under the
+    current `keras.distribution`) like `lora_variables`, in their order,
+    named `f"{name_prefix}_{index}"`: an adapter-sized slot that a train
+    step reads as state, so new values never retrace it.
+
+    Args:
+        lora_variables: dict. Path to LoRA factor.
+        name_prefix: str. The variables' name prefix.
+
+    Returns:
+        A list of `keras.Variable`.
+    """
+    distribution = keras.distribution.distribution()
+    copies = []
+    for index, variable in enumerate(lora_variables.values()):
+        layout = None
+        if distribution is not None:
+            layout = distribution.get_variable_layout(variable)
+        copies.append(
+            keras.Variable(
+                keras.initializers.Zeros(),
+                shape=variable.shape,
+                dtype=variable.dtype,
+                trainable=False,
+                name=f"{name_prefix}_{index}",
+                layout=layout,
+            )
+        )
+    return copies

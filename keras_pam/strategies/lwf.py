@@ -6,6 +6,7 @@ from keras import ops
 from keras_pam.distribution import device_copy
 from keras_pam.distribution import is_distributed
 from keras_pam.lora import lora_variables
+from keras_pam.lora import zero_copies
 from keras_pam.strategies.strategy import StrategyWrapper
 
 # The attribute of the learner that holds the teacher's factors.
@@ -64,24 +65,7 @@ class TeacherAdapter(keras.layers.Layer):
     def __init__(self, lora_variables, **kwargs):
         super().__init__(trainable=False, **kwargs)
         self.paths = list(lora_variables)
-        distribution = keras.distribution.distribution()
-        factors = []
-        for index, path in enumerate(self.paths):
-            variable = lora_variables[path]
-            layout = None
-            if distribution is not None:
-                layout = distribution.get_variable_layout(variable)
-            factors.append(
-                keras.Variable(
-                    keras.initializers.Zeros(),
-                    shape=variable.shape,
-                    dtype=variable.dtype,
-                    trainable=False,
-                    name=f"lwf_teacher_{index}",
-                    layout=layout,
-                )
-            )
-        self.factors = factors
+        self.factors = zero_copies(lora_variables, "lwf_teacher")
         self.active = keras.Variable(
             0, dtype="int32", trainable=False, name="lwf_teacher_active"
         )
