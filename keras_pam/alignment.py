@@ -380,10 +380,11 @@ def optimizer_slots(optimizer, variable):
 class SignAlignmentCallback(LoRABatchCallback):
     """Align the temporary adapter's signs to the global one during `fit`.
 
-    Every `every` training batches it applies `align` to all LoRA factors of
-    the model in one compiled update, with the importance mask of
-    `global_state` computed once when training begins. It records how many
-    entries it re-initialised: `reinitialised_counts` (one int per
+    Every `every` optimizer updates (training batches, or under gradient
+    accumulation that many updates' batches) it applies `align` to all
+    LoRA factors of the model in one compiled update, with the importance
+    mask of `global_state` computed once when training begins. It records
+    how many entries it re-initialised: `reinitialised_counts` (one int per
     alignment) and `num_reinitialised` (their sum), available after `fit`.
 
     Given a `fused_alignment` (a `keras_pam.FusedSignAlignment` that the
@@ -398,8 +399,8 @@ class SignAlignmentCallback(LoRABatchCallback):
             with the same paths as the model's LoRA factors.
         p: float. Fraction of important global entries, in (0, 1]. Defaults
             to `0.5`.
-        every: int. Align after every `every` training batches. Defaults to
-            `100`.
+        every: int. Align after every `every` optimizer updates. Defaults
+            to `100`.
         reinit: str. `"global"` copies the global value into a conflicting
             entry, `"zero"` zeroes it. Defaults to `"global"`.
         scope: str. `"tensor"` or `"global"`, see `importance_mask`.
@@ -450,14 +451,19 @@ class SignAlignmentCallback(LoRABatchCallback):
         return self.global_state.num_entries
 
     def on_train_begin(self, logs=None):
+        # Alignment goes with optimizer updates: under gradient
+        # accumulation an update is `accumulation` batches.
+        accumulation = self.accumulation_steps()
+        self._interval = self.every * accumulation
         steps = (self.params or {}).get("steps")
         epochs = (self.params or {}).get("epochs")
-        if steps and epochs and steps * epochs < self.every:
+        if steps and epochs and steps * epochs < self._interval:
+            updates = steps * epochs // accumulation
             warnings.warn(
-                f"Sign alignment runs every {self.every} training steps, but "
-                f"this `fit` has {steps * epochs} ({epochs} epochs of "
-                f"{steps}): it never aligns. Lower `every` (`align_every`) "
-                "or train longer.",
+                f"Sign alignment runs every {self.every} optimizer updates, "
+                f"but this `fit` makes {updates} ({epochs} epochs of "
+                f"{steps} batches, {accumulation} per update): it never "
+                "aligns. Lower `every` (`align_every`) or train longer.",
                 stacklevel=2,
             )
         variables = self.lora_variables()
@@ -491,7 +497,7 @@ class SignAlignmentCallback(LoRABatchCallback):
             self._fused.start(
                 self._globals,
                 self._masks,
-                self.every,
+                self._interval,
                 self.reinit,
                 self.reset_moments,
             )
@@ -518,12 +524,12 @@ class SignAlignmentCallback(LoRABatchCallback):
 
     def _align_if_due(self):
         done = self._batches
-        if done == 0 or done % self.every or done == self._aligned_after:
+        if done == 0 or done % self._interval or done == self._aligned_after:
             return
         self._aligned_after = done
         if self._fused is not None:
             # The train step aligned; read its counts before they wrap.
-            if done // self.every - self._num_read == self._fused.capacity:
+            if done // self._interval - self._num_read == self._fused.capacity:
                 self._read_fused_counts()
             return
         # Reaching the model through `self.model` makes Keras sync the JAX
@@ -556,7 +562,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         # Reaching `self.model` syncs the JAX training state first.
         self.model  # noqa: B018
         fused = self._fused
-        done = self._batches // self.every
+        done = self._batches // self._interval
         if done > self._num_read:
             self._counts.extend(fused.read_counts(self._num_read + 1, done))
             self._num_read = done
@@ -576,7 +582,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         self._counts = list(state["counts"])
         if self._fused is not None:
             self._fused.set_step(self._batches)
-            self._num_read = self._batches // self.every
+            self._num_read = self._batches // self._interval
 
     def on_train_end(self, logs=None):
         if self._fused is not None:

@@ -258,8 +258,9 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         train_data,
         name=None,
         eval_data=None,
-        epochs=1,
-        batch_size=8,
+        epochs=None,
+        batch_size=None,
+        recipe=None,
         callbacks=None,
         shuffle=True,
         seed=0,
@@ -280,8 +281,17 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
             eval_data: The task's test split, registered with
                 `add_eval_task` unless the name already is. Defaults to
                 `None`.
-            epochs: int. Training epochs. Defaults to `1`.
-            batch_size: int. Training batch size. Defaults to `8`.
+            epochs: int. Training epochs. Defaults to `None`: `1`, or the
+                recipe's.
+            batch_size: int. Training batch size. Defaults to `None`: `8`,
+                or the recipe's.
+            recipe: `keras_pam.TaskRecipe`. How to train the task: epochs,
+                batch size, learning rate and schedule, weight decay, label
+                smoothing and gradient accumulation, e.g. the paper's
+                `keras_pam.datasets.hyperparameters("GQA").recipe()`. Give
+                `epochs` and `batch_size` in it, not besides it. Defaults
+                to `None`: `epochs` and `batch_size`, with the optimizer
+                and loss as compiled (learning rate constant).
             callbacks: list of `keras.callbacks.Callback`. Added to `fit`
                 after the strategy's callbacks. Defaults to `None`.
             shuffle: bool. Shuffle every epoch (epoch `e` with the seed
@@ -302,7 +312,8 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         start = time.time()
         index = len(self.record.learned) + 1
         name = name if name is not None else f"task_{index}"
-        training.check_task_arguments(name, epochs, batch_size)
+        recipe = training.task_recipe(name, epochs, batch_size, recipe)
+        training.check_recipe(self, recipe[0])
         if name in self.record.learned and not relearn:
             raise ValueError(
                 f"The task {name!r} has already been learned; pass "
@@ -316,11 +327,12 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
                 self,
                 task,
                 (strategy_callbacks, list(callbacks or [])),
-                epochs,
-                batch_size,
+                recipe,
                 dict(fit_kwargs, shuffle=shuffle, seed=seed, verbose=verbose),
             )
         report = self._finish_task(task, temporary, history)
+        if recipe[1]:
+            report.recipe = recipe[0].to_dict()
         report.seconds = time.time() - start
         self.record.task_reports.append(report)
         if self.run_folder is not None:

@@ -13,6 +13,8 @@ class LoRABatchCallback(keras.callbacks.Callback):
     slices fixed) and I-LoRA's `ExponentialMovingAverage` are ones. The
     base gives them two things:
 
+    - `accumulation_steps()`, the batches per optimizer update under
+      gradient accumulation, for work that goes with updates;
     - `lora_variables()`, the model's LoRA factors reached through
       `self.model`. On JAX, `fit` keeps the training state outside the
       model's variables between batches: reaching `self.model` copies it
@@ -75,6 +77,13 @@ class LoRABatchCallback(keras.callbacks.Callback):
         """The model's LoRA factors, `{path: variable}`, through
         `self.model` (so that on JAX reads are current and writes kept)."""
         return lora_variables(self.model)
+
+    def accumulation_steps(self):
+        """Train steps (micro-batches) per optimizer update: the optimizer's
+        `gradient_accumulation_steps`, or `1`. A callback whose work goes
+        with optimizer updates acts after every this many batches."""
+        optimizer = getattr(self.model, "optimizer", None)
+        return getattr(optimizer, "gradient_accumulation_steps", None) or 1
 
     def backup_state(self):
         """The callback's progress within a `fit`: a state tree for

@@ -1,6 +1,7 @@
 """`LoRAModel`: a KerasHub causal LM whose LoRA factors alone train."""
 
 import contextlib
+import functools
 
 import keras
 import numpy as np
@@ -11,6 +12,7 @@ from keras_pam.lora import adopt_lora
 from keras_pam.lora import enable_lora
 from keras_pam.lora import lora_variables
 from keras_pam.lora import quantize_base
+from keras_pam.losses import label_smoothing_loss
 from keras_pam.models.pali_gemma_preset import load_pali_gemma
 
 # The inputs of the causal LM; other keys of `x` feed extra losses.
@@ -85,6 +87,11 @@ class LoRAModel(keras.Model):
         self._in_step_cache = InStepCache()
         self._train_functions = {}
         self._train_step_key = None
+        # Settings traced into the step besides the strategy's (see
+        # `traced_step_settings`); `None` until compiled.
+        self._step_settings = None
+        # Label smoothing of the default loss; a task recipe sets it.
+        self.label_smoothing = 0.0
         # The preset the model came from (`from_preset`), or `None`.
         self.preset = None
         self.built = True
@@ -119,17 +126,18 @@ class LoRAModel(keras.Model):
         A key names what is traced into the step (see
         `keras_pam.training.train_step_key`). The compiled step and the
         in-step update of a key are kept, so a key that comes back reuses
-        them (its update `reset`); `None` is never reused.
+        them (its update `reset`); `None` is never reused. A step is kept
+        per key and per `traced_step_settings`.
 
         Args:
             key: hashable or `None`. The step's key.
             build_update: callable. Makes the `keras_pam.InStepUpdate` of a
                 key not seen before, or returns `None` for none.
         """
-        if self.train_function is not None and self._train_step_key:
-            self._train_functions[self._train_step_key] = self.train_function
+        self._keep_train_function()
         self._train_step_key = key
-        self.train_function = self._train_functions.get(key) if key else None
+        self._step_settings = self.traced_step_settings()
+        self._load_train_function()
         update = self._in_step_cache.get(key)
         if update is None:
             update = build_update()
@@ -142,6 +150,42 @@ class LoRAModel(keras.Model):
         self._in_step_slot.clear()
         if update is not None:
             self._in_step_slot.append(update)
+
+    def traced_step_settings(self):
+        """The settings, besides the strategy's, that tracing bakes into
+        the train step as constants: the label smoothing, the optimizer's
+        weight decay and gradient accumulation, and whether its learning
+        rate is a schedule."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None:
+            return None
+        return (
+            float(self.label_smoothing),
+            optimizer.weight_decay,
+            optimizer.gradient_accumulation_steps,
+            type(optimizer._learning_rate).__name__,
+        )
+
+    def refresh_train_step(self):
+        """Switch to the step traced with the current settings (after a
+        task recipe changed them), keeping the one traced before."""
+        settings = self.traced_step_settings()
+        if settings == self._step_settings:
+            return
+        self._keep_train_function()
+        self._step_settings = settings
+        self._load_train_function()
+
+    def _keep_train_function(self):
+        if self.train_function is not None and self._train_step_key:
+            key = (self._train_step_key, self._step_settings)
+            self._train_functions[key] = self.train_function
+
+    def _load_train_function(self):
+        key = (self._train_step_key, self._step_settings)
+        self.train_function = (
+            self._train_functions.get(key) if self._train_step_key else None
+        )
 
     @property
     def in_step_update(self):
@@ -176,6 +220,8 @@ class LoRAModel(keras.Model):
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(learning_rate=5e-4)
+        # Label smoothing is added to the default loss only.
+        self.default_loss = loss == "auto"
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if weighted_metrics == "auto":
@@ -188,10 +234,33 @@ class LoRAModel(keras.Model):
             weighted_metrics=weighted_metrics,
             **kwargs,
         )
+        # What a task without a recipe trains with.
+        self.compiled_optimizer_settings = {
+            "weight_decay": self.optimizer.weight_decay,
+            "gradient_accumulation_steps": (
+                self.optimizer.gradient_accumulation_steps
+            ),
+        }
+        self._step_settings = self.traced_step_settings()
 
     def call(self, inputs, training=False):
         inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
         return self.causal_lm(inputs, training=training)
+
+    def make_train_function(self, force=False):
+        if keras.backend.backend() != "jax" or (
+            self.train_function is not None and not force
+        ):
+            return super().make_train_function(force)
+        # `jax.jit` reuses a trace of any function equal to the one it is
+        # given, and two bound `self.train_step` are equal: a step with
+        # other constants (a strategy's loss settings, a recipe's weight
+        # decay) would run the old trace. A new function traces anew.
+        self.train_step = functools.partial(type(self).train_step, self)
+        try:
+            return super().make_train_function(force)
+        finally:
+            del self.train_step
 
     def train_step(self, *args, **kwargs):
         update = self.in_step_update
@@ -215,6 +284,10 @@ class LoRAModel(keras.Model):
             sample_weight=sample_weight,
             training=training,
         )
+        if self.label_smoothing:
+            loss = loss + label_smoothing_loss(
+                y, y_pred, sample_weight, self.label_smoothing
+            )
         extra = self.extra_loss(x, y, y_pred, sample_weight)
         return loss if extra is None else loss + extra
 

@@ -58,6 +58,8 @@ class TaskReport:
             PAM's alignment protects. NaN when no global entry is
             important.
         seconds: float. Wall time of the whole task, evaluation included.
+        recipe: dict. The `keras_pam.TaskRecipe` it trained with
+            (`TaskRecipe.to_dict`), or `None` when `learn_task` had none.
         diagnostics: dict. What the strategy reported of the task beyond
             the fields above (`Strategy.task_diagnostics`).
     """
@@ -73,6 +75,7 @@ class TaskReport:
     misaligned_fraction_all: float = math.nan
     misaligned_fraction_important: float = math.nan
     seconds: float = 0.0
+    recipe: dict = None
     diagnostics: dict = dataclasses.field(default_factory=dict)
 
     @classmethod

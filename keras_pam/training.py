@@ -13,6 +13,8 @@ from keras_pam.lora import AdapterState
 from keras_pam.lora import lora_variables
 from keras_pam.strategies.strategy import Strategy
 from keras_pam.strategies.strategy import StrategyWrapper
+from keras_pam.task_learning_rate import TaskLearningRate
+from keras_pam.task_recipe import TaskRecipe
 
 
 def initial_adapter(model, seed):
@@ -150,20 +152,135 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 def reset_optimizer(optimizer, variables):
-    """Zero the step count and moments; keep the learning rate."""
+    """Zero the step count, moments and gradient accumulators; keep the
+    learning rate (a variable, or a `TaskLearningRate`'s settings)."""
     if not optimizer.built:
         optimizer.build(variables)
     learning_rate = getattr(optimizer, "_learning_rate", None)
+    kept = {id(learning_rate)}
+    kept.update(id(v) for v in getattr(learning_rate, "variables", ()))
     for variable in optimizer.variables:
-        if variable is not learning_rate:
+        if id(variable) not in kept:
             variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
 
 
-def check_task_arguments(name, epochs, batch_size):
-    """Refuse a task name, epoch count or batch size `learn_task` cannot
-    use, before anything changes."""
+def check_recipe(learner, recipe):
+    """Refuse a `TaskRecipe` the learner cannot train with, before
+    anything changes."""
+    if recipe is None:
+        return
+    if not isinstance(recipe, TaskRecipe):
+        raise ValueError(
+            "`recipe` must be a `keras_pam.TaskRecipe` (e.g. "
+            "`keras_pam.datasets.hyperparameters(name).recipe()`). Got "
+            f"{type(recipe).__name__}."
+        )
+    if recipe.label_smoothing and not learner.default_loss:
+        raise ValueError(
+            f"The recipe's label_smoothing ({recipe.label_smoothing}) is "
+            "added to the learner's default loss, but the learner was "
+            'compiled with a loss of its own. Compile with `loss="auto"` '
+            "or smooth the labels in your loss."
+        )
+    current = learner.optimizer._learning_rate
+    own_schedule = not isinstance(current, (keras.Variable, TaskLearningRate))
+    if own_schedule and (
+        recipe.learning_rate is not None or recipe.schedule != "constant"
+    ):
+        raise ValueError(
+            "The learner's optimizer has a learning-rate schedule of its "
+            f"own ({type(current).__name__}); a recipe's `learning_rate` "
+            "and `schedule` need an optimizer compiled with a float "
+            "learning rate."
+        )
+
+
+def apply_recipe(learner, recipe, num_examples):
+    """Set the optimizer and loss for a task trained by `recipe`.
+
+    `None` trains as compiled: the compiled weight decay and gradient
+    accumulation, no label smoothing, and the learning rate constant at
+    the compiled one. Settings traced into the step select the step
+    traced with them (`LoRAModel.refresh_train_step`); the learning
+    rate's are variables (`TaskLearningRate`).
+
+    Args:
+        learner: `keras_pam.LoRAModel`. The model, compiled.
+        recipe: `keras_pam.TaskRecipe` or `None`.
+        num_examples: int. The task's training examples.
+    """
+    optimizer = learner.optimizer
+    compiled = learner.compiled_optimizer_settings
+    schedule = optimizer._learning_rate
+    if recipe is None:
+        weight_decay = compiled["weight_decay"]
+        accumulation = compiled["gradient_accumulation_steps"]
+        smoothing = 0.0
+        if isinstance(schedule, TaskLearningRate):
+            schedule.set(schedule.base_learning_rate)
+    else:
+        accumulation = recipe.gradient_accumulation_steps
+        if isinstance(schedule, TaskLearningRate) or (
+            recipe.learning_rate is not None or recipe.schedule != "constant"
+        ):
+            schedule = TaskLearningRate.attach(optimizer)
+            peak = recipe.learning_rate or schedule.base_learning_rate
+            updates = recipe.num_updates(num_examples)
+            schedule.set(
+                peak,
+                num_updates=updates,
+                warmup_updates=recipe.warmup_updates(updates),
+                cosine=recipe.schedule == "cosine",
+                accumulation=accumulation,
+            )
+        else:
+            peak = float(schedule.numpy())
+        weight_decay = compiled["weight_decay"]
+        if recipe.weight_decay is not None:
+            # Keras decays by `weight_decay * learning_rate`, big_vision by
+            # `weight_decay * schedule factor`: the same at this ratio.
+            weight_decay = recipe.weight_decay / peak or None
+        smoothing = recipe.label_smoothing
+    set_gradient_accumulation(optimizer, accumulation)
+    optimizer.weight_decay = weight_decay
+    learner.label_smoothing = float(smoothing)
+    learner.refresh_train_step()
+
+
+def set_gradient_accumulation(optimizer, steps):
+    """Make a built optimizer accumulate `steps` micro-batches per update
+    (`None` or `1`: none), creating its accumulators if it has none."""
+    steps = None if steps in (None, 1) else int(steps)
+    if steps and not getattr(optimizer, "_accumulated_gradients", None):
+        accumulators = [
+            optimizer.add_variable_from_reference(
+                v, name="gradient_accumulator"
+            )
+            for v in optimizer._trainable_variables
+        ]
+        optimizer._accumulated_gradients = accumulators
+    optimizer.gradient_accumulation_steps = steps
+
+
+def task_recipe(name, epochs, batch_size, recipe):
+    """The `TaskRecipe` a task trains with, and whether the user gave one
+    (`None` for `epochs` or `batch_size` means their default).
+
+    Refuses a task name, epoch count or batch size `learn_task` cannot use,
+    or `epochs`/`batch_size` given besides a recipe, before anything
+    changes.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")
+    if recipe is not None:
+        if epochs is not None or batch_size is not None:
+            raise ValueError(
+                "Give `epochs` and `batch_size` in the `recipe`, not "
+                "besides it."
+            )
+        return recipe, True
+    epochs = 1 if epochs is None else epochs
+    batch_size = 8 if batch_size is None else batch_size
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
     if (
@@ -174,9 +291,10 @@ def check_task_arguments(name, epochs, batch_size):
         raise ValueError(
             f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
         )
+    return TaskRecipe(epochs=epochs, batch_size=batch_size), False
 
 
-def fit_task(learner, task, callbacks, epochs, batch_size, fit_kwargs):
+def fit_task(learner, task, callbacks, recipe, fit_kwargs):
     """Train a task's temporary adapter: the `fit` step of `learn_task`.
 
     The model starts from the strategy's `start_state` with the optimizer
@@ -189,8 +307,9 @@ def fit_task(learner, task, callbacks, epochs, batch_size, fit_kwargs):
         learner: `keras_pam.ContinualLearner`. The learner.
         task: `keras_pam.strategies.TaskContext`. The task.
         callbacks: tuple `(strategy_callbacks, user_callbacks)` of lists.
-        epochs: int. The task's epochs.
-        batch_size: int. The batch size.
+        recipe: tuple `(recipe, given)`: the task's `TaskRecipe`, and
+            whether the user gave it (else it only holds the epochs and
+            batch size, and the model trains as compiled).
         fit_kwargs: dict. `shuffle`, `seed` and `verbose` of the data and
             `fit`, and any other keyword for `fit`.
 
@@ -200,6 +319,8 @@ def fit_task(learner, task, callbacks, epochs, batch_size, fit_kwargs):
     """
     strategy = learner.strategy
     strategy_callbacks, user_callbacks = callbacks
+    recipe, recipe_given = recipe
+    epochs = recipe.epochs
     fit_kwargs = dict(fit_kwargs)
     shuffle = fit_kwargs.pop("shuffle")
     seed = fit_kwargs.pop("seed")
@@ -210,6 +331,11 @@ def fit_task(learner, task, callbacks, epochs, batch_size, fit_kwargs):
     history = dict(backup["history"]) if backup else {}
     strategy.start_state(task).assign_to(learner)
     reset_optimizer(learner.optimizer, learner.trainable_variables)
+    apply_recipe(
+        learner,
+        recipe if recipe_given else None,
+        len(train_examples["prompts"]),
+    )
     if backup:
         backup["adapter"].assign_to(learner)
         for variable, value in zip(
@@ -228,7 +354,7 @@ def fit_task(learner, task, callbacks, epochs, batch_size, fit_kwargs):
         if initial_epoch < epochs:
             dataset = data_lib.training_dataset(
                 train_examples,
-                batch_size,
+                recipe.micro_batch_size,
                 learner.causal_lm.preprocessor,
                 shuffle,
                 seed,
@@ -236,7 +362,7 @@ def fit_task(learner, task, callbacks, epochs, batch_size, fit_kwargs):
                 epochs=epochs,
                 initial_epoch=initial_epoch,
             )
-            steps = -(-len(train_examples["prompts"]) // batch_size)
+            steps = recipe.steps_per_epoch(len(train_examples["prompts"]))
             fitted = learner.fit(
                 dataset,
                 epochs=epochs,

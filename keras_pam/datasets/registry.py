@@ -185,6 +185,43 @@ class TaskHyperparameters:
     label_smoothing: float
     metric: str
 
+    def recipe(self, gradient_accumulation_steps=1, **changes):
+        """The task's `keras_pam.TaskRecipe`: these settings, the paper's
+        learning rate (`PAPER_LEARNING_RATE`), and PaliGemma's transfer
+        schedule (cosine with a 5 % linear warmup).
+
+        Args:
+            gradient_accumulation_steps: int. Micro-batches per update, for
+                a device that cannot hold `batch_size`; must divide it.
+                Defaults to `1`.
+            **changes: other `TaskRecipe` fields to change, e.g. `epochs`.
+
+        Example:
+
+        ```python
+        from keras_pam.datasets import hyperparameters
+
+        recipe = hyperparameters("RSVQA-lr").recipe(
+            gradient_accumulation_steps=4
+        )
+        assert recipe.micro_batch_size == 64
+        assert recipe.label_smoothing == 0.2
+        ```
+        """
+        from keras_pam.task_recipe import TaskRecipe
+
+        settings = dict(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=PAPER_LEARNING_RATE,
+            schedule="cosine",
+            weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+        )
+        settings.update(changes)
+        return TaskRecipe(**settings)
+
 
 _HP = TaskHyperparameters
 

@@ -12,8 +12,10 @@ from keras_pam.utils import compile_function
 class ExponentialMovingAverage(LoRABatchCallback):
     """Keep an exponential moving average of the LoRA factors during `fit`.
 
-    After every batch, `average = decay * average + (1 - decay) * current`,
-    in one compiled update.
+    After every optimizer update (every batch, or under gradient
+    accumulation every update's last batch),
+    `average = decay * average + (1 - decay) * current`, in one compiled
+    update.
 
     Args:
         initial: `AdapterState`. The average's starting value.
@@ -41,17 +43,23 @@ class ExponentialMovingAverage(LoRABatchCallback):
             ]
 
         self._update = compile_function(update)
+        self._accumulation = self.accumulation_steps()
+        self._batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self._batches % self._accumulation:
+            return  # Mid-update: the factors have not changed.
         variables = self.lora_variables()
         self._average = self._update(
             self._average, [variables[k].value for k in self._paths]
         )
 
     def backup_state(self):
-        return {"average": self.state()}
+        return {"average": self.state(), "batches": self._batches}
 
     def restore_backup_state(self, state):
+        self._batches = int(state.get("batches", 0))
         self._average = [
             ops.convert_to_tensor(state["average"][k], "float32")
             for k in self._paths

@@ -1,0 +1,236 @@
+"""A task's recipe: schedule, weight decay, label smoothing, accumulation."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_pam import ContinualLearner
+from keras_pam import TaskRecipe
+from keras_pam.datasets.registry import PAPER_LEARNING_RATE
+from keras_pam.datasets import hyperparameters
+from keras_pam.losses import label_smoothing_loss
+from keras_pam.task_learning_rate import TaskLearningRate
+
+
+def big_vision_cosine(update, total, warmup, peak):
+    """big_vision's `create_learning_rate_schedule` (cosine, linear
+    warmup), written out in numpy."""
+    progress = np.clip((update - warmup) / max(total - warmup, 1), 0, 1)
+    rate = peak * 0.5 * (1 + np.cos(np.pi * progress))
+    if warmup:
+        rate = rate * min(1.0, update / warmup)
+    return rate
+
+
+def test_the_recipe_checks_its_settings():
+    with pytest.raises(ValueError, match="must divide"):
+        TaskRecipe(batch_size=10, gradient_accumulation_steps=4)
+    with pytest.raises(ValueError, match="schedule"):
+        TaskRecipe(schedule="linear")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TaskRecipe(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="epochs"):
+        TaskRecipe(epochs=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        TaskRecipe(learning_rate=-1.0)
+    recipe = TaskRecipe(epochs=3, batch_size=8, gradient_accumulation_steps=4)
+    # 10 examples: 5 micro-batches of 2 per epoch, 15 in all, 3 updates.
+    assert recipe.steps_per_epoch(10) == 5
+    assert recipe.num_updates(10) == 3
+    assert TaskRecipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_the_paper_recipe_is_table_4_with_the_transfer_schedule():
+    recipe = hyperparameters("RSVQA-lr").recipe(gradient_accumulation_steps=8)
+    assert (recipe.epochs, recipe.batch_size) == (3, 256)
+    assert recipe.micro_batch_size == 32
+    assert recipe.label_smoothing == 0.2
+    assert recipe.learning_rate == PAPER_LEARNING_RATE
+    assert recipe.schedule == "cosine"
+    assert hyperparameters("VQAv2").recipe().weight_decay == 1e-6
+    assert hyperparameters("GQA").recipe(epochs=2).epochs == 2
+
+
+def test_the_schedule_is_big_vision_s_counting_updates():
+    optimizer = keras.optimizers.Adam(1e-3)
+    schedule = TaskLearningRate.attach(optimizer)
+    assert optimizer.learning_rate is not None
+    # Before `set`: the optimizer's own rate, constant.
+    assert float(schedule(123)) == pytest.approx(1e-3)
+    schedule.set(
+        5e-4, num_updates=40, warmup_updates=4, cosine=True, accumulation=3
+    )
+    for micro_batch in range(0, 130, 7):
+        update = micro_batch // 3
+        assert float(schedule(micro_batch)) == pytest.approx(
+            big_vision_cosine(update, 40, 4, 5e-4), rel=1e-5, abs=1e-12
+        )
+    schedule.set(2e-4)
+    assert float(schedule(55)) == pytest.approx(2e-4)
+    restored = keras.optimizers.deserialize(
+        keras.optimizers.serialize(optimizer)
+    )
+    assert isinstance(restored._learning_rate, TaskLearningRate)
+    with pytest.raises(ValueError, match="schedule of its own"):
+        TaskLearningRate.attach(
+            keras.optimizers.Adam(
+                keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9)
+            )
+        )
+
+
+def test_label_smoothing_adds_the_smoothed_targets_term():
+    """Task loss + the term is the cross-entropy against
+    `(1 - e) one_hot + e / V`, normalised by batch x length."""
+    rng = np.random.default_rng(0)
+    batch, length, vocab, smoothing = 2, 5, 7, 0.2
+    logits = rng.normal(size=(batch, length, vocab)).astype("float32")
+    labels = rng.integers(0, vocab, size=(batch, length))
+    weights = (rng.random((batch, length)) > 0.4).astype("float32")
+    task_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        labels, logits, sample_weight=weights
+    )
+    got = float(task_loss) + float(
+        label_smoothing_loss(labels, logits, weights, smoothing)
+    )
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    targets = (1 - smoothing) * np.eye(vocab)[labels] + smoothing / vocab
+    per_token = -(targets * log_p).sum(-1)
+    expected = (per_token * weights).sum() / (batch * length)
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def sgd_learner(tiny_preset, learning_rate=0.05):
+    keras.utils.set_random_seed(0)
+    learner = ContinualLearner.from_preset(
+        tiny_preset, rank=4, strategy="finetune", seed=0
+    )
+    learner.compile(optimizer=keras.optimizers.SGD(learning_rate))
+    return learner
+
+
+def trained(learner, task, recipe):
+    learner.learn_task(
+        task.train, name=task.name, recipe=recipe, shuffle=False, verbose=0
+    )
+    return learner.global_state.numpy()
+
+
+def test_accumulated_micro_batches_make_the_full_batch_update(
+    tiny_preset, two_tasks
+):
+    """Two micro-batches of 8 give the update of one batch of 16, and the
+    schedule counts updates, not micro-batches."""
+    task = two_tasks[0]
+    full = TaskRecipe(
+        epochs=2, batch_size=16, schedule="cosine", warmup_fraction=0.25
+    )
+    learner = sgd_learner(tiny_preset)
+    expected = trained(learner, task, full)
+    split = trained(
+        learner.reset(strategy="finetune", seed=0),
+        task,
+        full.replace(gradient_accumulation_steps=2),
+    )
+    assert (
+        int(np.asarray(learner.optimizer.iterations)) == 4
+    )  # 32 / 16 x 2 epochs.
+    for key, value in expected.items():
+        np.testing.assert_allclose(split[key], value, rtol=1e-4, atol=1e-6)
+    moved = [np.abs(split[k] - learner.initial_state[k]).max() for k in split]
+    assert max(moved) > 0
+
+
+def test_weight_decay_shrinks_by_the_decay_not_times_the_rate(
+    tiny_preset, two_tasks
+):
+    """big_vision's decoupled decay: an update subtracts `wd * factor`,
+    whatever the learning rate (Keras multiplies by it; the learner
+    divides it out)."""
+    task, decay = two_tasks[0], 0.01
+    recipe = TaskRecipe(epochs=1, batch_size=32, learning_rate=0.05)
+    learner = sgd_learner(tiny_preset)
+    plain = trained(learner, task, recipe)
+    learner.reset(strategy="finetune", seed=0)
+    start = learner.initial_state.numpy()
+    decayed = trained(learner, task, recipe.replace(weight_decay=decay))
+    for key in plain:
+        np.testing.assert_allclose(
+            decayed[key] - plain[key], -decay * start[key], atol=1e-6
+        )
+    # A later task without a recipe trains as compiled: no decay.
+    assert learner.optimizer.weight_decay is not None
+    learner.learn_task(two_tasks[1].train, name="shape", verbose=0)
+    assert learner.optimizer.weight_decay is None
+
+
+class LearningRates(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(np.asarray(self.model.optimizer.learning_rate)))
+
+    def on_train_begin(self, logs=None):
+        self.rates = []
+
+
+def test_fit_follows_the_recipe_schedule_and_alignment_counts_updates(
+    tiny_preset, two_tasks
+):
+    keras.utils.set_random_seed(0)
+    learner = ContinualLearner.from_preset(
+        tiny_preset, rank=4, align_every=2, seed=0
+    )
+    task = two_tasks[0]
+    learner.learn_task(task.train, name="first", epochs=1, verbose=0)
+    recipe = TaskRecipe(
+        epochs=2,
+        batch_size=8,
+        learning_rate=1e-3,
+        schedule="cosine",
+        warmup_fraction=0.2,
+        gradient_accumulation_steps=2,
+    )
+    rates = LearningRates()
+    report = learner.learn_task(
+        two_tasks[1].train,
+        name="second",
+        recipe=recipe,
+        callbacks=[rates],
+        verbose=0,
+    )
+    # 32 examples: 8 micro-batches of 4 per epoch, 8 updates in all.
+    assert len(rates.rates) == 16
+    for micro_batch, rate in enumerate(rates.rates):
+        assert rate == pytest.approx(
+            big_vision_cosine(micro_batch // 2, 8, 1, 1e-3), abs=1e-9
+        )
+    # Every 2 updates of 8: 4 alignments, not 8 (one per 2 micro-batches).
+    assert len(report.reinitialised_counts) == 4
+    assert report.recipe == recipe.to_dict()
+    # A task without a recipe: the compiled rate, constant.
+    learner.learn_task(
+        task.train, name="third", epochs=1, callbacks=[rates], verbose=0
+    )
+    assert rates.rates == [pytest.approx(5e-4)] * len(rates.rates)
+
+
+def test_a_recipe_the_learner_cannot_follow_is_refused_first(
+    tiny_preset, two_tasks
+):
+    learner = ContinualLearner.from_preset(tiny_preset, rank=4)
+    learner.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    task = two_tasks[0]
+    with pytest.raises(ValueError, match="label_smoothing"):
+        learner.learn_task(
+            task.train, recipe=TaskRecipe(label_smoothing=0.1), verbose=0
+        )
+    with pytest.raises(ValueError, match="not\\s+besides"):
+        learner.learn_task(task.train, epochs=2, recipe=TaskRecipe())
+    with pytest.raises(ValueError, match="TaskRecipe"):
+        learner.learn_task(task.train, recipe={"epochs": 2})
+    assert learner.learned_task_names == []
+    assert not math.isnan(learner.optimizer.learning_rate.numpy())
