@@ -40,6 +40,7 @@ from keras_pam.experiment import DEFAULT_PAIRS  # noqa: F401 (public)
 from keras_pam.experiment import DIFFERENCE_METRICS  # noqa: F401 (public)
 from keras_pam.experiment import MATRIX_HEADER  # noqa: F401 (public)
 from keras_pam.experiment import METRIC_COLUMNS  # noqa: F401 (public)
+from keras_pam.experiment import RECIPES
 from keras_pam.experiment import RUN_FILE
 from keras_pam.experiment import _join
 from keras_pam.experiment import aggregate  # noqa: F401 (public)
@@ -84,6 +85,8 @@ DEFAULTS = {
     "num_train": 1000,
     "num_test": 200,
     "learning_rate": 2e-3,
+    "recipe": "testbed",
+    "gradient_accumulation": 1,
 }
 # `--quick`: small enough that the whole run takes < 1 min.
 QUICK = {
@@ -423,7 +426,30 @@ def build_parser():
     run.add_argument(
         "--learning-rate",
         type=float,
-        help=f"Adam learning rate ({DEFAULTS['learning_rate']})",
+        help=(
+            f"Adam learning rate ({DEFAULTS['learning_rate']}; with "
+            "--recipe paper the peak, default the paper's 5e-4)"
+        ),
+    )
+    run.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help=(
+            "how each task trains: 'testbed' (--epochs, --batch-size, a "
+            "constant learning rate) or 'paper' (each task's CoIN task in "
+            "the paper's Table 4: its epochs, batch size, weight decay and "
+            "label smoothing, with PaliGemma's cosine schedule) "
+            f"({DEFAULTS['recipe']})"
+        ),
+    )
+    run.add_argument(
+        "--gradient-accumulation",
+        type=_positive_int,
+        metavar="N",
+        help=(
+            "split every batch into N micro-batches whose gradients make "
+            "one update, for a device that cannot hold the batch (1)"
+        ),
     )
     seed = run.add_mutually_exclusive_group()
     seed.add_argument(
@@ -554,10 +580,24 @@ def resolve_settings(args):
         "num_train",
         "num_test",
         "learning_rate",
+        "recipe",
+        "gradient_accumulation",
     ):
-        value = getattr(args, key)
+        value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
+    if settings["recipe"] == "paper":
+        for flag in ("epochs", "batch_size"):
+            if getattr(args, flag, None) is not None:
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} does not go with --recipe "
+                    "paper: the paper's recipe sets each task's epochs and "
+                    "batch size (Table 4)."
+                )
+        if getattr(args, "learning_rate", None) is None:
+            from keras_pam.datasets.registry import PAPER_LEARNING_RATE
+
+            settings["learning_rate"] = PAPER_LEARNING_RATE
     orders = args.orders
     if getattr(args, "order", None) is not None:
         orders = [args.order]

@@ -245,6 +245,51 @@ def difference_sentence(a, b, differences):
     return f"{a} vs {b}: " + "; ".join(parts) + "."
 
 
+# How a study's tasks train (`task_recipe`).
+RECIPES = ("testbed", "paper")
+
+
+def task_recipe(task_name, settings):
+    """The `keras_pam.TaskRecipe` of a study's task.
+
+    `settings["recipe"]` `"testbed"` trains every task alike: the study's
+    epochs and batch size, at the compiled learning rate. `"paper"` trains
+    a generated task with the paper's recipe of the CoIN task it stands
+    for (`keras_pam.datasets.COIN_ANALOGUES`; Table 4 and PaliGemma's
+    cosine schedule), peaking at the study's learning rate. Either splits
+    each batch into `settings["gradient_accumulation"]` micro-batches.
+    """
+    from keras_pam import datasets
+    from keras_pam.task_recipe import TaskRecipe
+
+    accumulation = settings.get("gradient_accumulation", 1)
+    if settings.get("recipe", "testbed") == "paper":
+        coin_task = paper_task(task_name)
+        return datasets.hyperparameters(coin_task).recipe(
+            gradient_accumulation_steps=accumulation,
+            learning_rate=settings["learning_rate"],
+        )
+    return TaskRecipe(
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        gradient_accumulation_steps=accumulation,
+    )
+
+
+def paper_task(task_name):
+    """The CoIN task a generated task stands for, or `ValueError`."""
+    from keras_pam import datasets
+
+    analogues = {a: coin for coin, a in datasets.COIN_ANALOGUES.items()}
+    if task_name not in analogues:
+        raise ValueError(
+            f"The task {task_name!r} stands for no CoIN task, so it has no "
+            "paper recipe; the tasks that do: "
+            f"{', '.join(sorted(analogues))}."
+        )
+    return analogues[task_name]
+
+
 def _make_strategy(name, settings, num_tasks):
     """The strategy `name` of a cell, with the study's settings.
 
@@ -337,8 +382,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         report = learner.learn_task(
             task.train,
             name=task.name,
-            epochs=settings["epochs"],
-            batch_size=settings["batch_size"],
+            recipe=task_recipe(task.name, settings),
             seed=settings["seed"] + i,
             verbose=verbose,
             callbacks=_training_logs(log_dir, i, task.name),
@@ -435,8 +479,15 @@ def check_settings(settings):
         raise ValueError("`--tasks` is empty.")
     if settings["tasks"] is not None:
         lengths = {len(settings["tasks"])}
+        task_names = set(settings["tasks"])
     else:
         lengths = {len(datasets.ORDERS[order]) for order in settings["orders"]}
+        task_names = {n for o in settings["orders"] for n in datasets.ORDERS[o]}
+    for name in sorted(task_names):
+        try:
+            task_recipe(name, settings)
+        except ValueError as e:
+            raise ValueError(f"Task {name!r}'s recipe: {e}") from e
     alignment = {
         key: settings[key]
         for key in ("p", "every", "reinit", "scope")

@@ -106,6 +106,10 @@ def same_optimizer(a, b):
     def settings(optimizer):
         config = dict(optimizer.get_config())
         config.pop("name", None)  # "adam", "adam_1", ...: not a setting.
+        schedule = optimizer._learning_rate
+        if isinstance(schedule, TaskLearningRate):
+            # A task recipe's schedule; between tasks, the rate it replaced.
+            config["learning_rate"] = schedule.base_learning_rate
         return json.dumps(config, sort_keys=True, default=str)
 
     return settings(a) == settings(b)
@@ -216,7 +220,7 @@ def apply_recipe(learner, recipe, num_examples):
         weight_decay = compiled["weight_decay"]
         accumulation = compiled["gradient_accumulation_steps"]
         smoothing = 0.0
-        if isinstance(schedule, TaskLearningRate):
+        if isinstance(schedule, TaskLearningRate) and schedule.variables:
             schedule.set(schedule.base_learning_rate)
     else:
         accumulation = recipe.gradient_accumulation_steps
@@ -376,8 +380,10 @@ def fit_task(learner, task, callbacks, recipe, fit_kwargs):
                 history[key] = list(history.get(key, [])) + list(values)
         temporary = AdapterState.from_model(learner)
     finally:
-        # Whatever happened in `fit`, the model holds the global one
-        # and a later `fit` runs a plain step.
+        # Whatever happened in `fit`, the model holds the global one,
+        # its optimizer is as compiled (as a checkpoint saves it) and a
+        # later `fit` runs a plain step.
+        apply_recipe(learner, None, 0)
         learner.global_state.assign_to(learner)
         if learner.in_step_update is not None:
             learner.in_step_update.stop()

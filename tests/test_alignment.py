@@ -326,7 +326,9 @@ def test_callback_warns_when_a_fit_never_aligns():
     state = AdapterState.from_model(model)
     x = np.ones((8, 4), "float32")
     y = np.zeros((8, 3), "float32")
-    with pytest.warns(UserWarning, match=r"has 8 \(2 epochs of 4\).*never"):
+    with pytest.warns(
+        UserWarning, match=r"makes 8 \(2 epochs of 4 batches.*never"
+    ):
         model.fit(
             x,
             y,
@@ -345,3 +347,23 @@ def test_callback_warns_when_a_fit_never_aligns():
             callbacks=[SignAlignmentCallback(state, every=8)],
             verbose=0,
         )
+    # Under gradient accumulation the interval counts optimizer updates:
+    # 8 batches of 2 per update are 4 updates.
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0, gradient_accumulation_steps=2),
+        loss="mse",
+    )
+    with pytest.warns(UserWarning, match=r"every 5 optimizer updates.*makes 4"):
+        model.fit(
+            x,
+            y,
+            batch_size=2,
+            epochs=2,
+            callbacks=[SignAlignmentCallback(state, every=5)],
+            verbose=0,
+        )
+    aligning = SignAlignmentCallback(state, every=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(x, y, batch_size=2, epochs=2, callbacks=[aligning], verbose=0)
+    assert len(aligning.reinitialised_counts) == 1

@@ -267,6 +267,9 @@ BAD_INPUT = [
     (["--pairs", "pam:nope"], "cannot read 'pam:nope'"),
     (["--methods", "pam,finetune", "--pairs", "pam:average"], "not run"),
     (["--pairs", "pam:pam"], "compares 'pam' to itself"),
+    (["--recipe", "paper", "--epochs", "2"], "does not go with --recipe"),
+    (["--recipe", "paper", "--tasks", "count"], "stands for no CoIN task"),
+    (["--gradient-accumulation", "3"], "must divide `batch_size` (16)"),
 ]
 
 
@@ -304,6 +307,26 @@ def test_grid_settings_defaults_and_aliases():
     assert quick["tasks"] == QUICK_TASKS
     custom = parse(["run", "--tasks", "color,count"])
     assert custom["orders"] == [cli.CUSTOM_ORDER]
+
+
+def test_recipe_settings_give_each_task_its_recipe():
+    from keras_pam.experiment import task_recipe
+
+    testbed = parse(
+        ["run", "--batch-size", "8", "--gradient-accumulation", "2"]
+    )
+    recipe = task_recipe("color", testbed)
+    assert (recipe.epochs, recipe.batch_size) == (cli.DEFAULTS["epochs"], 8)
+    assert recipe.micro_batch_size == 4 and recipe.learning_rate is None
+    paper = parse(["run", "--recipe", "paper"])
+    assert paper["learning_rate"] == 5e-4
+    # `color` stands for VQAv2: Table 4's 10 epochs of 256, decay 1e-6.
+    recipe = task_recipe("color", paper)
+    assert (recipe.epochs, recipe.batch_size) == (10, 256)
+    assert recipe.weight_decay == 1e-6 and recipe.schedule == "cosine"
+    assert recipe.learning_rate == 5e-4
+    faster = parse(["run", "--recipe", "paper", "--learning-rate", "1e-3"])
+    assert task_recipe("choice", faster).learning_rate == 1e-3
 
 
 def test_cell_settings():
