@@ -605,6 +605,13 @@ def test_tall_merges_into_the_global_for_every_task(tiny_preset, two_tasks):
             learner.global_state[key], expected[key], atol=1e-6
         )
     assert 0 < dropped < initial.num_entries
+    # The report counts the selfish entries the consensus reset to G_0.
+    first, second = learner.task_reports
+    assert first.diagnostics["tall_pruned_entries"] == 0
+    assert second.diagnostics["tall_pruned_entries"] == dropped
+    assert second.diagnostics["tall_pruned_fraction"] == pytest.approx(
+        dropped / initial.num_entries
+    )
     # Task identity is unknown at test time: every task, learned or not,
     # is evaluated with the global adapter.
     for name in (*(task.name for task in two_tasks), "not learned"):

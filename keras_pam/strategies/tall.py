@@ -6,6 +6,8 @@ compression use, which evaluates each task with its own mask and so needs
 the task's identity at test time.
 """
 
+import numpy as np
+
 from keras_pam import merging
 from keras_pam.strategies.strategy import StrategyWrapper
 
@@ -51,20 +53,49 @@ class TALL(StrategyWrapper):
     def __init__(self, inner, lam=0.1):
         super().__init__(inner)
         self.lam = lam
+        self._pruned = None  # `(pruned, total)` of this task's merge.
 
     def merge(self, temporary, task):
         # The inner merge reads the learner's global adapter: the same
         # `G_{t-1}` as here.
         merged = self.inner.merge(temporary, task)
-        return merging.tall_merge(
+        base = self.learner.initial_state
+        localised = merging.tall_merge(
             [self.learner.global_state, temporary],
-            self.learner.initial_state,
+            base,
             merged=merged,
             lam=self.lam,
         )
+        self._pruned = pruned_entries(merged, localised, base)
+        return localised
+
+    def task_diagnostics(self, temporary, task):
+        """The inner strategy's, and the entries the consensus reset to
+        `G_0` (`tall_pruned_entries`, `tall_pruned_fraction` of all):
+        the selfish weights with which the paper explains TALL's A_m."""
+        diagnostics = dict(self.inner.task_diagnostics(temporary, task))
+        if self._pruned is not None:
+            pruned, total = self._pruned
+            diagnostics["tall_pruned_entries"] = pruned
+            diagnostics["tall_pruned_fraction"] = pruned / max(total, 1)
+            self._pruned = None
+        return diagnostics
 
     def get_config(self):
         return {**super().get_config(), "lam": self.lam}
+
+
+def pruned_entries(merged, localised, base):
+    """`(pruned, total)`: the entries of `merged` that differ from `base`
+    but that the localised merge put back to `base`, and all entries."""
+    pruned = total = 0
+    for path, value in merged.items():
+        value = np.asarray(value)
+        origin = np.asarray(base[path])
+        back = np.asarray(localised[path]) == origin
+        pruned += int(np.count_nonzero(back & (value != origin)))
+        total += value.size
+    return pruned, total
 
 
 class TALLTaskID(StrategyWrapper):
