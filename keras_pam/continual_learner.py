@@ -5,7 +5,6 @@ import time
 
 import keras
 
-from keras_pam import data as data_lib
 from keras_pam import training
 from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.alignment_config import LEARNER_ARGUMENTS
@@ -344,9 +343,7 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
     def _start_task(self, train_data, name, index, eval_data):
         """Read the task's data, register its test split and measure the
         zero-shot accuracies still missing."""
-        examples = data_lib.as_examples(
-            train_data, self.image_size, "train_data"
-        )
+        examples = self.as_examples(train_data, "train_data")
         if eval_data is not None and name not in self.eval_tasks:
             self.add_eval_task(name, eval_data)
         self._evaluate_zero_shot()

@@ -1,8 +1,9 @@
 """Input checking and conversion for the PaliGemma dict format.
 
-A split is a dict with `images` (uint8 or float, `(N, S, S, 3)`), `prompts`
-and `responses` (str), and optionally `answers` (a list of reference answers
-per example, for VQA soft accuracy). It may come as numpy arrays, a
+A split is a dict with `images` (uint8 or float, `(N, S, S, 3)`, or video
+clips of `F` frames `(N, F, S, S, 3)`), `prompts` and `responses` (str), and
+optionally `answers` (a list of reference answers per example, for VQA soft
+accuracy). It may come as numpy arrays, a
 `tf.data.Dataset` (batched or not) or a generator of examples or batches.
 """
 
@@ -53,9 +54,32 @@ def _concatenate(batches):
         parts = [b[key] for b in batches]
         if key == "answers":
             merged[key] = [list(a) for part in parts for a in part]
+        elif key == "images" and _uneven_clips(parts):
+            # Kept as a list of clips, for `as_examples` to check.
+            merged[key] = [np.asarray(c) for p in parts for c in p]
         else:
             merged[key] = np.concatenate([np.asarray(p) for p in parts], 0)
     return merged
+
+
+def _uneven_clips(parts):
+    """Whether batches of video clips differ in frame count or size."""
+    parts = [np.asarray(p) for p in parts]
+    shapes = {p.shape[1:] for p in parts}
+    return len(shapes) > 1 and all(p.ndim == 5 for p in parts)
+
+
+def _is_batched(row):
+    """Whether a row of a dataset or generator is a batch of examples.
+
+    Images `(S, S, 3)` are one example and `(N, S, S, 3)` a batch, unless
+    the prompt is a single string: then they are one video clip
+    `(F, S, S, 3)`. Clips `(N, F, S, S, 3)` are a batch.
+    """
+    ndim = np.ndim(row.get("images", np.zeros(3)))
+    if ndim == 4:
+        return np.ndim(row.get("prompts", ())) != 0
+    return ndim == 5
 
 
 def _materialise(data, name):
@@ -69,8 +93,7 @@ def _materialise(data, name):
             rows = list(data.as_numpy_iterator())
             if not rows:
                 raise ValueError(f"`{name}` is an empty dataset.")
-            batched = np.ndim(rows[0].get("images", np.zeros(3))) == 4
-            if not batched:
+            if not _is_batched(rows[0]):
                 rows = [
                     {k: np.asarray(v)[None] for k, v in r.items()} for r in rows
                 ]
@@ -87,8 +110,7 @@ def _materialise(data, name):
             raise ValueError(f"`{name}` is empty: it yielded no examples.")
         if not all(isinstance(r, collections.abc.Mapping) for r in rows):
             raise ValueError(f"`{name}` must yield dicts of {REQUIRED_KEYS}.")
-        batched = np.ndim(rows[0].get("images", np.zeros(3))) == 4
-        if not batched:
+        if not _is_batched(rows[0]):
             rows = [
                 {
                     k: ([v] if k == "answers" else np.asarray(v)[None])
@@ -103,19 +125,137 @@ def _materialise(data, name):
     )
 
 
-def as_examples(data, image_size=None, name="data"):
+def _clip_list(images):
+    """The clips of a list (or object array) of `(F, S, S, 3)` arrays, or
+    `None` if `images` is not one."""
+    is_list = isinstance(images, (list, tuple))
+    is_objects = (
+        isinstance(images, np.ndarray)
+        and images.dtype == object
+        and images.ndim == 1
+    )
+    if not (is_list or is_objects) or not len(images):
+        return None
+    if not all(np.ndim(clip) == 4 for clip in images):
+        return None
+    return [np.asarray(clip) for clip in images]
+
+
+def _pad_clip(clip, num_frames):
+    """`clip` with its last frame repeated up to `num_frames` frames."""
+    missing = num_frames - clip.shape[0]
+    if missing <= 0:
+        return clip
+    return np.concatenate([clip, np.repeat(clip[-1:], missing, axis=0)], 0)
+
+
+def _stack_clips(clips, num_frames, pad_frames, name):
+    """One `(N, F, S, S, 3)` array of a list of clips."""
+    frame_shapes = {clip.shape[1:] for clip in clips}
+    if len(frame_shapes) > 1:
+        first = clips[0].shape[1:]
+        other = next(
+            i for i, clip in enumerate(clips) if clip.shape[1:] != first
+        )
+        raise ValueError(
+            f"`{name}['images']` holds frames of different shapes: example "
+            f"0 has frames of shape {first}, example {other} "
+            f"{clips[other].shape[1:]}. Resize every frame to the model's "
+            "size."
+        )
+    counts = [clip.shape[0] for clip in clips]
+    if len(set(counts)) > 1:
+        if not pad_frames:
+            shortest, longest = int(np.argmin(counts)), int(np.argmax(counts))
+            raise ValueError(
+                f"`{name}['images']` holds clips with uneven frame counts: "
+                f"example {shortest} has {counts[shortest]} frames, example "
+                f"{longest} {counts[longest]}. Sample the same number of "
+                "frames from every clip, or pass `pad_frames=True` to pad "
+                "the shorter clips by repeating their last frame."
+            )
+        target = num_frames if num_frames is not None else max(counts)
+        clips = [_pad_clip(clip, target) for clip in clips]
+        counts = [clip.shape[0] for clip in clips]
+        if len(set(counts)) > 1:
+            longest = int(np.argmax(counts))
+            raise ValueError(
+                f"`{name}['images']` example {longest} has {counts[longest]} "
+                f"frames, but the model takes {num_frames}; padding only "
+                "adds frames. Sample the frames of the longer clips."
+            )
+    return np.stack(clips, 0)
+
+
+def _fit_frames(images, num_frames, pad_frames, image_size, name):
+    """`images` with the frame count of the model, or a `ValueError`."""
+    if images.ndim == 4:
+        if num_frames is None or num_frames == 1:
+            return images
+        if pad_frames:
+            return np.repeat(images[:, None], num_frames, axis=1)
+        raise ValueError(
+            f"`{name}['images']` are single images {images.shape}, but the "
+            f"model takes clips of {num_frames} frames (N, {num_frames}, "
+            "size, size, 3). Pass clips, or `pad_frames=True` to repeat "
+            f"each image {num_frames} times."
+        )
+    frames = images.shape[1]
+    if num_frames is None:
+        if image_size is not None:
+            raise ValueError(
+                f"`{name}['images']` holds video clips of {frames} frames "
+                f"{images.shape}: a video example given to a learner built "
+                "without video support. Build its model with "
+                "`keras_pam.models.video_pali_gemma` "
+                f"(`PaliGemmaVideoCausalLM`, `num_frames={frames}`), or "
+                "give single images (N, size, size, 3)."
+            )
+        return images
+    if frames < num_frames and pad_frames:
+        return np.stack([_pad_clip(clip, num_frames) for clip in images])
+    if frames != num_frames:
+        raise ValueError(
+            f"`{name}['images']` are clips of {frames} frames, but the "
+            f"model takes {num_frames}. Sample {num_frames} frames per clip"
+            + (
+                ", or pass `pad_frames=True` to repeat the last frame."
+                if frames < num_frames
+                else "."
+            )
+        )
+    return images
+
+
+def as_examples(
+    data, image_size=None, name="data", num_frames=None, pad_frames=False
+):
     """Check a split and return it as a dict of numpy arrays.
 
     The one check of a split: the learner, the scorer and the data sets'
-    `validate_split` all use it.
+    `validate_split` all use it. `images` are single images
+    `(N, S, S, 3)` or video clips of `F` frames `(N, F, S, S, 3)`; clips
+    may also come as a list of `(F, S, S, 3)` arrays, stacked here when
+    their frame counts agree (or are padded, see `pad_frames`).
+
+    A model states what it takes with `image_size` and `num_frames`
+    (`keras_pam.LoRAModel.example_shape`): an image-only model gives no
+    `num_frames`, and clips then raise.
 
     Args:
         data: dict, `tf.data.Dataset`, iterable or generator function. The
             split, in the PaliGemma dict format.
-        image_size: int. The side every image must have. Defaults to `None`
-            (any square size).
+        image_size: int. The side every image (every frame) must have.
+            Defaults to `None` (any square size, images or clips).
         name: str. How to call `data` in error messages. Defaults to
             `"data"`.
+        num_frames: int. The frames per example the model takes (a video
+            model's; `1` takes images too). Defaults to `None`: an image
+            model, so clips are refused when `image_size` is given.
+        pad_frames: bool. Pad clips with fewer frames than the others (or
+            than `num_frames`) by repeating their last frame, and, with
+            `num_frames`, turn single images into clips of that one image
+            repeated. Defaults to `False`: uneven frame counts raise.
 
     Returns:
         A dict with `images` (numpy), `prompts` and `responses` (object
@@ -126,6 +266,9 @@ def as_examples(data, image_size=None, name="data"):
     split = as_examples({"images": np.zeros((2, 16, 16, 3), "uint8"),
                          "prompts": ["a\\n", "b\\n"],
                          "responses": ["red", "blue"]})
+    clips = as_examples({"images": np.zeros((2, 4, 16, 16, 3), "uint8"),
+                         "prompts": ["a\\n", "b\\n"],
+                         "responses": ["red", "blue"]}, num_frames=4)
     ```
     """
     data = _materialise(data, name)
@@ -135,25 +278,32 @@ def as_examples(data, image_size=None, name="data"):
             f"`{name}` is missing the key(s) {missing}; a split needs "
             f"{list(REQUIRED_KEYS)}. Received keys: {sorted(data)}."
         )
-    images = np.asarray(data["images"])
-    if images.ndim != 4 or images.shape[-1] != 3:
+    clips = _clip_list(data["images"])
+    if clips is not None:
+        images = _stack_clips(clips, num_frames, pad_frames, name)
+    else:
+        images = np.asarray(data["images"])
+    if images.ndim not in (4, 5) or images.shape[-1] != 3:
         raise ValueError(
-            f"`{name}['images']` must have shape (N, size, size, 3); "
-            f"received shape {images.shape}."
+            f"`{name}['images']` must have shape (N, size, size, 3), or "
+            f"(N, frames, size, size, 3) for video clips; received shape "
+            f"{images.shape}."
         )
     if images.dtype.kind not in "uif":
         raise ValueError(
             f"`{name}['images']` must be uint8 or float; received dtype "
             f"{images.dtype}."
         )
-    if images.shape[1] != images.shape[2]:
+    images = _fit_frames(images, num_frames, pad_frames, image_size, name)
+    height, width = images.shape[-3:-1]
+    what = "" if images.ndim == 4 else " frames"
+    if height != width:
         raise ValueError(
-            f"`{name}['images']` must be square; received "
-            f"{images.shape[1]}x{images.shape[2]}."
+            f"`{name}['images']` must be square; received {height}x{width}."
         )
-    if image_size is not None and images.shape[1] != image_size:
+    if image_size is not None and height != image_size:
         raise ValueError(
-            f"`{name}['images']` are {images.shape[1]}x{images.shape[2]}, but "
+            f"`{name}['images']`{what} are {height}x{width}, but "
             f"the model takes {image_size}x{image_size}. Resize them (the "
             "loaders in `keras_pam.datasets` take an `image_size`)."
         )

@@ -2,8 +2,6 @@
 
 import collections.abc
 
-from keras_pam import data as data_lib
-
 
 class EvaluationTasks(collections.abc.Mapping):
     """The registered test splits, by name, and their scoring.
@@ -44,10 +42,8 @@ class EvaluationTasks(collections.abc.Mapping):
             raise ValueError(
                 f"An evaluation task named {name!r} is already registered."
             )
-        self._examples[name] = data_lib.as_examples(
-            eval_data,
-            self.learner.image_size,
-            name=f"eval_data of {name!r}",
+        self._examples[name] = self.learner.as_examples(
+            eval_data, name=f"eval_data of {name!r}"
         )
 
     def score(self, name, state=None):

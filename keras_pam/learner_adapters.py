@@ -5,7 +5,6 @@ strategy evaluates with), scoring and generating with it, and adapters in
 and out as KerasHub `.lora.h5` files.
 """
 
-from keras_pam import data as data_lib
 from keras_pam.lora import AdapterState
 
 
@@ -29,7 +28,7 @@ class LearnerAdaptersMixin:
 
     def evaluate_task(self, eval_data, task_name=None):
         """Accuracy of `evaluation_adapter(task_name)` on a split."""
-        examples = data_lib.as_examples(eval_data, self.image_size, "eval_data")
+        examples = self.as_examples(eval_data, "eval_data")
         with self.holding_adapter(
             self.evaluation_adapter(task_name), then=self.global_state
         ):

@@ -202,6 +202,20 @@ class LoRAModel(keras.Model):
     def image_size(self):
         return self.causal_lm.backbone.image_size
 
+    @property
+    def num_frames(self):
+        """Frames per example of a video model
+        (`keras_pam.models.PaliGemmaVideoBackbone`), `None` for an image
+        model."""
+        return getattr(self.causal_lm.backbone, "num_frames", None)
+
+    def as_examples(self, data, name="data"):
+        """`data` checked for this model (image size, frames) and read
+        into numpy (`keras_pam.data.as_examples`)."""
+        return data_lib.as_examples(
+            data, self.image_size, name, num_frames=self.num_frames
+        )
+
     def compile(
         self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs
     ):

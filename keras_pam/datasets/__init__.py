@@ -24,6 +24,9 @@ from keras_pam.datasets.registry import TaskHyperparameters
 from keras_pam.datasets.registry import hyperparameters
 from keras_pam.datasets.registry import object_array
 from keras_pam.datasets.registry import validate_split
+from keras_pam.datasets.video_loaders import load_video_files
+from keras_pam.datasets.video_loaders import load_video_qa_json
+from keras_pam.datasets.video_loaders import sample_frame_indices
 
 __all__ = [
     "COIN_ANALOGUES",
@@ -37,10 +40,13 @@ __all__ = [
     "hyperparameters",
     "load_llava_json",
     "load_tfds",
+    "load_video_files",
+    "load_video_qa_json",
     "make_suite",
     "make_task",
     "object_array",
     "pretraining_mixture",
+    "sample_frame_indices",
     "validate_split",
     "vocabulary_texts",
     "write_llava_json",

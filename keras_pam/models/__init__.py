@@ -1,4 +1,5 @@
-"""Models: the tiny, locally built PaliGemma and its pretrained base."""
+"""Models: the tiny, locally built PaliGemma, its pretrained base, and
+PaliGemma on video clips."""
 
 from keras_pam.models.tiny_base import SHIPPED_PRESET
 from keras_pam.models.tiny_base import TINY_BASE_CONFIG
@@ -11,3 +12,8 @@ from keras_pam.models.tiny_base import shipped_base_preset
 from keras_pam.models.tiny_base import tiny_base_preset
 from keras_pam.models.tiny_pali_gemma import build_tiny_pali_gemma
 from keras_pam.models.tiny_pali_gemma import train_tokenizer
+from keras_pam.models.video_pali_gemma import PaliGemmaFrameVit
+from keras_pam.models.video_pali_gemma import PaliGemmaVideoBackbone
+from keras_pam.models.video_pali_gemma import PaliGemmaVideoCausalLM
+from keras_pam.models.video_pali_gemma import PaliGemmaVideoCausalLMPreprocessor
+from keras_pam.models.video_pali_gemma import build_tiny_video_pali_gemma
