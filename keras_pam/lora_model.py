@@ -97,7 +97,9 @@ class LoRAModel(keras.Model):
         self.built = True
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
+    def from_preset(
+        cls, preset, load_weights=True, dtype=None, num_frames=None, **kwargs
+    ):
         """Build the model from a KerasHub PaliGemma preset.
 
         Args:
@@ -106,6 +108,10 @@ class LoRAModel(keras.Model):
             load_weights: bool. Load the preset's weights. Defaults to `True`.
             dtype: str. The model's dtype policy, e.g. `"bfloat16"` (the
                 LoRA factors stay float32). Defaults to `None`.
+            num_frames: int. Make it a video model of clips of that many
+                frames (`keras_pam.models.PaliGemmaVideoCausalLM`; an image
+                preset's weights serve every frame). Defaults to `None`:
+                the preset's model.
             **kwargs: passed to the constructor, e.g. `quantize="int8"`.
 
         Example:
@@ -115,7 +121,8 @@ class LoRAModel(keras.Model):
         )
         ```
         """
-        model = cls(load_pali_gemma(preset, load_weights, dtype), **kwargs)
+        causal_lm = load_pali_gemma(preset, load_weights, dtype, num_frames)
+        model = cls(causal_lm, **kwargs)
         if isinstance(preset, str):
             model.preset = preset
         return model

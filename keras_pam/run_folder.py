@@ -34,6 +34,7 @@ MODEL_KEYS = (
     "eval_batch_size",
     "max_answer_tokens",
     "quantize",
+    "num_frames",
 )
 
 
@@ -165,6 +166,9 @@ def run_configuration(learner):
         "config": learner.strategy.get_config(),
     }
     config["preset"] = learner.preset
+    if learner.num_frames is not None:
+        # A video model made from an image preset is rebuilt with it.
+        config["num_frames"] = learner.num_frames
     return json.loads(json.dumps(config, default=str))
 
 
@@ -359,6 +363,7 @@ class RunFolderMixin:
                 )
             learner = cls.from_preset(preset, **kwargs)
         else:
+            kwargs.pop("num_frames", None)  # The given model's own.
             learner = cls(causal_lm, **kwargs)
             learner.preset = preset
         learner.open_run_dir(run_dir)

@@ -268,3 +268,36 @@ def test_as_examples_clips():
     assert tiled["images"].shape == (2, 2, SIZE, SIZE, 3)
     with pytest.raises(ValueError, match="without video support"):
         data_lib.as_examples(split, image_size=SIZE)
+
+
+def test_a_video_run_from_an_image_preset_resumes_as_video(
+    tiny_preset, tmp_path
+):
+    """`from_preset(image_preset, num_frames=F)` makes a video learner;
+    its run folder records `F`, so `resume` rebuilds the video model."""
+    run_dir = str(tmp_path / "run")
+    split = video_split(4, frames=2, size=32)
+    learner = ContinualLearner.from_preset(
+        tiny_preset, num_frames=2, rank=4, run_dir=run_dir
+    )
+    assert learner.num_frames == 2
+    assert isinstance(learner.causal_lm, PaliGemmaVideoCausalLM)
+    learner.learn_task(
+        split, name="clips", eval_data=split, batch_size=2, verbose=0
+    )
+    resumed = ContinualLearner.resume(run_dir, eval_tasks={"clips": split})
+    assert resumed.num_frames == 2
+    assert resumed.learned_task_names == ["clips"]
+    np.testing.assert_array_equal(
+        resumed.evaluate_all().matrix, learner.evaluate_all().matrix
+    )
+    with pytest.raises(ValueError, match="video model of 2 frames"):
+        load_pali_gemma(_saved_video_preset(tmp_path), num_frames=3)
+
+
+def _saved_video_preset(tmp_path):
+    path = str(tmp_path / "video_preset")
+    build_tiny_video_pali_gemma(num_frames=2, image_size=SIZE).save_to_preset(
+        path
+    )
+    return path

@@ -3,8 +3,12 @@
 import os
 
 
-def load_pali_gemma(preset, load_weights=True, dtype=None):
+def load_pali_gemma(preset, load_weights=True, dtype=None, num_frames=None):
     """A `keras_hub.models.PaliGemmaCausalLM` from a preset.
+
+    With `num_frames`, the model takes video clips of that many frames: an
+    image preset becomes a `keras_pam.models.PaliGemmaVideoCausalLM` with
+    its weights, tokenizer and image converter.
 
     Args:
         preset: str. A KerasHub preset name (`"pali_gemma_3b_224"`, needs
@@ -13,6 +17,8 @@ def load_pali_gemma(preset, load_weights=True, dtype=None):
         load_weights: bool. Load the preset's weights. Defaults to `True`.
         dtype: str. The model's dtype policy. Defaults to `None` (the
             preset's).
+        num_frames: int. Frames per example of a video model. Defaults to
+            `None`: the preset's model as saved.
 
     Returns:
         The causal LM, with its preprocessor.
@@ -25,7 +31,7 @@ def load_pali_gemma(preset, load_weights=True, dtype=None):
     import keras_hub
 
     try:
-        return keras_hub.models.PaliGemmaCausalLM.from_preset(
+        causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(
             preset, load_weights=load_weights, dtype=dtype
         )
     except Exception as error:
@@ -40,3 +46,17 @@ def load_pali_gemma(preset, load_weights=True, dtype=None):
             "secrets). Offline, pass the path of a local preset "
             "directory saved with `save_to_preset`."
         ) from error
+    if num_frames is None:
+        return causal_lm
+    saved_frames = getattr(causal_lm.backbone, "num_frames", None)
+    if saved_frames == num_frames:
+        return causal_lm
+    if saved_frames is not None:
+        raise ValueError(
+            f"The preset {preset!r} is a video model of {saved_frames} "
+            f"frames; `num_frames={num_frames}` asks for another. Convert "
+            "its image model, or load it without `num_frames`."
+        )
+    from keras_pam.models.video_pali_gemma import PaliGemmaVideoCausalLM
+
+    return PaliGemmaVideoCausalLM.from_image_causal_lm(causal_lm, num_frames)
