@@ -31,6 +31,7 @@ import sys
 from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.alignment_config import REINIT_MODES
 from keras_pam.alignment_config import SCOPES
+from keras_pam.experiment import BENCHMARKS
 
 # The experiment runner (`keras_pam.experiment`); the names marked public
 # stay importable from here as `keras_pam.cli.X`.
@@ -87,6 +88,8 @@ DEFAULTS = {
     "learning_rate": 2e-3,
     "recipe": "testbed",
     "gradient_accumulation": 1,
+    "benchmark": "coin",
+    "num_frames": 4,
 }
 # `--quick`: small enough that the whole run takes < 1 min.
 QUICK = {
@@ -224,11 +227,12 @@ def parse_orders(text):
         raise argparse.ArgumentTypeError(
             "the order list is empty; give e.g. --orders order1,order2"
         )
-    unknown = [o for o in orders if o not in datasets.ORDERS]
+    known = {**datasets.ALL_ORDERS, **datasets.VIDEO_ORDERS}
+    unknown = [o for o in orders if o not in known]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"Unknown order {', '.join(repr(o) for o in unknown)}. Choose "
-            f"from: {', '.join(datasets.ORDERS)}."
+            f"from: {', '.join(known)}."
         )
     twice = _repeated(orders)
     if twice:
@@ -353,8 +357,9 @@ def build_parser():
         type=parse_orders,
         default=None,
         help=(
-            "comma-separated task orders, from order1..order3 (default: "
-            f"{','.join(DEFAULTS['orders'])})"
+            "comma-separated task orders, from order1..order3 and "
+            "extended (video: video) (default: the benchmark's, "
+            f"{','.join(DEFAULTS['orders'])} for coin)"
         ),
     )
     order.add_argument(
@@ -362,6 +367,21 @@ def build_parser():
         type=_one_order,
         default=None,
         help="one task order: the same as --orders NAME",
+    )
+    run.add_argument(
+        "--benchmark",
+        choices=BENCHMARKS,
+        help=(
+            "the paper's benchmark, as generated analogues: coin (6 image "
+            "tasks), extended (the 10-task sequence) or video (3 video QA "
+            f"tasks on clips) ({DEFAULTS['benchmark']})"
+        ),
+    )
+    run.add_argument(
+        "--num-frames",
+        type=_positive_int,
+        metavar="F",
+        help=f"video: frames per clip ({DEFAULTS['num_frames']})",
     )
     run.add_argument(
         "--tasks",
@@ -582,10 +602,20 @@ def resolve_settings(args):
         "learning_rate",
         "recipe",
         "gradient_accumulation",
+        "benchmark",
+        "num_frames",
     ):
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
+    if settings["benchmark"] != "coin":
+        # The benchmark's own sequence (`--quick`: its first two tasks).
+        order = BENCHMARKS[settings["benchmark"]]
+        settings["orders"] = [order]
+        if args.quick:
+            from keras_pam.experiment import known_orders
+
+            settings["tasks"] = ",".join(known_orders(settings)[order][:2])
     if settings["recipe"] == "paper":
         for flag in ("epochs", "batch_size"):
             if getattr(args, flag, None) is not None:

@@ -248,6 +248,61 @@ def difference_sentence(a, b, differences):
 # How a study's tasks train (`task_recipe`).
 RECIPES = ("testbed", "paper")
 
+# The paper's three benchmarks, as generated analogues, and the order each
+# runs by default: CoIN's six image tasks, the extended ten-task sequence,
+# and video QA.
+BENCHMARKS = {"coin": "order1", "extended": "extended", "video": "video"}
+
+
+def is_video(settings):
+    """Whether a study runs the video benchmark (clips, a video model)."""
+    return settings.get("benchmark", "coin") == "video"
+
+
+def known_orders(settings):
+    """The orders a study of this benchmark can run."""
+    from keras_pam import datasets
+
+    return datasets.VIDEO_ORDERS if is_video(settings) else datasets.ALL_ORDERS
+
+
+def known_tasks(settings):
+    """The task names a study of this benchmark can run."""
+    from keras_pam import datasets
+
+    if is_video(settings):
+        return datasets.VIDEO_TASK_NAMES
+    return datasets.ALL_TASK_NAMES
+
+
+def make_study_suite(settings, order, seed, image_size):
+    """The generated task sequence of one cell."""
+    from keras_pam import datasets
+
+    sizes = dict(
+        num_train=settings["num_train"],
+        num_test=settings["num_test"],
+        image_size=image_size,
+        seed=seed,
+        tasks=settings["tasks"],
+    )
+    if is_video(settings):
+        return datasets.make_video_suite(
+            order=order, num_frames=settings["num_frames"], **sizes
+        )
+    return datasets.make_suite(order=order, **sizes)
+
+
+def shared_model(preset, settings):
+    """The study's `SharedModel`: one model for every cell (a video model
+    of `settings["num_frames"]` frames for the video benchmark)."""
+    from keras_pam.shared_model import SharedModel
+
+    video = {"num_frames": settings["num_frames"]} if is_video(settings) else {}
+    return SharedModel.get(
+        preset, rank=settings["rank"], alpha=settings["alpha"], **video
+    )
+
 
 def task_recipe(task_name, settings):
     """The `keras_pam.TaskRecipe` of a study's task.
@@ -280,11 +335,12 @@ def paper_task(task_name):
     """The CoIN task a generated task stands for, or `ValueError`."""
     from keras_pam import datasets
 
-    analogues = {a: coin for coin, a in datasets.COIN_ANALOGUES.items()}
+    paper_analogues = {**datasets.COIN_ANALOGUES, **datasets.VIDEO_ANALOGUES}
+    analogues = {a: paper for paper, a in paper_analogues.items()}
     if task_name not in analogues:
         raise ValueError(
-            f"The task {task_name!r} stands for no CoIN task, so it has no "
-            "paper recipe; the tasks that do: "
+            f"The task {task_name!r} stands for no task of the paper, so it "
+            "has no paper recipe; the tasks that do: "
             f"{', '.join(sorted(analogues))}."
         )
     return analogues[task_name]
@@ -338,7 +394,6 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
 
     from keras_pam.compilation import CompileLog
     from keras_pam.compilation import cell_summary
-    from keras_pam.shared_model import SharedModel
 
     label = cell_label(method, settings)
     # Seed before `shared.learner`: seeding clears TensorFlow's kernel
@@ -346,9 +401,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     keras.utils.set_random_seed(settings["seed"])
     tests = {task.name: task.test for task in suite}
     # One model per study: its train step and scorer compile once.
-    shared = SharedModel.get(
-        preset, rank=settings["rank"], alpha=settings["alpha"]
-    )
+    shared = shared_model(preset, settings)
     resuming = run_dir is not None and os.path.isfile(
         os.path.join(run_dir, "config.json")
     )
@@ -457,23 +510,29 @@ def check_settings(settings):
     (`keras_pam.strategies.registry.check_strategy`), so that a study of
     many methods does not stop after hours at its last one.
     """
-    from keras_pam import datasets
     from keras_pam.strategies.registry import check_strategy
 
     if not settings.get("seeds"):
         raise ValueError("The seed list is empty.")
+    benchmark = settings.get("benchmark", "coin")
+    if benchmark not in BENCHMARKS:
+        raise ValueError(
+            f"Unknown benchmark {benchmark!r}. Choose from: "
+            f"{', '.join(BENCHMARKS)}."
+        )
+    orders, tasks = known_orders(settings), known_tasks(settings)
     if settings["tasks"] is None:
         for order in settings["orders"]:
-            if order not in datasets.ORDERS:
+            if order not in orders:
                 raise ValueError(
-                    f"Unknown order {order!r}. Choose from: "
-                    f"{', '.join(datasets.ORDERS)}."
+                    f"Unknown order {order!r} for the {benchmark} "
+                    f"benchmark. Choose from: {', '.join(orders)}."
                 )
     for name in settings["tasks"] or ():
-        if name not in datasets.TASK_NAMES:
+        if name not in tasks:
             raise ValueError(
-                f"Unknown task {name!r}. Choose from: "
-                f"{', '.join(datasets.TASK_NAMES)}."
+                f"Unknown task {name!r} for the {benchmark} benchmark. "
+                f"Choose from: {', '.join(tasks)}."
             )
     if settings["tasks"] is not None and not settings["tasks"]:
         raise ValueError("`--tasks` is empty.")
@@ -481,8 +540,8 @@ def check_settings(settings):
         lengths = {len(settings["tasks"])}
         task_names = set(settings["tasks"])
     else:
-        lengths = {len(datasets.ORDERS[order]) for order in settings["orders"]}
-        task_names = {n for o in settings["orders"] for n in datasets.ORDERS[o]}
+        lengths = {len(orders[order]) for order in settings["orders"]}
+        task_names = {n for o in settings["orders"] for n in orders[o]}
     for name in sorted(task_names):
         try:
             task_recipe(name, settings)
@@ -872,7 +931,6 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
     start = time.time()
 
     from keras_pam import checkpoint
-    from keras_pam import datasets
 
     output = _output_folder(output)
     import keras
@@ -903,14 +961,7 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
     for order in settings["orders"]:
         for seed in settings["seeds"]:
             cell = cell_settings(settings, order, seed, log_dir)
-            suite = datasets.make_suite(
-                order=order,
-                num_train=settings["num_train"],
-                num_test=settings["num_test"],
-                image_size=image_size,
-                seed=seed,
-                tasks=settings["tasks"],
-            )
+            suite = make_study_suite(settings, order, seed, image_size)
             task_names[order] = [t.name for t in suite]
             print(
                 f"Cell {order} seed{seed}: tasks "
@@ -931,9 +982,7 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
 
     from keras_pam.shared_model import SharedModel
 
-    shared = SharedModel.get(
-        preset, rank=settings["rank"], alpha=settings["alpha"]
-    )
+    shared = shared_model(preset, settings)
     print(f"Study: {shared.compile_log.summary()}", flush=True)
     SharedModel.clear()  # Frees the model: the next study builds its own.
 

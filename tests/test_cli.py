@@ -268,8 +268,14 @@ BAD_INPUT = [
     (["--methods", "pam,finetune", "--pairs", "pam:average"], "not run"),
     (["--pairs", "pam:pam"], "compares 'pam' to itself"),
     (["--recipe", "paper", "--epochs", "2"], "does not go with --recipe"),
-    (["--recipe", "paper", "--tasks", "count"], "stands for no CoIN task"),
+    (
+        ["--recipe", "paper", "--tasks", "count"],
+        "stands for no task of the paper",
+    ),
     (["--gradient-accumulation", "3"], "must divide `batch_size` (16)"),
+    (["--benchmark", "video", "--tasks", "color"], "for the video benchmark"),
+    (["--benchmark", "video", "--order", "order1"], "for the video benchmark"),
+    (["--tasks", "direction"], "Unknown task 'direction' for the coin"),
 ]
 
 
@@ -327,6 +333,25 @@ def test_recipe_settings_give_each_task_its_recipe():
     assert recipe.learning_rate == 5e-4
     faster = parse(["run", "--recipe", "paper", "--learning-rate", "1e-3"])
     assert task_recipe("choice", faster).learning_rate == 1e-3
+
+
+def test_benchmarks_choose_their_sequence():
+    from keras_pam import datasets
+
+    extended = parse(["run", "--benchmark", "extended"])
+    assert extended["orders"] == ["extended"]
+    assert len(datasets.ALL_ORDERS["extended"]) == 10
+    video = parse(["run", "--benchmark", "video", "--num-frames", "3"])
+    assert video["orders"] == ["video"] and video["num_frames"] == 3
+    quick = parse(["run", "--benchmark", "video", "--quick"])
+    assert quick["tasks"] == list(datasets.VIDEO_ORDERS["video"][:2])
+    assert parse(["run"])["benchmark"] == "coin"
+    # The paper recipe of a video analogue is its video task's (Table 4).
+    from keras_pam.experiment import task_recipe
+
+    paper = parse(["run", "--benchmark", "video", "--recipe", "paper"])
+    msvd = datasets.VIDEO_ORDERS["video"][0]
+    assert task_recipe(msvd, paper).batch_size == 128
 
 
 def test_cell_settings():

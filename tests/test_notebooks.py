@@ -1,5 +1,7 @@
 """The Kaggle and Colab TPU notebooks, run end to end in smoke mode.
 
+The image notebooks (`kaggle_tpu_pam.ipynb`, `colab_tpu_pam.ipynb`) and the
+video QA notebook (`video_tpu_pam.ipynb`, Kaggle and Colab in one).
 `KERAS_PAM_SMOKE=1` makes each notebook use the quick tiny base and
 generated tasks written to local files in the real data formats, so it runs
 on a CPU with nothing downloaded. The notebooks are JAX notebooks (TPU), so
@@ -15,7 +17,35 @@ import keras
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-NOTEBOOKS = ("kaggle_tpu_pam.ipynb", "colab_tpu_pam.ipynb")
+IMAGE_NOTEBOOKS = ("kaggle_tpu_pam.ipynb", "colab_tpu_pam.ipynb")
+VIDEO_NOTEBOOK = "video_tpu_pam.ipynb"
+NOTEBOOKS = IMAGE_NOTEBOOKS + (VIDEO_NOTEBOOK,)
+COMMON_SOURCE = (
+    'os.environ["KERAS_BACKEND"] = "jax"',
+    '"pali_gemma_3b_224"',
+    "keras.distribution.DataParallel",
+    "keras.distribution.set_distribution",
+    "datasets.hyperparameters",
+    "report.plot",
+)
+# What each notebook's code must contain besides `COMMON_SOURCE`.
+SOURCE = {name: ("load_llava_json", "load_tfds") for name in IMAGE_NOTEBOOKS}
+SOURCE[VIDEO_NOTEBOOK] = (
+    "load_video_qa_json",
+    "num_frames=NUM_FRAMES",
+    "gradient_accumulation_steps",
+    '"MSVD-QA"',
+    '"MSRVTT-QA"',
+    '"ActivityNet-QA"',
+    "kaggle_secrets",
+    "google.colab",
+)
+# The tasks each notebook learns in smoke mode (`None`: any three).
+SMOKE_TASKS = {name: None for name in IMAGE_NOTEBOOKS}
+SMOKE_TASKS[VIDEO_NOTEBOOK] = ["MSVD-QA", "MSRVTT-QA", "ActivityNet-QA"]
+# What each notebook prints in smoke mode besides the common lines.
+SMOKE_PRINTS = {name: () for name in IMAGE_NOTEBOOKS}
+SMOKE_PRINTS[VIDEO_NOTEBOOK] = ("clips of 2 frames", "(2, 32, 32, 3)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 jax_only = pytest.mark.skipif(
@@ -39,6 +69,7 @@ def _read(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_is_committed_clean(name):
+    nbformat = pytest.importorskip("nbformat")
     notebook = _read(name)
     assert notebook.nbformat == 4
     assert notebook.metadata.kernelspec.name == "python3"
@@ -46,17 +77,11 @@ def test_notebook_is_committed_clean(name):
     assert code and any(c.cell_type == "markdown" for c in notebook.cells)
     for cell in code:
         assert cell.outputs == [] and cell.execution_count is None
+    # Written as nbformat writes it (indent 1, sorted keys).
+    written = nbformat.writes(notebook) + "\n"
+    assert (EXAMPLES / name).read_text(encoding="utf-8") == written
     source = "\n".join(c.source for c in code)
-    for text in (
-        'os.environ["KERAS_BACKEND"] = "jax"',
-        '"pali_gemma_3b_224"',
-        "keras.distribution.DataParallel",
-        "keras.distribution.set_distribution",
-        "load_llava_json",
-        "load_tfds",
-        "datasets.hyperparameters",
-        "report.plot",
-    ):
+    for text in COMMON_SOURCE + SOURCE[name]:
         assert text in source, text
 
 
@@ -84,6 +109,8 @@ def test_notebook_runs_in_smoke_mode(name, home, tmp_path, monkeypatch):
 
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert len(results["task_names"]) == 3
+    if SMOKE_TASKS[name] is not None:
+        assert results["task_names"] == SMOKE_TASKS[name]
     assert results["eval_task_names"] == results["task_names"]
     matrix = results["matrix"]
     assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
@@ -108,5 +135,7 @@ def test_notebook_runs_in_smoke_mode(name, home, tmp_path, monkeypatch):
     )
     assert "Smoke mode" in printed and "8 devices" in printed
     assert "Metrics (%)" in printed and "zero-shot" in printed
+    for text in SMOKE_PRINTS[name]:
+        assert text in printed, text
     shown = notebook.cells[-1].outputs
     assert any("image/png" in output.get("data", {}) for output in shown)

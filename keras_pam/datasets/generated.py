@@ -16,11 +16,39 @@ letter, like ScienceQA). Every generator is deterministic given its seed.
 | `digits` | TextVQA | what digit is written | zero .. nine | vqa |
 | `sklearn_digits` | OCR-VQA | what digit is this | zero .. nine | exact |
 | `choice` | ScienceQA | which is bigger? a: .. b: .. | a, b, c | exact |
+| `mix_choice` | AOKVQA-MC | which color is it mixed with .. | a, b, c | exact |
+| `land_cover` | RSVQA-lr | is there water .. | yes, no, zero .. five | exact |
+| `facts` | OKVQA | what is the opposite color of .. | colours, numbers | vqa |
+| `diagram` | AI2D | which shape does the arrow point to .. | a, b, c | exact |
+
+The last four (`EXTENDED_TASK_NAMES`) complete the paper's extended CoIN
+sequence (`EXTENDED_ORDER`, the ten tasks of
+`keras_pam.datasets.registry.EXTENDED_COIN_ORDER`); `TASK_NAMES` keeps the
+seven tasks of the three CoIN orders (`ORDERS`), and `ALL_TASK_NAMES` and
+`ALL_ORDERS` hold both. Two of the new tasks need a fact that is not in the
+picture, a fixed world rule of this module: `mix_choice` the painter's
+colour mixing (`COLOR_MIXES`: red and yellow give orange, blue and yellow
+green, red and blue purple) and `facts` the complementary colours of the
+painter's colour wheel (`OPPOSITE_COLORS`) and the corners of a shape
+(`SHAPE_CORNERS`). `land_cover` is the far domain: textured overhead
+"satellite" tiles of fields, water, roads and buildings instead of shapes
+on a plain background. `diagram` draws three shapes on a white page, two of
+them joined by a black arrow.
+
+The answers of every task are words of the shipped tiny base's word-level
+tokenizer (which has no character fallback). The new tasks' prompts also
+contain a few words it does not know (`"arrow"`, `"mixed"`, `"opposite"`,
+`"water"`, ...): each is fixed text of its question, so it tokenizes to
+`<unk>` without making two different questions of a task look the same;
+`TASK_NAMES`'s prompts use only words of `vocabulary_texts`.
 
 Numbers are always answered with words (`"three"`, `"seven"`). Tasks whose
 metric is `"vqa"` also carry `"answers"`: ten copies of the reference, the
 shape of VQAv2's ten annotators, so the VQA soft accuracy of a correct answer
 is 1.
+
+The video analogues of the paper's video QA sequence are in
+`keras_pam.datasets.generated_video`.
 """
 
 import functools
@@ -32,6 +60,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from keras_pam.datasets.registry import COIN_ORDERS
+from keras_pam.datasets.registry import EXTENDED_COIN_ORDER
 from keras_pam.datasets.registry import Task
 from keras_pam.datasets.registry import object_array
 
@@ -398,6 +427,320 @@ def _generate(generator, num, size, rng, exclude=None):
     return _as_split(images, prompts, responses), keys
 
 
+# The extended CoIN sequence: AOKVQA-MC, RSVQA-lr, OKVQA and AI2D analogues.
+
+YES_NO = ("yes", "no")
+
+# The painter's (RYB) colour mixing, the outside fact of `mix_choice`: the
+# mix of two primary colours, keyed by the pair in alphabetical order.
+PRIMARY_COLORS = ("red", "yellow", "blue")
+COLOR_MIXES = {
+    ("red", "yellow"): "orange",
+    ("blue", "yellow"): "green",
+    ("blue", "red"): "purple",
+}
+# The complementary colours of the painter's colour wheel and the corners
+# of a shape, the outside facts of `facts`. A cross has twelve corners, a
+# word the shipped tokenizer does not know, so `facts` never asks a cross's.
+OPPOSITE_COLORS = {
+    "red": "green",
+    "green": "red",
+    "yellow": "purple",
+    "purple": "yellow",
+    "blue": "orange",
+    "orange": "blue",
+}
+SHAPE_CORNERS = {
+    "circle": "zero",
+    "triangle": "three",
+    "square": "four",
+    "diamond": "four",
+}
+# `land_cover` counts at most this many buildings and roads.
+MAX_BUILDINGS = 5
+MAX_ROADS = 3
+
+MIX_QUESTION = "which color is it mixed with {}"
+OPPOSITE_PROMPT = VQA_PREFIX + "what is the opposite color of the shape\n"
+CORNERS_PROMPT = VQA_PREFIX + "how many corners does the shape have\n"
+DIAGRAM_QUESTIONS = {
+    "target": "which shape does the arrow point to",
+    "source": "which shape does the arrow come from",
+}
+# The four question kinds of `land_cover`, after RSVQA-lr's presence,
+# count, comparison and rural/urban questions: water anywhere (yes/no), the
+# number of buildings (zero .. five), more buildings than roads (yes/no),
+# and urban, i.e. at least three buildings and a road (yes/no).
+URBAN_MIN_BUILDINGS = 3
+LAND_COVER_PROMPTS = {
+    "water": VQA_PREFIX + "is there water in the image\n",
+    "buildings": VQA_PREFIX + "how many buildings are there\n",
+    "compare": VQA_PREFIX + "are there more buildings than roads\n",
+    "urban": VQA_PREFIX + "is it an urban area\n",
+}
+
+
+def _options_prompt(question, options):
+    listed = " ".join(
+        f"{OPTION_LETTERS[i]}: {o}" for i, o in enumerate(options)
+    )
+    return f"{VQA_PREFIX}{question} {listed}\n"
+
+
+def _one_shape(rng, size, color, shapes=SHAPES):
+    """A single shape of the given colour on a plain background."""
+    shape = shapes[rng.integers(len(shapes))]
+    r = _radius(rng, size, *_SINGLE_RADIUS)
+    ((cx, cy),) = _place(rng, size, [r])
+    image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
+    return image, shape
+
+
+def _gen_mix_choice(rng, size):
+    """AOKVQA-MC: the picture's colour mixed with a named one (a fact)."""
+    color = PRIMARY_COLORS[rng.integers(len(PRIMARY_COLORS))]
+    others = [c for c in PRIMARY_COLORS if c != color]
+    partner = others[rng.integers(2)]
+    (third,) = [c for c in others if c != partner]
+    image, _ = _one_shape(rng, size, color)
+    answer = COLOR_MIXES[tuple(sorted((color, partner)))]
+    # The mix the other possible picture would give: without the picture
+    # the question is a coin flip between the two.
+    alternative = COLOR_MIXES[tuple(sorted((third, partner)))]
+    rest = [c for c in COLOR_NAMES if c not in (answer, alternative)]
+    options = [answer, alternative, rest[rng.integers(len(rest))]]
+    order = [int(i) for i in rng.permutation(3)]
+    options = [options[i] for i in order]
+    prompt = _options_prompt(MIX_QUESTION.format(partner), options)
+    return image, prompt, OPTION_LETTERS[order.index(0)]
+
+
+def _gen_facts(rng, size):
+    """OKVQA: an open answer from the picture and a fact of the world."""
+    if rng.random() < 0.5:
+        color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
+        image, _ = _one_shape(rng, size, color)
+        return image, OPPOSITE_PROMPT, OPPOSITE_COLORS[color]
+    color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
+    image, shape = _one_shape(rng, size, color, tuple(SHAPE_CORNERS))
+    return image, CORNERS_PROMPT, SHAPE_CORNERS[shape]
+
+
+def _segment_distance(p, a, b):
+    """Distance from point `p` to the segment `a`-`b`."""
+    p, a, b = (np.asarray(v, float) for v in (p, a, b))
+    ab = b - a
+    t = np.clip(np.dot(p - a, ab) / max(np.dot(ab, ab), 1e-9), 0.0, 1.0)
+    return float(np.linalg.norm(p - (a + t * ab)))
+
+
+def _gen_diagram(rng, size):
+    """AI2D: three shapes on a page, an arrow from one to another."""
+    radii = [_radius(rng, size, 0.09, 0.12) for _ in range(3)]
+    head = max(3, round(0.12 * size))
+    half = max(2, round(0.07 * size))
+    # Room between the joined shapes for the head and a shaft as long.
+    min_length = 2 * head + 2
+
+    def accept(centres):
+        (a, b, c) = centres
+        gap = np.hypot(a[0] - b[0], a[1] - b[1]) - radii[0] - radii[1]
+        clear = _segment_distance(c, a, b) >= radii[2] + max(2, size // 16)
+        return gap >= min_length and clear
+
+    (a, b, c) = _place(rng, size, radii, accept=accept)
+    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), 3, replace=False)]
+    colors = [
+        COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 3, replace=False)
+    ]
+    tint = int(rng.integers(225, 256))
+    image = Image.new("RGB", (size, size), (tint, tint, tint - 8))
+    draw = ImageDraw.Draw(image)
+    for shape, color, (cx, cy), r in zip(
+        shapes, colors, (a, b, c), radii, strict=True
+    ):
+        _draw_shape(draw, shape, cx, cy, r, COLORS[color])
+    # The arrow: from shape 0's edge to shape 1's edge, its head at 1.
+    u = np.array(b, float) - np.array(a, float)
+    u /= np.linalg.norm(u)
+    normal = np.array([-u[1], u[0]])
+    start = np.array(a, float) + u * (radii[0] + 1)
+    tip = np.array(b, float) - u * (radii[1] + 1)
+    base = tip - u * head
+    ink = (20, 20, 20)
+    draw.line([tuple(start), tuple(base)], fill=ink, width=max(1, size // 32))
+    wings = (tuple(base + normal * half), tuple(base - normal * half))
+    draw.polygon([tuple(tip), *wings], fill=ink)
+    kind = "target" if rng.random() < 0.5 else "source"
+    names = shapes if rng.random() < 0.5 else colors
+    order = [int(i) for i in rng.permutation(3)]
+    options = [names[i] for i in order]
+    answer = OPTION_LETTERS[order.index(1 if kind == "target" else 0)]
+    prompt = _options_prompt(DIAGRAM_QUESTIONS[kind], options)
+    return np.asarray(image, dtype=np.uint8), prompt, answer
+
+
+# Overhead "satellite" colours of `land_cover`.
+_FIELD_TONES = (
+    (72, 110, 48),
+    (96, 128, 52),
+    (122, 112, 64),
+    (86, 96, 42),
+    (140, 128, 78),
+    (60, 92, 58),
+)
+_WATER = (36, 72, 118)
+_ROAD = (150, 148, 142)
+_ROOFS = ((214, 212, 206), (186, 84, 62), (232, 228, 214))
+
+
+def _noise_field(rng, size, cells, amplitude):
+    """Smooth noise: a coarse random grid upsampled to the image."""
+    coarse = rng.normal(0.0, amplitude, (cells, cells))
+    image = Image.fromarray(coarse.astype(np.float32))
+    return np.asarray(image.resize((size, size), Image.BILINEAR))
+
+
+def _fields(rng, size):
+    """A patchwork of fields, each a tone with smooth and fine noise."""
+    cuts = []
+    for _ in range(2):
+        n = int(rng.integers(1, 3))
+        inner = rng.choice(np.arange(size // 5, size - size // 5), n, False)
+        cuts.append([0] + sorted(int(v) for v in inner) + [size])
+    ground = np.empty((size, size, 3), np.float32)
+    for y0, y1 in itertools.pairwise(cuts[0]):
+        for x0, x1 in itertools.pairwise(cuts[1]):
+            tone = np.array(_FIELD_TONES[rng.integers(len(_FIELD_TONES))])
+            ground[y0:y1, x0:x1] = tone + rng.integers(-10, 11, 3)
+    ground += _noise_field(rng, size, 4, 10.0)[..., None]
+    ground += rng.normal(0.0, 7.0, (size, size, 3))
+    return ground
+
+
+def _water_mask(rng, size):
+    """A lake (a noisy ellipse) or a river (a wavy band)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    wobble = _noise_field(rng, size, 4, 0.12)
+    if rng.random() < 0.5:
+        cx, cy = rng.uniform(0.25, 0.75, 2) * size
+        rx, ry = rng.uniform(0.15, 0.28, 2) * size
+        distance = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
+        return distance + wobble < 1.0
+    along, across = (x, y) if rng.random() < 0.5 else (y, x)
+    centre = rng.uniform(0.3, 0.7) * size
+    amplitude = rng.uniform(0.05, 0.15) * size
+    phase = rng.uniform(0, 2 * np.pi)
+    course = centre + amplitude * np.sin(2 * np.pi * along / size + phase)
+    width = max(2.0, rng.uniform(0.07, 0.12) * size)
+    return np.abs(across - course) < width * (1 + wobble)
+
+
+def _roads(rng, size, count):
+    """`count` straight roads across the tile, parallel ones apart."""
+    width = max(1, size // 24)
+    mask = np.zeros((size, size), bool)
+    used = {"h": [], "v": []}
+    margin = max(2, size // 8)
+    spacing = max(4, size // 5)
+    for _ in range(count):
+        for _ in range(100):
+            axis = "h" if rng.random() < 0.5 else "v"
+            at = int(rng.integers(margin, size - margin - width + 1))
+            if all(abs(at - other) >= spacing for other in used[axis]):
+                break
+        else:
+            return None
+        used[axis].append(at)
+        if axis == "h":
+            mask[at : at + width, :] = True
+        else:
+            mask[:, at : at + width] = True
+    return mask
+
+
+def _dilate(mask, steps):
+    out = mask.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def _buildings(rng, size, count, blocked):
+    """`count` square roofs on free land, apart from everything else."""
+    side = max(2, round(size / 12))
+    taken = blocked.copy()
+    corners = []
+    for _ in range(count):
+        for _ in range(200):
+            y, x = (int(v) for v in rng.integers(1, size - side, 2))
+            if not taken[y : y + side, x : x + side].any():
+                break
+        else:
+            return None
+        corners.append((y, x))
+        taken |= _dilate(_square_mask(size, y, x, side), 2)
+    return corners, side
+
+
+def _square_mask(size, y, x, side):
+    mask = np.zeros((size, size), bool)
+    mask[y : y + side, x : x + side] = True
+    return mask
+
+
+def _land_cover_scene(rng, size):
+    """An overhead tile: fields, maybe water, roads and buildings."""
+    while True:
+        ground = _fields(rng, size)
+        has_water = bool(rng.random() < 0.5)
+        num_roads = int(rng.integers(0, MAX_ROADS + 1))
+        num_buildings = int(rng.integers(0, MAX_BUILDINGS + 1))
+        water = (
+            _water_mask(rng, size)
+            if has_water
+            else np.zeros((size, size), bool)
+        )
+        if has_water and water.mean() < 0.04:
+            continue
+        roads = _roads(rng, size, num_roads)
+        if roads is None:
+            continue
+        placed = _buildings(rng, size, num_buildings, _dilate(water | roads, 1))
+        if placed is None:
+            continue
+        break
+    corners, side = placed
+    image = ground
+    image[water] = _WATER + rng.normal(0.0, 5.0, (int(water.sum()), 3))
+    image[roads] = _ROAD + rng.normal(0.0, 4.0, (int(roads.sum()), 3))
+    for y, x in corners:
+        roof = _ROOFS[rng.integers(len(_ROOFS))]
+        image[y : y + side, x : x + side] = roof
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    return image, has_water, num_roads, num_buildings
+
+
+def _gen_land_cover(rng, size):
+    """RSVQA-lr: presence, count, comparison and urban/rural questions."""
+    image, has_water, num_roads, num_buildings = _land_cover_scene(rng, size)
+    kind = tuple(LAND_COVER_PROMPTS)[rng.integers(len(LAND_COVER_PROMPTS))]
+    if kind == "water":
+        yes = has_water
+    elif kind == "compare":
+        yes = num_buildings > num_roads
+    elif kind == "urban":
+        yes = num_buildings >= URBAN_MIN_BUILDINGS and num_roads >= 1
+    else:
+        return image, LAND_COVER_PROMPTS[kind], NUMBER_WORDS[num_buildings]
+    return image, LAND_COVER_PROMPTS[kind], "yes" if yes else "no"
+
+
 _TASKS = {
     # name: (generator, metric, CoIN analogue, description)
     "color": (
@@ -445,9 +788,51 @@ _TASKS = {
             "letter (ScienceQA-like, the dissimilar task)."
         ),
     ),
+    "mix_choice": (
+        _gen_mix_choice,
+        "exact",
+        "AOKVQA-MC",
+        (
+            "Multiple choice on the colour the pictured colour makes when "
+            "mixed with a named one, a fact not in the picture "
+            "(AOKVQA-MC-like)."
+        ),
+    ),
+    "land_cover": (
+        _gen_land_cover,
+        "exact",
+        "RSVQA-lr",
+        (
+            "Questions on textured overhead tiles of fields, water, roads "
+            "and buildings (RSVQA-lr-like, a far visual domain)."
+        ),
+    ),
+    "facts": (
+        _gen_facts,
+        "vqa",
+        "OKVQA",
+        (
+            "Open answers from the picture and a fact of the world: a "
+            "colour's opposite, a shape's corners (OKVQA-like)."
+        ),
+    ),
+    "diagram": (
+        _gen_diagram,
+        "exact",
+        "AI2D",
+        (
+            "Multiple choice on which shape a diagram's arrow points to or "
+            "comes from (AI2D-like)."
+        ),
+    ),
 }
 
-TASK_NAMES = tuple(_TASKS)
+# The four tasks of the extended sequence only. Their prompts hold words
+# that `vocabulary_texts` does not (see the module docstring), so they are
+# kept apart from `TASK_NAMES`, the tasks of the three CoIN orders.
+EXTENDED_TASK_NAMES = ("mix_choice", "land_cover", "facts", "diagram")
+TASK_NAMES = tuple(n for n in _TASKS if n not in EXTENDED_TASK_NAMES)
+ALL_TASK_NAMES = tuple(_TASKS)
 
 # CoIN task -> its generated analogue.
 COIN_ANALOGUES = {
@@ -459,6 +844,10 @@ ORDERS = {
     order: tuple(COIN_ANALOGUES[coin] for coin in coin_tasks)
     for order, coin_tasks in COIN_ORDERS.items()
 }
+# The paper's extended CoIN sequence of ten tasks, mapped the same way.
+EXTENDED_ORDER = tuple(COIN_ANALOGUES[coin] for coin in EXTENDED_COIN_ORDER)
+# Every order `make_suite` knows: `ORDERS` and `"extended"`.
+ALL_ORDERS = dict(ORDERS, extended=EXTENDED_ORDER)
 
 _ANSWERS = {
     "color": COLOR_NAMES,
@@ -468,13 +857,17 @@ _ANSWERS = {
     "digits": NUMBER_WORDS,
     "sklearn_digits": NUMBER_WORDS,
     "choice": OPTION_LETTERS,
+    "mix_choice": OPTION_LETTERS,
+    "land_cover": YES_NO + NUMBER_WORDS[: MAX_BUILDINGS + 1],
+    "facts": COLOR_NAMES + tuple(dict.fromkeys(SHAPE_CORNERS.values())),
+    "diagram": OPTION_LETTERS,
 }
 
 
 def _check_task_name(name):
     if name not in _TASKS:
         raise ValueError(
-            f"Unknown task {name!r}. Known tasks: {', '.join(TASK_NAMES)}."
+            f"Unknown task {name!r}. Known tasks: {', '.join(ALL_TASK_NAMES)}."
         )
 
 
@@ -482,7 +875,7 @@ def answer_vocabulary(name):
     """Returns the tuple of answers that a generated task can have.
 
     Args:
-        name: str. One of `TASK_NAMES`.
+        name: str. One of `ALL_TASK_NAMES`.
 
     Example:
 
@@ -520,7 +913,8 @@ def make_task(name, num_train=1000, num_test=200, image_size=32, seed=0):
     repeats images, each pool image being used once before any repeats.
 
     Args:
-        name: str. One of `TASK_NAMES`.
+        name: str. One of `ALL_TASK_NAMES` (`TASK_NAMES` and
+            `EXTENDED_TASK_NAMES`).
         num_train: int. Number of training examples. Defaults to `1000`.
         num_test: int. Number of test examples. Defaults to `200`.
         image_size: int. Side `S` of the square images, at least 32.
@@ -581,16 +975,19 @@ def make_suite(
     """Generates a sequence of tasks.
 
     Args:
-        order: str. A key of `ORDERS` (`"order1"`, `"order2"`, `"order3"`,
-            the paper's CoIN orders mapped to the generated analogues).
-            Ignored when `tasks` is given. Defaults to `"order1"`.
+        order: str. A key of `ALL_ORDERS`: `"order1"`, `"order2"`,
+            `"order3"` (`ORDERS`, the paper's CoIN orders mapped to the
+            generated analogues) or `"extended"` (`EXTENDED_ORDER`, the
+            paper's ten-task extended sequence). Ignored when `tasks` is
+            given. Defaults to `"order1"`.
         num_train: int. Training examples per task. Defaults to `1000`.
         num_test: int. Test examples per task. Defaults to `200`.
         image_size: int. Image side. Defaults to `32`.
         seed: int. Random seed shared by all tasks (each task has its own
             stream). Defaults to `0`.
-        tasks: list of str, optional. Explicit task names, in order, used
-            instead of `order`. Defaults to `None`.
+        tasks: list of str, optional. Explicit task names of
+            `ALL_TASK_NAMES`, in order, used instead of `order`. Defaults
+            to `None`.
 
     Returns:
         A list of `Task`.
@@ -602,14 +999,17 @@ def make_suite(
 
     suite = make_suite("order2", num_train=4, num_test=2)
     print([task.name for task in suite])
+    extended = make_suite("extended", num_train=4, num_test=2)
+    assert len(extended) == 10 and extended[-1].name == "diagram"
     ```
     """
     if tasks is None:
-        if order not in ORDERS:
+        if order not in ALL_ORDERS:
             raise ValueError(
-                f"Unknown order {order!r}. Known orders: {', '.join(ORDERS)}."
+                f"Unknown order {order!r}. Known orders: "
+                f"{', '.join(ALL_ORDERS)}."
             )
-        tasks = ORDERS[order]
+        tasks = ALL_ORDERS[order]
     if isinstance(tasks, str):
         raise TypeError("tasks must be a sequence of task names, not a str.")
     for name in tasks:
@@ -820,9 +1220,13 @@ def pretraining_mixture(num_examples, image_size=32, seed=0):
 def vocabulary_texts():
     """Returns texts that hold every word the generators can produce.
 
-    Every prompt of the tasks, every answer, every question phrasing of
-    the pretraining mixture and a caption of every kind, so a word-level
-    tokenizer trained on them knows every word of the suite.
+    Every prompt of the `TASK_NAMES` tasks, every answer, every question
+    phrasing of the pretraining mixture and a caption of every kind, so a
+    word-level tokenizer trained on them knows every word of those tasks.
+    The shipped tiny base's tokenizer was trained on these texts, so they
+    stay as they are: the `EXTENDED_TASK_NAMES` tasks are not in them (their
+    answers are words of the shipped tokenizer; some words of their fixed
+    question text are not, see the module docstring).
 
     Returns:
         A list of unique str, in a fixed order.
@@ -845,8 +1249,8 @@ def vocabulary_texts():
         DIGITS_PROMPT,
         SKLEARN_DIGITS_PROMPT,
     ]
-    for answers in _ANSWERS.values():
-        texts.extend(answers)
+    for name in TASK_NAMES:
+        texts.extend(_ANSWERS[name])
     for a, b in itertools.permutations(COLOR_NAMES, 2):
         texts.append(_position_prompt(a, b, True))
         texts.append(_position_prompt(a, b, False))
