@@ -14,11 +14,11 @@ derivation is checked against the factors KerasHub creates on a tiny
 PaliGemma of the same structure.
 
 Each merge of `keras_pam.merging` that PAM and its baselines use
-(`average`, `ties`, `tall`, `magmax`) merges two random states (the
-global and the temporary adapter); it is timed `rounds` times, interleaved
-with the others, and its throughput is the bytes it must at least read and
-write (inputs once, output once) per second, against the machine's memory
-bandwidth measured by a large numpy copy.
+(`average`, `ties`, `tall`, `tall_merge`, `magmax`) merges two random
+states (the global and the temporary adapter); it is timed `rounds`
+times, interleaved with the others, and its throughput is the bytes it
+must at least read and write (inputs once, output once) per second,
+against the machine's memory bandwidth measured by a large numpy copy.
 """
 
 import argparse
@@ -155,8 +155,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
         "--merges",
-        default="average,ties,tall,magmax",
-        help="comma-separated subset of average,ties,tall,magmax",
+        default="average,ties,tall,tall_merge,magmax",
+        help=(
+            "comma-separated subset of average,ties,tall (per-task masks, "
+            "tall-task-id),tall_merge (the tall strategy's merge),magmax"
+        ),
     )
     parser.add_argument("--output", default=None, help="write JSON here")
     args = parser.parse_args()
@@ -181,6 +184,9 @@ def main():
         "average": lambda: merging.average([global_state, temporary]),
         "ties": lambda: merging.ties([global_state, temporary], density=0.9),
         "tall": lambda: merging.tall(task_vectors, base, lam=0.1),
+        "tall_merge": lambda: merging.tall_merge(
+            [global_state, temporary], base, lam=0.1
+        ),
         "magmax": lambda: merging.magmax(
             [global_state, temporary], base=base, scale=0.5
         ),
@@ -190,6 +196,7 @@ def main():
         "average": 3 * adapter_bytes,
         "ties": 3 * adapter_bytes,
         "tall": 5 * adapter_bytes,
+        "tall_merge": 4 * adapter_bytes,
         "magmax": 4 * adapter_bytes,
     }
     chosen = args.merges.split(",")
