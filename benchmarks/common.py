@@ -144,6 +144,31 @@ def memory_bandwidth_bytes_per_second(megabytes=512, repeats=5):
     return 2 * source.nbytes / best
 
 
+def preprocessed_batch(causal_lm, raw):
+    """One training batch `(x, y, sample_weight)` as numpy: the raw split
+    `raw` through the causal LM's preprocessor."""
+    import keras
+
+    x, y, sample_weight = causal_lm.preprocessor(raw)
+    x = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in x.items()}
+    return (
+        x,
+        np.asarray(keras.ops.convert_to_numpy(y)),
+        np.asarray(keras.ops.convert_to_numpy(sample_weight), "float32"),
+    )
+
+
+def tile(batch, steps):
+    """`steps` copies of a batch, back to back, for a `fit` of `steps`."""
+    x, y, sample_weight = batch
+    x = {k: np.concatenate([v] * steps) for k, v in x.items()}
+    return (
+        x,
+        np.concatenate([y] * steps),
+        np.concatenate([sample_weight] * steps),
+    )
+
+
 def write_json(path, payload):
     """Write `payload` as indented JSON, if a path was given."""
     if path:

@@ -25,6 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402
 import keras  # noqa: E402
 import train_step_vs_peft  # noqa: E402
 
@@ -78,7 +79,7 @@ def main():
     )
     learner = ContinualLearner(causal_lm, rank=args.rank)
     learner.compile(optimizer=keras.optimizers.Adam(5e-4))
-    x, y, sample_weight = train_step_vs_peft.tile(batch, args.steps)
+    x, y, sample_weight = common.tile(batch, args.steps)
 
     def fit():
         learner.fit(

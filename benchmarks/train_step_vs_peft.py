@@ -113,24 +113,7 @@ def make_batch(causal_lm, batch_size, image_size):
         "color", num_train=batch_size, num_test=1, image_size=image_size
     )
     raw = {k: task.train[k] for k in ("images", "prompts", "responses")}
-    x, y, sample_weight = causal_lm.preprocessor(raw)
-    x = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in x.items()}
-    return (
-        x,
-        np.asarray(keras.ops.convert_to_numpy(y)),
-        np.asarray(keras.ops.convert_to_numpy(sample_weight), "float32"),
-    )
-
-
-def tile(batch, steps):
-    """`steps` copies of a batch, back to back, for a `fit` of `steps`."""
-    x, y, sample_weight = batch
-    x = {k: np.concatenate([v] * steps) for k, v in x.items()}
-    return (
-        x,
-        np.concatenate([y] * steps),
-        np.concatenate([sample_weight] * steps),
-    )
+    return common.preprocessed_batch(causal_lm, raw)
 
 
 def keras_pam_fitter(size, rank, batch, steps, batch_size, jit_compile):
@@ -144,7 +127,7 @@ def keras_pam_fitter(size, rank, batch, steps, batch_size, jit_compile):
     learner.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE), jit_compile=jit_compile
     )
-    x, y, sample_weight = tile(batch, steps)
+    x, y, sample_weight = common.tile(batch, steps)
     # A second task: PAM aligns (on JAX inside the train step).
     task = TaskContext(
         name="benchmark",
@@ -197,7 +180,7 @@ def kerashub_fitter(size, rank, batch, steps, batch_size, jit_compile):
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
         jit_compile=jit_compile,
     )
-    x, y, sample_weight = tile(batch, steps)
+    x, y, sample_weight = common.tile(batch, steps)
 
     def run():
         seconds = common.timed_fit(causal_lm, x, y, sample_weight, batch_size)

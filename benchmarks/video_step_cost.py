@@ -98,24 +98,7 @@ def make_batch(causal_lm, batch_size, num_frames, image_size, seed):
         "prompts": ["answer en what color is the shape\n"] * batch_size,
         "responses": ["red"] * batch_size,
     }
-    x, y, sample_weight = causal_lm.preprocessor(raw)
-    x = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in x.items()}
-    return (
-        x,
-        np.asarray(keras.ops.convert_to_numpy(y)),
-        np.asarray(keras.ops.convert_to_numpy(sample_weight), "float32"),
-    )
-
-
-def tile(batch, steps):
-    """`steps` copies of a batch, back to back, for a `fit` of `steps`."""
-    x, y, sample_weight = batch
-    x = {k: np.concatenate([v] * steps) for k, v in x.items()}
-    return (
-        x,
-        np.concatenate([y] * steps),
-        np.concatenate([sample_weight] * steps),
-    )
+    return common.preprocessed_batch(causal_lm, raw)
 
 
 def encoder_functions(vit, images):
@@ -233,7 +216,7 @@ def build_variants(args, frames, count):
         batch = make_batch(
             causal_lm, args.batch_size, f, args.image_size, seed=f
         )
-        x, y, sample_weight = tile(batch, args.steps)
+        x, y, sample_weight = common.tile(batch, args.steps)
         vit = causal_lm.backbone.vit_encoder
         forward, forward_backward = encoder_functions(vit, batch[0]["images"])
 
