@@ -59,19 +59,15 @@ class TaskLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             ValueError: the optimizer has another schedule.
         """
         current = optimizer._learning_rate
-        if isinstance(current, cls):
-            schedule = current
-        elif (
-            isinstance(current, keras.optimizers.schedules.LearningRateSchedule)
-            or callable(current)
-            and not isinstance(current, keras.Variable)
-        ):
+        if not cls.fits(optimizer):
             raise ValueError(
                 "The optimizer's learning rate is a schedule of its own "
                 f"({type(current).__name__}); a task recipe's "
                 "`learning_rate` and `schedule` need an optimizer compiled "
                 "with a float learning rate."
             )
+        if isinstance(current, cls):
+            schedule = current
         else:
             schedule = cls(float(ops.convert_to_numpy(current)))
         if schedule._settings is None:
@@ -94,6 +90,12 @@ class TaskLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             }
             optimizer._learning_rate = schedule
         return schedule
+
+    @classmethod
+    def fits(cls, optimizer):
+        """Whether `attach` can make the optimizer's learning rate a
+        `TaskLearningRate`: it is a float (a variable) or one already."""
+        return isinstance(optimizer._learning_rate, (keras.Variable, cls))
 
     @property
     def variables(self):

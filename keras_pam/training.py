@@ -186,11 +186,11 @@ def check_recipe(learner, recipe):
             'compiled with a loss of its own. Compile with `loss="auto"` '
             "or smooth the labels in your loss."
         )
-    current = learner.optimizer._learning_rate
-    own_schedule = not isinstance(current, (keras.Variable, TaskLearningRate))
-    if own_schedule and (
+    needs_schedule = (
         recipe.learning_rate is not None or recipe.schedule != "constant"
-    ):
+    )
+    if needs_schedule and not TaskLearningRate.fits(learner.optimizer):
+        current = learner.optimizer._learning_rate
         raise ValueError(
             "The learner's optimizer has a learning-rate schedule of its "
             f"own ({type(current).__name__}); a recipe's `learning_rate` "
