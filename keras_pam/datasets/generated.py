@@ -964,6 +964,20 @@ def make_task(name, num_train=1000, num_test=200, image_size=32, seed=0):
     )
 
 
+def _suite_tasks(order, tasks, orders, what):
+    """The task names of a suite: `tasks` as given, or those of `order`
+    (a key of `orders`, called `what` in the error)."""
+    if tasks is None:
+        if order not in orders:
+            raise ValueError(
+                f"Unknown {what} {order!r}. Known {what}s: {', '.join(orders)}."
+            )
+        tasks = orders[order]
+    if isinstance(tasks, str):
+        raise TypeError("tasks must be a sequence of task names, not a str.")
+    return tasks
+
+
 def make_suite(
     order="order1",
     num_train=1000,
@@ -1003,15 +1017,7 @@ def make_suite(
     assert len(extended) == 10 and extended[-1].name == "diagram"
     ```
     """
-    if tasks is None:
-        if order not in ALL_ORDERS:
-            raise ValueError(
-                f"Unknown order {order!r}. Known orders: "
-                f"{', '.join(ALL_ORDERS)}."
-            )
-        tasks = ALL_ORDERS[order]
-    if isinstance(tasks, str):
-        raise TypeError("tasks must be a sequence of task names, not a str.")
+    tasks = _suite_tasks(order, tasks, ALL_ORDERS, "order")
     for name in tasks:
         _check_task_name(name)
     return [

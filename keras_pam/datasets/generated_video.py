@@ -53,6 +53,7 @@ from keras_pam.datasets.generated import _place
 from keras_pam.datasets.generated import _radius
 from keras_pam.datasets.generated import _render
 from keras_pam.datasets.generated import _rng
+from keras_pam.datasets.generated import _suite_tasks
 from keras_pam.datasets.registry import VIDEO_QA_ORDER
 from keras_pam.datasets.registry import Task
 
@@ -349,15 +350,7 @@ def make_video_suite(
     print([task.name for task in suite])  # direction, appearances, order
     ```
     """
-    if tasks is None:
-        if order not in VIDEO_ORDERS:
-            raise ValueError(
-                f"Unknown video order {order!r}. Known video orders: "
-                f"{', '.join(VIDEO_ORDERS)}."
-            )
-        tasks = VIDEO_ORDERS[order]
-    if isinstance(tasks, str):
-        raise TypeError("tasks must be a sequence of task names, not a str.")
+    tasks = _suite_tasks(order, tasks, VIDEO_ORDERS, "video order")
     for name in tasks:
         _check_video_task_name(name)
         _check_frames(name, num_frames)
