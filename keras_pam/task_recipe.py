@@ -75,11 +75,8 @@ class TaskRecipe:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(
-                    f"`{name}` must be an int >= 1. Got {value!r}."
-                )
-            if value < 1:
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if not is_int or value < 1:
                 raise ValueError(
                     f"`{name}` must be an int >= 1. Got {value!r}."
                 )

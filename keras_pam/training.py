@@ -285,16 +285,7 @@ def task_recipe(name, epochs, batch_size, recipe):
         return recipe, True
     epochs = 1 if epochs is None else epochs
     batch_size = 8 if batch_size is None else batch_size
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be an int >= 1. Got {epochs!r}.")
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or batch_size < 1
-    ):
-        raise ValueError(
-            f"`batch_size` must be an int >= 1. Received: {batch_size!r}"
-        )
+    # `TaskRecipe` checks them.
     return TaskRecipe(epochs=epochs, batch_size=batch_size), False
 
 
