@@ -1,13 +1,40 @@
 """Checkpoints of a continual-learning run, written so a kill never
-corrupts them.
+corrupts them, into any folder `tf.io.gfile` reaches.
 
 A run folder holds `config.json`, committed checkpoints in
-`checkpoints/task_XXXX/` and a `LATEST` file naming the newest one. A
-checkpoint is written into a temporary folder, its files' SHA-256 sums
-recorded in `manifest.json`, then renamed into place; only then is `LATEST`
-replaced (an atomic rename). A run killed at any instant therefore leaves
-either the previous checkpoint or the new one, never half of one, and a
-checkpoint whose files do not match their sums is refused.
+`checkpoints/<folder>/` and a `LATEST` file naming the newest one. The run
+folder may be a local path or a URL of any file system `tf.io.gfile` reaches
+(`gs://bucket/runs/pam` on a TPU VM, whose disk a pre-emption loses;
+`ram://` in the tests). Every file of it is read and written through
+`tf.io.gfile`; on a local disk the files and folders are also `fsync`ed.
+
+A commit never renames a folder, since on object stores (GCS, S3) a folder
+rename copies object after object and is not atomic. It goes:
+
+1. The checkpoint is written into `checkpoints/<folder>/`, a folder that
+   `LATEST` does not name: `<name>` (e.g. `task_0002`), or `again-<name>`
+   when `LATEST` already names `<name>` (a checkpoint committed again under
+   its name), so a committed checkpoint is never written over. A leftover
+   of that name (the remains of a killed write) is deleted first. (No name
+   is the start of another: `ram://` lists and deletes by prefix.)
+2. `manifest.json` records the SHA-256 sum of each of its files.
+3. The commit point: `LATEST` is replaced by one naming the new folder,
+   written as `LATEST.tmp-<pid>` and renamed over it. It is a single small
+   file: a local rename is atomic, and on an object store the rename writes
+   one object, which appears whole or not at all.
+4. The other folders of `checkpoints/` (the previous checkpoint, leftovers)
+   and any `LATEST.tmp-*` left by a killed commit are deleted.
+
+A run killed at any instant therefore leaves `LATEST` naming either the
+previous checkpoint, untouched since the new one went elsewhere, or the new
+one, complete and sealed before `LATEST` named it. Readers follow `LATEST`
+only and `verify` the manifest, so a checkpoint whose files do not match
+their sums is refused. Folders written by earlier versions (a temporary
+folder renamed to `checkpoints/<name>`) have the same layout and read as
+before.
+
+Only one process writes (see `keras_pam.processes`): `keras_pam.run_folder`
+calls `commit` on process 0 alone.
 
 State trees (nested dicts and lists of numbers, strings, numpy arrays,
 `AdapterState`s and numpy `Generator`s) are stored as a JSON skeleton plus
@@ -15,11 +42,12 @@ one `.npz` of arrays, with no pickling.
 """
 
 import hashlib
+import io
 import json
 import os
-import shutil
 
 import numpy as np
+import tensorflow as tf
 
 from keras_pam.lora import AdapterState
 
@@ -29,9 +57,89 @@ MANIFEST = "manifest.json"
 TREE_JSON = "state.json"
 TREE_ARRAYS = "arrays.npz"
 
+gfile = tf.io.gfile
+
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint's files are missing or do not match their checksums."""
+
+
+def is_local(path):
+    """Whether `path` is on a local disk (no URL scheme, or `file://`)."""
+    path = os.fspath(path)
+    return "://" not in path or path.startswith("file://")
+
+
+def local_path(path):
+    """A local path without its `file://`."""
+    path = os.fspath(path)
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def exists(path):
+    return gfile.exists(path)
+
+
+def isdir(path):
+    return gfile.isdir(path)
+
+
+def makedirs(path):
+    gfile.makedirs(path)
+
+
+def listdir(path):
+    """The names in folder `path` (an object store's `dir/` without `/`)."""
+    return [entry.rstrip("/") for entry in gfile.listdir(path)]
+
+
+def remove_tree(path):
+    """Delete folder `path` and its contents if it exists; errors are
+    ignored, as leftovers are deleted again at the next commit."""
+    try:
+        if gfile.exists(path):
+            gfile.rmtree(path)
+    except tf.errors.OpError:
+        pass
+
+
+def _remove_file(path):
+    try:
+        gfile.remove(path)
+    except tf.errors.OpError:
+        pass
+
+
+def read_bytes(path):
+    with gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(path, data):
+    """Write a file (not atomically: inside an uncommitted folder)."""
+    with gfile.GFile(path, "wb") as f:
+        f.write(data)
+
+
+def copy_file(source, target):
+    """Copy a file, e.g. from a local temporary folder into the run."""
+    gfile.copy(source, target, overwrite=True)
+
+
+def _fsync(path):
+    """Flush a local file or folder to disk; a no-op elsewhere."""
+    if not is_local(path):
+        return
+    try:
+        fd = os.open(local_path(path) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _encode(value, arrays):
@@ -87,49 +195,37 @@ def save_tree(directory, tree):
     """Write a state tree as `state.json` + `arrays.npz` in `directory`."""
     arrays = {}
     skeleton = _encode(tree, arrays)
-    with open(os.path.join(directory, TREE_JSON), "w") as f:
-        json.dump(skeleton, f)
-    np.savez(os.path.join(directory, TREE_ARRAYS), **arrays)
+    write_bytes(os.path.join(directory, TREE_JSON), json.dumps(skeleton))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(os.path.join(directory, TREE_ARRAYS), buffer.getvalue())
 
 
 def load_tree(directory):
     """Read a state tree written by `save_tree`."""
-    with open(os.path.join(directory, TREE_JSON)) as f:
-        skeleton = json.load(f)
-    with np.load(os.path.join(directory, TREE_ARRAYS)) as data:
+    skeleton = json.loads(read_bytes(os.path.join(directory, TREE_JSON)))
+    # Read whole: `np.load` seeks in ways a `GFile` does not.
+    buffer = io.BytesIO(read_bytes(os.path.join(directory, TREE_ARRAYS)))
+    with np.load(buffer) as data:
         arrays = {k: data[k] for k in data.files}
     return _decode(skeleton, arrays)
 
 
 def _sha256(path):
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with gfile.GFile(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def seal(directory):
     """Record the checksum of every file of `directory` in its manifest."""
     sums = {}
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(listdir(directory)):
         path = os.path.join(directory, name)
-        if name != MANIFEST and os.path.isfile(path):
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
+        if name != MANIFEST and not isdir(path):
+            _fsync(path)
             sums[name] = _sha256(path)
     write_atomic(os.path.join(directory, MANIFEST), json.dumps(sums, indent=1))
 
@@ -138,21 +234,20 @@ def verify(directory):
     """Raise `CorruptCheckpointError` unless every file matches the
     manifest."""
     manifest = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(manifest):
+    if not exists(manifest):
         raise CorruptCheckpointError(
             f"The checkpoint {directory!r} has no {MANIFEST}; it was not "
             "written completely."
         )
     try:
-        with open(manifest) as f:
-            sums = json.load(f)
+        sums = json.loads(read_bytes(manifest))
     except ValueError as error:
         raise CorruptCheckpointError(
             f"The manifest of checkpoint {directory!r} is unreadable: {error}"
         ) from None
     for name, expected in sums.items():
         path = os.path.join(directory, name)
-        if not os.path.isfile(path):
+        if not exists(path) or isdir(path):
             raise CorruptCheckpointError(
                 f"The checkpoint {directory!r} is missing {name!r}."
             )
@@ -166,57 +261,72 @@ def verify(directory):
 
 
 def write_atomic(path, text):
-    """Write a text file so that readers see the old or the new content."""
+    """Write a text file so that readers see the old or the new content.
+
+    The text goes to a temporary file renamed over `path`: atomic on a
+    local disk, and a single object write on an object store.
+    """
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(os.path.dirname(path) or ".")
+    # One left by a killed write goes first (`ram://` appends to a file).
+    _remove_file(temporary)
+    write_bytes(temporary, text)
+    _fsync(temporary)
+    gfile.rename(temporary, path, overwrite=True)
+    _fsync(os.path.dirname(path))
+
+
+def _pointer(run_dir):
+    """The folder name `LATEST` holds, or `None`."""
+    pointer = os.path.join(run_dir, LATEST)
+    if not exists(pointer):
+        return None
+    return read_bytes(pointer).decode().strip()
 
 
 def commit(run_dir, name, write):
     """Write a checkpoint atomically and make it the latest.
 
+    The steps, and why a kill at any instant leaves the previous or the new
+    checkpoint on any file system, are in this module's docstring.
+
     Args:
-        run_dir: str. The run folder.
-        name: str. The checkpoint's folder name (e.g. `"task_0002"`).
+        run_dir: str. The run folder (a local path or a `tf.io.gfile` URL).
+        name: str. The checkpoint's name (e.g. `"task_0002"`).
         write: callable. `write(directory)` writes the files.
 
     Returns:
         The checkpoint's folder.
     """
     root = os.path.join(run_dir, CHECKPOINTS)
-    os.makedirs(root, exist_ok=True)
-    temporary = os.path.join(root, f".tmp-{name}-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
-    write(temporary)
-    seal(temporary)
-    final = os.path.join(root, name)
-    # A folder of this name that `LATEST` does not name is a leftover of a
-    # run killed between the rename and the `LATEST` update.
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(temporary, final)
-    _fsync_directory(root)
-    write_atomic(os.path.join(run_dir, LATEST), name)
-    for entry in os.listdir(root):
-        if entry != name:
-            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
-    return final
+    makedirs(root)
+    # Never the folder `LATEST` names: that one stays whole until the end.
+    entry = name if _pointer(run_dir) != name else f"again-{name}"
+    folder = os.path.join(root, entry)
+    # A folder that `LATEST` does not name is a leftover of a killed run.
+    remove_tree(folder)
+    makedirs(folder)
+    write(folder)
+    seal(folder)
+    _fsync(root)
+    write_atomic(os.path.join(run_dir, LATEST), entry)  # The commit point.
+    for other in listdir(root):
+        if other != entry:
+            remove_tree(os.path.join(root, other))
+    for other in listdir(run_dir):  # Of a `write_atomic` killed before.
+        if other.startswith(f"{LATEST}.tmp-"):
+            _remove_file(os.path.join(run_dir, other))
+    return folder
 
 
 def latest(run_dir):
     """The latest committed checkpoint folder of a run, or `None`."""
-    pointer = os.path.join(run_dir, LATEST)
-    if not os.path.isfile(pointer):
+    name = _pointer(run_dir)
+    if name is None:
         return None
-    with open(pointer) as f:
-        name = f.read().strip()
     directory = os.path.join(run_dir, CHECKPOINTS, name)
-    if not os.path.isdir(directory):
+    if not isdir(directory):
         raise CorruptCheckpointError(
-            f"{pointer} names the checkpoint {name!r}, which does not exist."
+            f"{os.path.join(run_dir, LATEST)} names the checkpoint {name!r}, "
+            "which does not exist."
         )
     return directory

@@ -392,6 +392,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     """
     import keras
 
+    from keras_pam import run_folder
     from keras_pam.compilation import CompileLog
     from keras_pam.compilation import cell_summary
 
@@ -402,8 +403,8 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     tests = {task.name: task.test for task in suite}
     # One model per study: its train step and scorer compile once.
     shared = shared_model(preset, settings)
-    resuming = run_dir is not None and os.path.isfile(
-        os.path.join(run_dir, "config.json")
+    resuming = run_dir is not None and (
+        run_folder.read_config(run_dir) is not None
     )
     compiles = CompileLog().start()
     learner = shared.learner(

@@ -6,15 +6,30 @@ another configuration is refused), the committed checkpoints of
 temporary adapter of the task in progress after each of its epochs
 (`keras_pam.task_backup`), removed when the task's checkpoint commits.
 `RunFolderMixin` gives the learner its checkpoint and `resume` methods.
+
+The folder is a local path or a URL of any file system `tf.io.gfile`
+reaches, such as `gs://bucket/runs/pam` on a TPU VM, so a pre-empted VM
+keeps its run; a checkpoint commits atomically there too (see
+`keras_pam.checkpoint`). A folder that cannot be reached (an unknown URL
+scheme, no credentials or network, a file where a folder should be) is
+refused with `UnreachableRunFolderError` when it is opened, before any
+training.
+
+On several hosts only process 0 writes the folder (`keras_pam.processes`),
+and every process waits at a barrier after each write, so a checkpoint is
+complete before any process goes on; every process reads it on resume, so
+the folder must be one they all reach (a `gs://` URL or a shared disk).
 """
 
 import json
 import os
-import shutil
+import tempfile
 
 import keras
+import tensorflow as tf
 
 from keras_pam import checkpoint
+from keras_pam import processes
 from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.run_record import RunRecord
 from keras_pam.strategies import parse_name
@@ -38,25 +53,99 @@ MODEL_KEYS = (
 )
 
 
+class UnreachableRunFolderError(OSError):
+    """A run folder that cannot be reached or made."""
+
+
+def _unreachable(path, error):
+    """The `UnreachableRunFolderError` for `path`, with what to do."""
+    path = os.fspath(path)
+    scheme = path.split("://")[0] if "://" in path else None
+    if isinstance(error, tf.errors.UnimplementedError):
+        advice = (
+            f"`tf.io.gfile` has no file system for `{scheme}://` URLs. Give a "
+            "local path, or a URL TensorFlow reaches (`gs://bucket/run` for "
+            "Google Cloud Storage)."
+        )
+    elif scheme == "gs":
+        advice = (
+            "Check that the bucket exists and that this machine has network "
+            "access and credentials that may write to it (a TPU VM's "
+            "service account with Storage access, or `gcloud auth "
+            "application-default login`)."
+        )
+    else:
+        advice = (
+            "Check that its parent folders exist or can be made, that no "
+            "file stands where a folder should, and that it is writable."
+        )
+    message = getattr(error, "message", None) or str(error)
+    return UnreachableRunFolderError(
+        f"The run folder {path!r} cannot be reached: {message}. {advice}"
+    )
+
+
+def _reach(path, make):
+    """Check that the run folder `path` can be reached, and make it if
+    `make`; raise `UnreachableRunFolderError` if not."""
+    try:
+        if checkpoint.exists(path):
+            if not checkpoint.isdir(path):
+                raise _unreachable(
+                    path, FileExistsError("a file stands there, not a folder")
+                )
+        elif make:
+            checkpoint.makedirs(path)
+    except (tf.errors.OpError, OSError) as error:
+        if isinstance(error, UnreachableRunFolderError):
+            raise
+        raise _unreachable(path, error) from None
+
+
 def read_config(path):
     """A run folder's `config.json`, or `None` if it has none."""
     path = os.path.join(path, CONFIG)
-    if not os.path.isfile(path):
+    if not checkpoint.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(checkpoint.read_bytes(path))
+
+
+def save_adapter(state, path, backbone):
+    """`state.save(path, backbone)` (a `.lora.h5` file, written with h5py)
+    for a path on any file system: one that is not local is written to a
+    local temporary file and copied."""
+    if checkpoint.is_local(path):
+        state.save(checkpoint.local_path(path), backbone)
+        return
+    with tempfile.TemporaryDirectory() as local:
+        name = os.path.join(local, os.path.basename(path))
+        state.save(name, backbone)
+        checkpoint.copy_file(name, path)
+
+
+def _barrier(path, what):
+    # The same name on every process: the folder's path and the step.
+    processes.barrier(f"keras_pam run folder {path}: {what}")
 
 
 class RunFolder:
     """A run folder adopted by a learner with this configuration.
 
     Args:
-        path: str. The folder; made if missing.
+        path: str. The folder, a local path or a `tf.io.gfile` URL such as
+            `gs://bucket/runs/pam`; made if missing.
         config: dict. The learner's run configuration (JSON values). A
             folder with another `config.json` is refused.
+
+    Raises:
+        UnreachableRunFolderError: when the folder cannot be reached or
+            made.
     """
 
     def __init__(self, path, config):
+        path = os.fspath(path)
+        chief = processes.is_chief()
+        _reach(path, make=chief)
         existing = read_config(path)
         differing = (
             [] if existing is None else differing_settings(existing, config)
@@ -68,11 +157,12 @@ class RunFolder:
                 "the same settings (`ContinualLearner.resume`) or choose "
                 "a new folder."
             )
-        if existing is None:
-            os.makedirs(path, exist_ok=True)
+        if existing is None and chief:
             checkpoint.write_atomic(
                 os.path.join(path, CONFIG), json.dumps(config, indent=1)
             )
+        # Every process, whatever it found: they all reach each barrier.
+        _barrier(path, "open")
         self.path = path
 
     @property
@@ -92,6 +182,8 @@ class RunFolder:
     def commit(self, index, tree, global_state, backbone, evaluation=None):
         """Commit the checkpoint after task `index`; drop the task backup.
 
+        Process 0 writes; every process waits until it has.
+
         Args:
             index: int. The number of learned tasks.
             tree: dict. The state tree (`keras_pam.checkpoint.save_tree`).
@@ -106,19 +198,27 @@ class RunFolder:
 
         def write(folder):
             checkpoint.save_tree(folder, tree)
-            global_state.save(os.path.join(folder, "global.lora.h5"), backbone)
+            save_adapter(
+                global_state, os.path.join(folder, "global.lora.h5"), backbone
+            )
             if evaluation is not None and evaluation is not global_state:
-                evaluation.save(
-                    os.path.join(folder, "evaluation.lora.h5"), backbone
+                save_adapter(
+                    evaluation,
+                    os.path.join(folder, "evaluation.lora.h5"),
+                    backbone,
                 )
 
-        checkpoint.commit(self.path, f"task_{index:04d}", write)
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        name = f"task_{index:04d}"
+        if processes.is_chief():
+            checkpoint.commit(self.path, name, write)
+            checkpoint.remove_tree(self.backup_dir)
+        _barrier(self.path, name)
 
     @staticmethod
     def read(path):
         """A run folder's configuration and its latest checkpoint's tree
         (`None` before the first task), verified."""
+        _reach(path, make=False)
         config = read_config(path)
         if config is None:
             raise ValueError(

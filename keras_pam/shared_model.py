@@ -1,10 +1,10 @@
 """`SharedModel`: one base model and its compiled steps for a whole study."""
 
 import json
-import os
 
 import keras
 
+from keras_pam import run_folder
 from keras_pam.continual_learner import ContinualLearner
 from keras_pam.strategies import adds_weights
 from keras_pam.training import same_optimizer
@@ -124,8 +124,8 @@ class SharedModel:
             use it until the next call.
         """
         eval_tasks = dict(eval_tasks or {})
-        resuming = run_dir is not None and os.path.isfile(
-            os.path.join(run_dir, "config.json")
+        resuming = run_dir is not None and (
+            run_folder.read_config(run_dir) is not None
         )
         if adds_weights(strategy):
             if resuming:

@@ -1,11 +1,15 @@
-"""`TaskBackup`: the temporary adapter saved after every epoch."""
+"""`TaskBackup`: the temporary adapter saved after every epoch.
 
-import os
+The backup folder is a `keras_pam.checkpoint` folder (a local path or a
+`tf.io.gfile` URL) committed after every epoch by process 0 alone; every
+process waits at a barrier until it is.
+"""
 
 import keras
 import numpy as np
 
 from keras_pam import checkpoint
+from keras_pam import processes
 from keras_pam.lora import AdapterState
 
 
@@ -69,16 +73,19 @@ class TaskBackup(keras.callbacks.Callback):
             "callbacks": [c.backup_state() for c in self.stateful_callbacks],
             "history": self.history,
         }
-        checkpoint.commit(
-            self.directory,
-            f"epoch_{epoch + 1:04d}",
-            lambda folder: checkpoint.save_tree(folder, tree),
-        )
+        name = f"epoch_{epoch + 1:04d}"
+        if processes.is_chief():
+            checkpoint.commit(
+                self.directory,
+                name,
+                lambda folder: checkpoint.save_tree(folder, tree),
+            )
+        processes.barrier(f"keras_pam task backup {self.directory}: {name}")
 
 
 def load_task_backup(directory, task_name):
     """The latest backup of `task_name` in `directory`, or `None`."""
-    if not os.path.isdir(directory):
+    if not checkpoint.isdir(directory):
         return None
     folder = checkpoint.latest(directory)
     if folder is None:
