@@ -5,6 +5,7 @@ import time
 
 import keras
 
+from keras_pam import data as data_lib
 from keras_pam import training
 from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.alignment_config import LEARNER_ARGUMENTS
@@ -223,6 +224,14 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
     def extra_loss(self, x, y, y_pred, sample_weight):
         return self.strategy.extra_loss(x, y, y_pred, sample_weight)
 
+    def as_examples(self, data, name="data"):
+        """`data` checked for this model: a `tf.data.Dataset` or
+        `keras_pam.streaming_split.StreamingSplit` streamed, anything else
+        read into numpy (`keras_pam.data.as_split`)."""
+        return data_lib.as_split(
+            data, self.image_size, name, num_frames=self.num_frames
+        )
+
     @property
     def eval_task_names(self):
         """Registered evaluation tasks: learned ones in order, then others."""
@@ -237,7 +246,8 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         Args:
             name: str. The task's name; the same name in `learn_task` makes
                 its row and column line up.
-            eval_data: dict, `tf.data.Dataset` or generator. Its test split.
+            eval_data: dict, `tf.data.Dataset` or generator. Its test split
+                (a dataset is streamed at every scoring).
         """
         self.eval_tasks.add(name, eval_data)
         if self.record.learned:
@@ -275,7 +285,9 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         Args:
             train_data: dict, `tf.data.Dataset` or generator. The task's
                 training split in the PaliGemma dict format (`images`,
-                `prompts`, `responses`).
+                `prompts`, `responses`). A dataset (or a
+                `keras_pam.streaming_split.StreamingSplit`) is streamed,
+                never read into memory.
             name: str. The task's name. Defaults to `"task_<t>"`.
             eval_data: The task's test split, registered with
                 `add_eval_task` unless the name already is. Defaults to

@@ -5,11 +5,15 @@ clips of `F` frames `(N, F, S, S, 3)`), `prompts` and `responses` (str), and
 optionally `answers` (a list of reference answers per example, for VQA soft
 accuracy). It may come as numpy arrays, a
 `tf.data.Dataset` (batched or not) or a generator of examples or batches.
+`as_examples` reads any of them into memory; `as_split`, which the learner
+uses, streams a `tf.data.Dataset` instead (`keras_pam.streaming_split`).
 """
 
 import collections.abc
 
 import numpy as np
+
+from keras_pam import process_shards
 
 REQUIRED_KEYS = ("images", "prompts", "responses")
 
@@ -86,6 +90,8 @@ def _materialise(data, name):
     """Any accepted input as one dict of arrays (unchecked)."""
     if isinstance(data, collections.abc.Mapping):
         return dict(data)
+    if is_streamed(data):
+        data = data.rows()  # Read into memory, as any dataset here.
     try:
         import tensorflow as tf
 
@@ -243,8 +249,9 @@ def as_examples(
     `num_frames`, and clips then raise.
 
     Args:
-        data: dict, `tf.data.Dataset`, iterable or generator function. The
-            split, in the PaliGemma dict format.
+        data: dict, `tf.data.Dataset`, `StreamingSplit`, iterable or
+            generator function. The split, in the PaliGemma dict format,
+            read into memory whole (`as_split` streams a dataset).
         image_size: int. The side every image (every frame) must have.
             Defaults to `None` (any square size, images or clips).
         name: str. How to call `data` in error messages. Defaults to
@@ -325,6 +332,60 @@ def as_examples(
     return examples
 
 
+def is_streamed(split):
+    """Whether `split` is a `keras_pam.streaming_split.StreamingSplit`."""
+    from keras_pam.streaming_split import StreamingSplit
+
+    return isinstance(split, StreamingSplit)
+
+
+def as_split(
+    data, image_size=None, name="data", num_frames=None, pad_frames=False
+):
+    """A split checked for a model: streamed, or read into memory.
+
+    A `tf.data.Dataset` (or a `keras_pam.streaming_split.StreamingSplit`)
+    is streamed: its first example is checked now with `as_examples`'s
+    rules and errors, the others as they are read, and it is never held
+    in memory. Anything else (a dict, a generator) is read into memory by
+    `as_examples`.
+
+    Args:
+        data: dict, `tf.data.Dataset`, `StreamingSplit`, iterable or
+            generator function. The split.
+        image_size, name, num_frames, pad_frames: as in `as_examples`.
+
+    Returns:
+        A checked `StreamingSplit`, or `as_examples`'s dict.
+    """
+    from keras_pam.streaming_split import StreamingSplit
+
+    stream = data
+    if not isinstance(stream, StreamingSplit):
+        try:
+            import tensorflow as tf
+        except ImportError:
+            tf = None
+        if tf is None or not isinstance(data, tf.data.Dataset):
+            return as_examples(data, image_size, name, num_frames, pad_frames)
+        stream = StreamingSplit(data, name=name)
+    elif stream.name != name and stream.name == "data":
+        stream = StreamingSplit(
+            stream.dataset,
+            stream._num_examples,
+            stream.shuffle_buffer_size,
+            name=name,
+        )
+    return stream.check(image_size, num_frames, pad_frames)
+
+
+def num_examples(split):
+    """The number of examples of a checked split (dict or stream)."""
+    if is_streamed(split):
+        return split.num_examples
+    return len(split["prompts"])
+
+
 def epoch_orders(num_examples, epochs, shuffle=True, seed=0, initial_epoch=0):
     """The example order of each epoch, a pure function of its arguments.
 
@@ -362,7 +423,9 @@ def training_dataset(
     `steps_per_epoch = ceil(N / batch_size)`.
 
     Args:
-        examples: dict. A split checked by `as_examples`.
+        examples: dict or `StreamingSplit`. A split checked by
+            `as_examples` (or `as_split`). A stream is shuffled in windows
+            (`StreamingSplit`); a dict is permuted whole.
         batch_size: int. Examples per batch.
         preprocessor: `PaliGemmaCausalLMPreprocessor`. Turns the dicts into
             `(x, y, sample_weight)` with the loss on the answer tokens only.
@@ -377,6 +440,16 @@ def training_dataset(
     import tensorflow as tf
 
     extra_inputs = dict(extra_inputs or {})
+    if is_streamed(examples):
+        if extra_inputs:
+            raise ValueError(
+                f"The strategy adds per-example inputs {sorted(extra_inputs)}"
+                ", which a streamed split cannot carry. Give the task as a "
+                "dict of arrays."
+            )
+        return examples.training_dataset(
+            batch_size, preprocessor, shuffle, seed, epochs, initial_epoch
+        )
     num_examples = len(examples["prompts"])
     for key, value in extra_inputs.items():
         if len(value) != num_examples:
@@ -387,9 +460,14 @@ def training_dataset(
     raw = {k: tf.constant(np.asarray(examples[k])) for k in REQUIRED_KEYS}
     extra = {k: tf.constant(np.asarray(v)) for k, v in extra_inputs.items()}
     orders = epoch_orders(num_examples, epochs, shuffle, seed, initial_epoch)
+    # Over several processes, each feeds its share of every batch.
+    num_shards, _ = process_shards.data_shards()
     ds = None
     for order in orders:
-        epoch = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        order = process_shards.local_order(order, batch_size)
+        epoch = tf.data.Dataset.from_tensor_slices(order).batch(
+            batch_size // num_shards
+        )
         ds = epoch if ds is None else ds.concatenate(epoch)
     if ds is None:
         raise ValueError(

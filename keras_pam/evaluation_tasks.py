@@ -6,7 +6,8 @@ import collections.abc
 class EvaluationTasks(collections.abc.Mapping):
     """The registered test splits, by name, and their scoring.
 
-    A mapping of task name to its examples, in registration order. Scoring
+    A mapping of task name to its examples (a dict of arrays, or a
+    `keras_pam.streaming_split.StreamingSplit`), in registration order. Scoring
     with another adapter than the learner's global one assigns it to the
     model for the time of the scoring and puts the global one back,
     whatever happens.
@@ -34,7 +35,9 @@ class EvaluationTasks(collections.abc.Mapping):
 
         Args:
             name: str. The task's name, not yet registered.
-            eval_data: dict, `tf.data.Dataset` or generator. The split.
+            eval_data: dict, `tf.data.Dataset` or generator. The split; a
+                dataset is kept as a `StreamingSplit` and streamed at every
+                scoring.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"`name` must be a non-empty str. Got {name!r}.")

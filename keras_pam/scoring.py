@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_pam import process_shards
 from keras_pam.answer_accuracy import answer_accuracy
 
 
@@ -136,25 +137,51 @@ class Scorer:
 
     def predict(self, data, num_steps=8):
         """Greedy answers (str) for a dict of `images` and `prompts`."""
-        decoder = self._decoder(num_steps)
-        preprocessor = self.causal_lm.preprocessor
         images, prompts = data["images"], np.asarray(data["prompts"])
         total = len(prompts)
         answers = []
         for start in range(0, total, self.batch_size):
             index = np.arange(start, start + self.batch_size)
             index = np.minimum(index, total - 1)  # Pad the last batch.
-            x = preprocessor.generate_preprocess(
-                {"images": images[index], "prompts": prompts[index]}
+            answers.extend(
+                self._predict_batch(images[index], prompts[index], num_steps)[
+                    : total - start
+                ]
             )
-            x = {
-                "images": ops.convert_to_numpy(x["images"]).astype("float32"),
-                "token_ids": ops.convert_to_numpy(x["token_ids"]),
-                "padding_mask": ops.convert_to_numpy(x["padding_mask"]),
-            }
-            ids = np.asarray(decoder.predict_on_batch(x))
-            answers.extend(self.detokenize(ids)[: total - start])
         return answers
+
+    def predict_stream(self, split, num_steps=8):
+        """Greedy answers (str) for a `StreamingSplit`, batch by batch."""
+        from keras_pam.streaming_split import _as_text
+
+        answers = []
+        keys = ("images", "prompts")
+        for batch in split.batches(self.batch_size, keys=keys):
+            images, prompts = batch["images"], _as_text(batch["prompts"])
+            size = len(prompts)
+            index = np.minimum(np.arange(self.batch_size), size - 1)
+            answers.extend(
+                self._predict_batch(images[index], prompts[index], num_steps)[
+                    :size
+                ]
+            )
+        return answers
+
+    def _predict_batch(self, images, prompts, num_steps):
+        """Greedy answers of one full batch (over several processes, each
+        decodes its share and every process gets all the answers)."""
+        images = process_shards.local_share(images)
+        prompts = process_shards.local_share(prompts)
+        x = self.causal_lm.preprocessor.generate_preprocess(
+            {"images": images, "prompts": prompts}
+        )
+        x = {
+            "images": ops.convert_to_numpy(x["images"]).astype("float32"),
+            "token_ids": ops.convert_to_numpy(x["token_ids"]),
+            "padding_mask": ops.convert_to_numpy(x["padding_mask"]),
+        }
+        ids = np.asarray(self._decoder(num_steps).predict_on_batch(x))
+        return self.detokenize(process_shards.gather_shares(ids))
 
     def detokenize(self, token_ids):
         """Token ids to strings, cut at the first `<eos>` or `<pad>`."""
@@ -175,7 +202,17 @@ class Scorer:
     def score(self, data):
         """Accuracy on `data`: VQA soft accuracy for multi-answer references
         (`data["answers"]`), exact match on `data["responses"]` otherwise,
-        both after the standard VQA answer normalisation."""
+        both after the standard VQA answer normalisation.
+
+        `data` is a dict of arrays, or a checked
+        `keras_pam.streaming_split.StreamingSplit`, read in batches (its
+        references' strings are read once and kept)."""
+        from keras_pam.streaming_split import StreamingSplit
+
+        if isinstance(data, StreamingSplit):
+            references = data.references()
+            predictions = self.predict_stream(data, self._num_steps(references))
+            return answer_accuracy(predictions, references)
         references = data.get("answers")
         if references is None:
             references = [str(r) for r in data["responses"]]
@@ -188,4 +225,6 @@ class Scorer:
 def _to_lists(tokens):
     if hasattr(tokens, "to_list"):
         return tokens.to_list()
+    if isinstance(tokens, (list, tuple)):  # Ragged, as nested lists.
+        return [list(t) for t in tokens]
     return [list(t) for t in np.asarray(tokens)]

@@ -4,11 +4,13 @@ of the compiled train step."""
 
 import json
 import math
+import threading
 
 import keras
 import numpy as np
 
 from keras_pam import data as data_lib
+from keras_pam import process_shards
 from keras_pam.lora import AdapterState
 from keras_pam.lora import lora_variables
 from keras_pam.strategies.strategy import Strategy
@@ -129,19 +131,50 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     `fit` a few steps later at most (at the latest when the epoch ends).
     The temporary adapter is discarded on error, so the steps trained past
     the bad one change nothing.
+
+    It also bounds how far the host runs ahead: a step starts only once
+    the loss of the step `max_steps_ahead` before it has been read, so at
+    most that many batches wait in memory for the device, however long
+    the epoch (without it, an epoch of a large streamed split queues
+    batches without bound when the data comes faster than the steps).
+
+    Args:
+        task_name: str. The task, for the error message.
+        max_steps_ahead: int. Steps dispatched before the loss of the
+            first of them is read. Defaults to `8`.
     """
 
     async_safe = True
 
-    def __init__(self, task_name):
+    def __init__(self, task_name, max_steps_ahead=8):
         super().__init__()
         self.task_name = task_name
+        self.max_steps_ahead = max_steps_ahead
         self._epoch = 0
+        self._finished = threading.Condition()
+        self._last_read = -1
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        with self._finished:  # Keras waited for last epoch's batch ends.
+            self._last_read = -1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # On the host's loop: wait for the step `max_steps_ahead` back.
+        with self._finished:
+            self._finished.wait_for(
+                lambda: self._last_read >= batch - self.max_steps_ahead
+            )
 
     def on_train_batch_end(self, batch, logs=None):
+        try:
+            self._check(batch, logs)
+        finally:
+            with self._finished:
+                self._last_read = max(self._last_read, batch)
+                self._finished.notify_all()
+
+    def _check(self, batch, logs):
         loss = (logs or {}).get("loss")
         if loss is None:
             return
@@ -322,15 +355,18 @@ def fit_task(learner, task, callbacks, recipe, fit_kwargs):
     folder = learner.run_folder
     backup = folder.task_backup(task.name) if folder else None
     train_examples = strategy.training_data(task)
+    # A stream is counted (and every example checked) before anything
+    # changes.
+    num_examples = data_lib.num_examples(train_examples)
+    process_shards.check_batch_divides(recipe.micro_batch_size)
+    process_shards.check_batch_divides(
+        learner.eval_batch_size, "eval_batch_size"
+    )
     initial_epoch = backup["epoch"] if backup else 0
     history = dict(backup["history"]) if backup else {}
     strategy.start_state(task).assign_to(learner)
     reset_optimizer(learner.optimizer, learner.trainable_variables)
-    apply_recipe(
-        learner,
-        recipe if recipe_given else None,
-        len(train_examples["prompts"]),
-    )
+    apply_recipe(learner, recipe if recipe_given else None, num_examples)
     if backup:
         backup["adapter"].assign_to(learner)
         for variable, value in zip(
@@ -357,16 +393,19 @@ def fit_task(learner, task, callbacks, recipe, fit_kwargs):
                 epochs=epochs,
                 initial_epoch=initial_epoch,
             )
-            steps = recipe.steps_per_epoch(len(train_examples["prompts"]))
-            fitted = learner.fit(
-                dataset,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps,
-                callbacks=fit_callbacks,
-                shuffle=False,  # The dataset is already shuffled.
-                **fit_kwargs,
-            ).history
+            steps = recipe.steps_per_epoch(
+                process_shards.epoch_size(num_examples, recipe.micro_batch_size)
+            )
+            with process_shards.feeding_own_share():
+                fitted = learner.fit(
+                    dataset,
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=steps,
+                    callbacks=fit_callbacks,
+                    shuffle=False,  # The dataset is already shuffled.
+                    **fit_kwargs,
+                ).history
             for key, values in fitted.items():
                 history[key] = list(history.get(key, [])) + list(values)
         temporary = AdapterState.from_model(learner)

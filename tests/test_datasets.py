@@ -771,3 +771,130 @@ def test_one_split_check_for_the_learner_and_the_data_sets():
     for check in (datasets.validate_split, data_lib.as_examples):
         with pytest.raises(ValueError, match="must hold strings"):
             check(split)
+
+
+# Streaming loaders ----------------------------------------------------------
+
+
+def _streamed(split):
+    """A `StreamingSplit` read back into a dict, as `as_examples` reads."""
+    from keras_pam.streaming_split import StreamingSplit
+
+    assert isinstance(split, StreamingSplit)
+    return data_lib.as_examples(split.rows())
+
+
+def _assert_same_split(streamed, split):
+    assert sorted(streamed) == sorted(split)
+    np.testing.assert_array_equal(streamed["images"], split["images"])
+    for key in ("prompts", "responses"):
+        assert list(streamed[key]) == list(split[key])
+    if "answers" in split:
+        assert [list(a) for a in streamed["answers"]] == [
+            list(a) for a in split["answers"]
+        ]
+
+
+def test_load_llava_json_streams_the_same_split(tmp_path):
+    records = [
+        _record("a.png", "What color is it?", "Red"),
+        _record("b.jpg", "Is it big?", " yes "),
+    ]
+    records[1]["conversations"] += [
+        {"from": "human", "value": "And red?"},
+        {"from": "gpt", "value": "No"},
+    ]
+    path = _write_llava(tmp_path, records)
+    split = datasets.load_llava_json(path, tmp_path, image_size=24)
+    stream = datasets.load_llava_json(
+        path, tmp_path, image_size=24, stream=True
+    )
+    assert stream.num_examples == 3  # Known from the JSON, not counted.
+    _assert_same_split(_streamed(stream), split)
+    # With the annotators' answers, and a missing image found at once.
+    task = datasets.make_task("color", num_train=1, num_test=3, image_size=32)
+    scored = dict(task.test)
+    scored["answers"] = datasets.object_array(
+        [["Red", "red", "blue"], ["green"], ["a", "b", "c", "d"]]
+    )
+    path = datasets.write_llava_json(scored, tmp_path / "test.json", tmp_path)
+    split = datasets.load_llava_json(path, tmp_path, image_size=32)
+    stream = datasets.load_llava_json(
+        path, tmp_path, image_size=32, stream=True
+    )
+    _assert_same_split(_streamed(stream), split)
+    with open(path) as f:
+        os.remove(os.path.join(tmp_path, json.load(f)[1]["image"]))
+    with pytest.raises(ValueError, match="image file not found"):
+        datasets.load_llava_json(path, tmp_path, stream=True)
+
+
+def test_load_tfds_streams_the_same_split(tfds):
+    tf = pytest.importorskip("tensorflow")
+
+    def vqa(self, split, decoders=None, read_config=None, **kwargs):
+        del self, split, decoders, read_config, kwargs
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                "image": np.stack(
+                    [np.full((8, 6, 1), v, np.uint8) for v in (0, 90, 180)]
+                ),
+                "qa": {
+                    "question": ["What  is\nit?", "Which one?", "Why?"],
+                    "answers": [
+                        ["Cat", "dog", "dog"],
+                        ["a", "b", "b"],
+                        ["x", "y", "x"],
+                    ],
+                },
+            }
+        )
+
+    def clevr(self, split, decoders=None, read_config=None, **kwargs):
+        del self, split, decoders, read_config, kwargs
+        return tf.data.Dataset.from_generator(
+            lambda: iter(
+                [
+                    {
+                        "image": np.full((6, 8, 4), v, np.uint8),
+                        "question_answer": {
+                            "question": questions,
+                            "answer": answers,
+                        },
+                    }
+                    for v, questions, answers in (
+                        (10, ["How many\ncubes?", "Is it red?"], ["2", "Yes"]),
+                        (20, ["What shape?"], ["Sphere"]),
+                    )
+                ]
+            ),
+            output_signature={
+                "image": tf.TensorSpec((6, 8, 4), tf.uint8),
+                "question_answer": {
+                    "question": tf.TensorSpec((None,), tf.string),
+                    "answer": tf.TensorSpec((None,), tf.string),
+                },
+            },
+        )
+
+    layouts = [
+        (vqa, ("mnist", "test", "image", "qa/question", "qa/answers")),
+        (
+            clevr,
+            (
+                "clevr",
+                "validation",
+                "image",
+                "question_answer/question",
+                "question_answer/answer",
+            ),
+        ),
+    ]
+    for as_dataset, arguments in layouts:
+        with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+            split = datasets.load_tfds(*arguments, image_size=4)
+            stream = datasets.load_tfds(*arguments, image_size=4, stream=True)
+            _assert_same_split(_streamed(stream), split)
+            assert stream.num_examples == len(split["prompts"])  # Counted.
+            with pytest.raises(ValueError, match="'nope' not found"):
+                datasets.load_tfds(*arguments[:3], "nope", "x", stream=True)

@@ -158,6 +158,7 @@ def load_llava_json(
     prompt_prefix="answer en ",
     max_examples=None,
     annotations_path=None,
+    stream=False,
 ):
     """Loads a LLaVA / CoIN-style instruction JSON file into a split.
 
@@ -203,11 +204,17 @@ def load_llava_json(
         annotations_path: str, optional. A VQA-style annotation file with
             the annotators' answers, see above. Defaults to `None` (only
             the records' own `"answers"`).
+        stream: bool. Return a `keras_pam.streaming_split.StreamingSplit`
+            whose images are read and resized as it is read (the same
+            pixels), so that the split is never held in memory; only the
+            JSON's texts are. Every record is checked now, and every
+            image file's existence. Defaults to `False`: a dict of arrays.
 
     Returns:
         A split dict with `"images"`, `"prompts"`, `"responses"` and, when
         the records or `annotations_path` give the annotators' answers,
-        `"answers"` (a non-empty list of str per example).
+        `"answers"` (a non-empty list of str per example); with `stream`,
+        a `StreamingSplit` of those examples.
 
     Raises:
         ValueError: if a file is missing or not valid JSON, the file is not
@@ -280,8 +287,11 @@ def load_llava_json(
             raise ValueError(
                 f"Record {index}: image file not found: {image_path}"
             )
-        with Image.open(image_path) as image:
-            pixels = _resize_rgb(image, image_size)
+        if stream:
+            pixels = image_path
+        else:
+            with Image.open(image_path) as image:
+                pixels = _resize_rgb(image, image_size)
         for question, answer in pairs:
             if max_examples is not None and len(prompts) >= max_examples:
                 break
@@ -291,12 +301,45 @@ def load_llava_json(
             answers.append(items)
     if not prompts:
         raise ValueError(f"No examples were loaded from {json_path}.")
-    return _to_split(
-        images,
-        prompts,
-        responses,
-        answers=None if answers[0] is None else answers,
-    )
+    answers = None if answers[0] is None else answers
+    if stream:
+        return _stream_files(
+            images, prompts, responses, answers, image_size, json_path
+        )
+    return _to_split(images, prompts, responses, answers=answers)
+
+
+def _read_image(path, image_size):
+    """One image file, RGB and resized as the in-memory loaders do."""
+    path = path.decode("utf-8") if isinstance(path, bytes) else path
+    with Image.open(path) as image:
+        return _resize_rgb(image, int(image_size))
+
+
+def _stream_files(paths, prompts, responses, answers, image_size, source):
+    """A `StreamingSplit` of examples whose images are read lazily."""
+    import tensorflow as tf
+
+    from keras_pam.streaming_split import StreamingSplit
+
+    columns = {
+        "images": tf.constant(paths),
+        "prompts": tf.constant(prompts),
+        "responses": tf.constant(responses),
+    }
+    if answers is not None:
+        columns["answers"] = tf.ragged.constant(answers)
+
+    def read(row):
+        image = tf.numpy_function(
+            _read_image, [row["images"], image_size], tf.uint8
+        )
+        image = tf.ensure_shape(image, (image_size, image_size, 3))
+        return {**row, "images": image}
+
+    dataset = tf.data.Dataset.from_tensor_slices(columns).map(read)
+    del source
+    return StreamingSplit(dataset, num_examples=len(prompts))
 
 
 def _annotators_answers(record, index, table, json_path):
@@ -444,6 +487,108 @@ def _most_common(answers):
     return collections.Counter(answers).most_common(1)[0][0]
 
 
+def _tfds_example(features, index, settings):
+    """One tfds example as `(pixels, [(prompt, response, answers)],
+    whether its answers are a sequence)`."""
+    (image_key, question_key, answer_key), image_size, prompt_prefix = settings
+    image, raw_question, raw = features
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"Example {index}: image feature {image_key!r} has shape "
+            f"{image.shape}, expected (H, W, 1|3|4)."
+        )
+    if _is_sequence(raw_question):
+        # Several questions about one image (CLEVR's `question_answer`):
+        # one example per question, with its single answer.
+        questions = [_decode(q) for q in np.ravel(raw_question)]
+        items = [_decode(a).strip().lower() for a in np.ravel(raw)]
+        count = len(items) if _is_sequence(raw) else "one"
+        if count != len(questions):
+            raise ValueError(
+                f"Example {index}: the question feature "
+                f"{question_key!r} holds {len(questions)} questions, so "
+                f"the answer feature {answer_key!r} must hold as many "
+                f"answers; it holds {count}."
+            )
+        pairs = [(q, a, None) for q, a in zip(questions, items)]
+        is_sequence = False
+    else:
+        is_sequence = _is_sequence(raw)
+        if is_sequence:
+            items = [_decode(a).strip().lower() for a in np.ravel(raw)]
+            if not items:
+                raise ValueError(
+                    f"Example {index}: answer feature {answer_key!r} is empty."
+                )
+            answer = _most_common(items)
+        else:
+            answer = _decode(raw).strip().lower()
+            items = [answer]
+        pairs = [(_decode(raw_question), answer, items)]
+    pixels = _resize_rgb(image, image_size)
+    examples = [
+        (
+            prompt_prefix + _clean_text(question) + "\n",
+            answer,
+            items or [answer],
+        )
+        for question, answer, items in pairs
+    ]
+    return pixels, examples, is_sequence
+
+
+def _stream_tfds(dataset, settings):
+    """A `StreamingSplit` of a tfds dataset, converted as it is read."""
+    import tensorflow as tf
+
+    from keras_pam.streaming_split import StreamingSplit
+
+    (image_key, question_key, answer_key), image_size, _ = settings
+    spec = dataset.element_spec
+    question_spec = _get_feature(spec, question_key)
+    answer_spec = _get_feature(spec, answer_key)
+    _get_feature(spec, image_key)
+    several = (question_spec.shape.rank or 0) > 0
+    sequence_answers = not several and (answer_spec.shape.rank or 0) > 0
+
+    def convert(index, image, question, answer):
+        pixels, examples, _ = _tfds_example(
+            [image, question, answer], int(index), settings
+        )
+        prompts = np.array([e[0] for e in examples], dtype=object)
+        responses = np.array([e[1] for e in examples], dtype=object)
+        flat = np.array([a for e in examples for a in e[2]], dtype=object)
+        lengths = np.array([len(e[2]) for e in examples], dtype="int64")
+        return pixels, prompts, responses, flat, lengths
+
+    def rows(index, example):
+        features = [_get_feature(example, key) for key in settings[0]]
+        pixels, prompts, responses, flat, lengths = tf.numpy_function(
+            convert,
+            [index, *features],
+            [tf.uint8, tf.string, tf.string, tf.string, tf.int64],
+        )
+        pixels = tf.ensure_shape(pixels, (image_size, image_size, 3))
+        prompts = tf.ensure_shape(prompts, (None,))
+        count = tf.shape(prompts)[0]
+        columns = {
+            "images": tf.repeat(pixels[None], count, axis=0),
+            "prompts": prompts,
+            "responses": tf.ensure_shape(responses, (None,)),
+        }
+        if sequence_answers:
+            columns["answers"] = tf.RaggedTensor.from_row_lengths(
+                tf.ensure_shape(flat, (None,)),
+                tf.ensure_shape(lengths, (None,)),
+            )
+        return tf.data.Dataset.from_tensor_slices(columns)
+
+    return StreamingSplit(dataset.enumerate().flat_map(rows))
+
+
 def load_tfds(
     name_or_builder,
     split,
@@ -455,6 +600,7 @@ def load_tfds(
     max_examples=None,
     data_dir=None,
     download=False,
+    stream=False,
 ):
     """Loads a TensorFlow Datasets VQA dataset into a split.
 
@@ -486,10 +632,16 @@ def load_tfds(
             (tfds's default).
         download: bool. Whether tfds may download and prepare the data.
             Defaults to `False`: the data must already be prepared.
+        stream: bool. Return a `keras_pam.streaming_split.StreamingSplit`
+            of the tfds dataset, each example converted (the same way) as
+            it is read, so that the split is never held in memory. Its
+            examples are counted in one pass when training needs their
+            number. Defaults to `False`: a dict of arrays.
 
     Returns:
         A split dict with `"images"`, `"prompts"`, `"responses"` and, for
-        sequence answers, `"answers"`.
+        sequence answers, `"answers"`; with `stream`, a `StreamingSplit`
+        of those examples.
 
     Raises:
         ValueError: if the dataset is not prepared (and `download=False`),
@@ -542,56 +694,23 @@ def load_tfds(
     if max_examples is not None:
         dataset = dataset.take(max_examples)
 
+    keys = (image_key, question_key, answer_key)
+    settings = (keys, image_size, prompt_prefix)
+    if stream:
+        return _stream_tfds(dataset, settings)
     images, prompts, responses, answers = [], [], [], []
     sequence_answers = None
     for index, example in enumerate(tfds.as_numpy(dataset)):
-        image = np.asarray(_get_feature(example, image_key))
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(
-                f"Example {index}: image feature {image_key!r} has shape "
-                f"{image.shape}, expected (H, W, 1|3|4)."
-            )
-        raw_question = _get_feature(example, question_key)
-        raw = _get_feature(example, answer_key)
-        if _is_sequence(raw_question):
-            # Several questions about one image (CLEVR's `question_answer`):
-            # one example per question, with its single answer.
-            questions = [_decode(q) for q in np.ravel(raw_question)]
-            items = [_decode(a).strip().lower() for a in np.ravel(raw)]
-            count = len(items) if _is_sequence(raw) else "one"
-            if count != len(questions):
-                raise ValueError(
-                    f"Example {index}: the question feature "
-                    f"{question_key!r} holds {len(questions)} questions, so "
-                    f"the answer feature {answer_key!r} must hold as many "
-                    f"answers; it holds {count}."
-                )
-            pairs = [(q, a, None) for q, a in zip(questions, items)]
-            is_sequence = False
-        else:
-            is_sequence = _is_sequence(raw)
-            if is_sequence:
-                items = [_decode(a).strip().lower() for a in np.ravel(raw)]
-                if not items:
-                    raise ValueError(
-                        f"Example {index}: answer feature {answer_key!r} is "
-                        "empty."
-                    )
-                answer = _most_common(items)
-            else:
-                answer = _decode(raw).strip().lower()
-                items = [answer]
-            pairs = [(_decode(raw_question), answer, items)]
+        pixels, pairs, is_sequence = _tfds_example(
+            [_get_feature(example, key) for key in keys], index, settings
+        )
         if sequence_answers is None:
             sequence_answers = is_sequence
-        pixels = _resize_rgb(image, image_size)
-        for question, answer, items in pairs:
+        for prompt, answer, items in pairs:
             images.append(pixels)
-            prompts.append(prompt_prefix + _clean_text(question) + "\n")
+            prompts.append(prompt)
             responses.append(answer)
-            answers.append(items or [answer])
+            answers.append(items)
     if not prompts:
         raise ValueError(
             f"No examples were read from tfds dataset {name_or_builder!r}, "

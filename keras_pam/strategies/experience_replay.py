@@ -3,7 +3,10 @@
 import numpy as np
 
 from keras_pam.data import REQUIRED_KEYS
+from keras_pam.data import is_streamed
 from keras_pam.strategies.strategy import StrategyWrapper
+from keras_pam.streaming_split import StreamingSplit
+from keras_pam.streaming_split import _as_text
 
 
 def reservoir_update(length, num_seen, num_new, buffer_size, rng):
@@ -38,7 +41,11 @@ class ExperienceReplay(StrategyWrapper):
 
     The buffer is a uniform reservoir sample over every training example
     seen so far (seeded); it is concatenated to the new task's examples,
-    which are shuffled together every epoch.
+    which are shuffled together every epoch. A streamed task
+    (`keras_pam.streaming_split.StreamingSplit`) is offered to the
+    reservoir as it is read, in order, with the same draws as the same
+    split given as a dict; the buffer is interleaved with the stream at
+    random every epoch. Only the buffer is held in memory.
 
     Args:
         inner: `Strategy`. The method it adds replay to (`Finetune` for
@@ -70,6 +77,11 @@ class ExperienceReplay(StrategyWrapper):
         examples = self.inner.training_data(task)
         if self.buffer is None:
             return examples
+        if is_streamed(examples):
+            # The stream and the buffer, interleaved at random per epoch.
+            return StreamingSplit.union(
+                [examples, self.buffer], name=examples.name
+            )
         return {
             k: np.concatenate([examples[k], self.buffer[k]])
             for k in REQUIRED_KEYS
@@ -77,7 +89,19 @@ class ExperienceReplay(StrategyWrapper):
 
     def end_task(self, temporary, task):
         super().end_task(temporary, task)
-        new = {k: np.asarray(task.examples[k]) for k in REQUIRED_KEYS}
+        if not is_streamed(task.examples):
+            self._add(task.examples)
+            return
+        # A stream is read in order, a chunk at a time: the reservoir draws
+        # as it would over the whole split, and only the buffer is kept.
+        for chunk in task.examples.batches(256, keys=REQUIRED_KEYS):
+            for key in ("prompts", "responses"):
+                chunk[key] = _as_text(chunk[key])
+            self._add(chunk)
+
+    def _add(self, examples):
+        """Offer the examples of `examples`, in order, to the reservoir."""
+        new = {k: np.asarray(examples[k]) for k in REQUIRED_KEYS}
         num_new = len(new["prompts"])
         current = 0 if self.buffer is None else len(self.buffer["prompts"])
         writes = reservoir_update(

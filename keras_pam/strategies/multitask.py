@@ -3,7 +3,9 @@
 import numpy as np
 
 from keras_pam.data import REQUIRED_KEYS
+from keras_pam.data import is_streamed
 from keras_pam.strategies.strategy import Strategy
+from keras_pam.streaming_split import StreamingSplit
 
 
 class Multitask(Strategy):
@@ -24,6 +26,11 @@ class Multitask(Strategy):
     is the multitask model: only ACC, taken from it once all `num_tasks`
     tasks are learned, is reported (the paper's Table 1 gives only ACC
     too). Learning more tasks than `num_tasks` raises an error.
+
+    Streamed tasks (`keras_pam.streaming_split.StreamingSplit`) are kept
+    by reference and interleaved at random with the others in the joint
+    training; such a run cannot keep a `run_dir` (a stream cannot be
+    checkpointed).
 
     Args:
         num_tasks: int. The length of the task sequence: the task at
@@ -95,8 +102,20 @@ class Multitask(Strategy):
             )
         return index == self.num_tasks
 
+    def callbacks(self, task):
+        if is_streamed(task.examples) and self.learner.run_folder:
+            raise ValueError(
+                f"Multitask keeps every task's training split until the "
+                f"last one; task {task.name!r} is streamed, and a stream "
+                "cannot be saved in the run folder's checkpoint. Give the "
+                "tasks as dicts, or learn without a `run_dir`."
+            )
+        return super().callbacks(task)
+
     def training_data(self, task):
         splits = self.seen + [task.examples]
+        if any(is_streamed(split) for split in splits):
+            return StreamingSplit.union(splits, name="multitask union")
         return {
             k: np.concatenate([split[k] for split in splits])
             for k in REQUIRED_KEYS
@@ -106,6 +125,9 @@ class Multitask(Strategy):
         return self.learner.initial_state
 
     def end_task(self, temporary, task):
+        if is_streamed(task.examples):
+            self.seen.append(task.examples)  # By reference, not read.
+            return
         self.seen.append({k: task.examples[k] for k in REQUIRED_KEYS})
 
     def get_state(self):

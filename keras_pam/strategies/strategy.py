@@ -15,7 +15,10 @@ class TaskContext:
     Args:
         name: str. The task's name.
         index: int. Its position in the sequence, from 1.
-        examples: dict. Its training split (numpy arrays).
+        examples: dict or `StreamingSplit`. Its training split: numpy
+            arrays, or a stream (`keras_pam.streaming_split`) read batch
+            by batch, which has no `len` or indexing (`data.num_examples`,
+            `StreamingSplit.batches`).
         previous_global: `AdapterState`. The global adapter before this
             task (`G_{t-1}`), whatever a hook changes. Defaults to `None`.
         initial: `AdapterState`. The adapter before any task. Defaults to
@@ -71,7 +74,10 @@ class Strategy:
         return [self]
 
     def training_data(self, task):
-        """The examples to train on (data mixing); defaults to the task's."""
+        """The examples to train on (data mixing); defaults to the task's.
+
+        A dict of arrays or a `StreamingSplit` (mix a stream with
+        `StreamingSplit.union`)."""
         return task.examples
 
     def extra_inputs(self, examples, task):
