@@ -13,10 +13,16 @@ from keras_pam.lora import enable_lora
 from keras_pam.lora import lora_variables
 from keras_pam.lora import quantize_base
 from keras_pam.losses import label_smoothing_loss
+from keras_pam.models.check_pali_gemma import check_pali_gemma
 from keras_pam.models.pali_gemma_preset import load_pali_gemma
 
 # The inputs of the causal LM; other keys of `x` feed extra losses.
 MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
+
+# Image logits per example (image positions x vocabulary) from which `call`
+# projects the text positions only; a smaller model (the tiny ones) runs
+# KerasHub's causal LM as it is. PaliGemma-3B at 224 px has 256 x 257,152.
+TEXT_LOGITS_ONLY_ABOVE = 2**24
 
 
 class LoRAModel(keras.Model):
@@ -66,6 +72,8 @@ class LoRAModel(keras.Model):
             raise ValueError(
                 "`causal_lm` needs a preprocessor (it tokenizes the prompts)."
             )
+        # Its class, and a tokenizer that fits the embedding.
+        check_pali_gemma(causal_lm)
         self.causal_lm = causal_lm
         backbone = causal_lm.backbone
         if quantize is not None:
@@ -266,7 +274,19 @@ class LoRAModel(keras.Model):
 
     def call(self, inputs, training=False):
         inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
-        return self.causal_lm(inputs, training=training)
+        backbone = self.causal_lm.backbone
+        image_logits = backbone.image_sequence_length * backbone.vocabulary_size
+        if image_logits < TEXT_LOGITS_ONLY_ABOVE:
+            return self.causal_lm(inputs, training=training)
+        # `self.causal_lm(inputs)`, projecting the text positions only:
+        # KerasHub's causal LM projects every position, the image's too
+        # (256 at 224 px), onto the vocabulary (257,152 pieces) and then
+        # drops the image's, gigabytes of logits and gradients in the train
+        # step. The text rows are the same up to float32 rounding (the
+        # matmul's shape, and so its blocking, changes).
+        hidden = backbone(inputs, training=training)
+        hidden = hidden[:, backbone.image_sequence_length :, :]
+        return backbone.token_embedding(hidden, reverse=True)
 
     def make_train_function(self, force=False):
         if keras.backend.backend() != "jax" or (

@@ -1,6 +1,12 @@
-"""Models: the tiny, locally built PaliGemma, its pretrained base, and
-PaliGemma on video clips."""
+"""Models: the tiny, locally built PaliGemma, its pretrained base,
+PaliGemma on video clips, and real presets' architectures built offline."""
 
+from keras_pam.models.check_pali_gemma import check_pali_gemma
+from keras_pam.models.full_vocabulary_tokenizer import (
+    build_full_vocabulary_tokenizer,
+)
+from keras_pam.models.pali_gemma_config import pali_gemma_config
+from keras_pam.models.real_width_pali_gemma import build_pali_gemma
 from keras_pam.models.tiny_base import SHIPPED_PRESET
 from keras_pam.models.tiny_base import TINY_BASE_CONFIG
 from keras_pam.models.tiny_base import CorruptBaseError

@@ -1,6 +1,28 @@
 """Loading a KerasHub PaliGemma preset, with an error that says what to do."""
 
+import json
 import os
+
+from keras_pam.models.check_pali_gemma import check_pali_gemma
+
+# Backbone classes a PaliGemma preset may hold.
+_PALI_GEMMA_BACKBONES = ("PaliGemmaBackbone", "PaliGemmaVideoBackbone")
+
+
+def _check_preset_class(preset):
+    """Refuse a local preset directory that holds another model."""
+    path = os.path.join(preset, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        config = json.load(f)
+    found = config.get("class_name") if isinstance(config, dict) else None
+    if found not in _PALI_GEMMA_BACKBONES:
+        raise ValueError(
+            f"The preset {preset!r} holds a {found!r} model (config.json), "
+            "not a PaliGemma (`PaliGemmaBackbone`). keras_pam adapts "
+            "KerasHub's PaliGemma and PaliGemma 2 presets only."
+        )
 
 
 def load_pali_gemma(preset, load_weights=True, dtype=None, num_frames=None):
@@ -30,6 +52,8 @@ def load_pali_gemma(preset, load_weights=True, dtype=None, num_frames=None):
     """
     import keras_hub
 
+    if isinstance(preset, str) and os.path.isdir(preset):
+        _check_preset_class(preset)
     try:
         causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(
             preset, load_weights=load_weights, dtype=dtype
@@ -46,6 +70,7 @@ def load_pali_gemma(preset, load_weights=True, dtype=None, num_frames=None):
             "secrets). Offline, pass the path of a local preset "
             "directory saved with `save_to_preset`."
         ) from error
+    check_pali_gemma(causal_lm, name=f"the preset {preset!r}")
     if num_frames is None:
         return causal_lm
     saved_frames = getattr(causal_lm.backbone, "num_frames", None)
