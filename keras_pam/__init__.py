@@ -15,6 +15,7 @@ from keras_pam.lora import AdapterState
 from keras_pam.lora_batch_callback import LoRABatchCallback
 from keras_pam.report import ContinualReport
 from keras_pam.report import TaskReport
+from keras_pam.streaming_split import StreamingSplit
 from keras_pam.task_learning_rate import TaskLearningRate
 from keras_pam.task_recipe import TaskRecipe
 

@@ -5,7 +5,6 @@ import time
 
 import keras
 
-from keras_pam import data as data_lib
 from keras_pam import training
 from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.alignment_config import LEARNER_ARGUMENTS
@@ -223,14 +222,6 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
 
     def extra_loss(self, x, y, y_pred, sample_weight):
         return self.strategy.extra_loss(x, y, y_pred, sample_weight)
-
-    def as_examples(self, data, name="data"):
-        """`data` checked for this model: a `tf.data.Dataset` or
-        `keras_pam.streaming_split.StreamingSplit` streamed, anything else
-        read into numpy (`keras_pam.data.as_split`)."""
-        return data_lib.as_split(
-            data, self.image_size, name, num_frames=self.num_frames
-        )
 
     @property
     def eval_task_names(self):

@@ -225,9 +225,10 @@ class LoRAModel(keras.Model):
         return getattr(self.causal_lm.backbone, "num_frames", None)
 
     def as_examples(self, data, name="data"):
-        """`data` checked for this model (image size, frames) and read
-        into numpy (`keras_pam.data.as_examples`)."""
-        return data_lib.as_examples(
+        """`data` checked for this model (image size, frames): a
+        `tf.data.Dataset` or `keras_pam.StreamingSplit` streamed, anything
+        else read into numpy (`keras_pam.data.as_split`)."""
+        return data_lib.as_split(
             data, self.image_size, name, num_frames=self.num_frames
         )
 

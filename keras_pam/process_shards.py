@@ -5,11 +5,11 @@ On a multi-host TPU slice (one JAX process per host, joined by
 feeds only its own part of each global batch; Keras's JAX trainer assembles
 the parts into the global batch (`jax.make_array_from_process_local_data`),
 in process order. The learner therefore cuts every global batch of indices
-into equal shares before it is preprocessed (an in-memory split's images
-are gathered only for the process's own share), and the assembled batch
-holds exactly the examples a single process would have fed: the run gives
-the one-process result to float tolerance. A streamed split is read whole
-by every process, which keeps only its share.
+into contiguous, equal shares before it is preprocessed (an in-memory
+split's images are gathered only for the process's own share), and the
+assembled batch is exactly the one a single process would have fed: the
+run gives the one-process result to float tolerance. A streamed split is
+read whole by every process, which keeps only its share.
 
 Keras would otherwise shard the dataset itself
 (`DataParallel.distribute_dataset`), which needs a dataset whose batch size
@@ -74,11 +74,6 @@ def epoch_size(num_examples, batch_size):
 def local_order(order, batch_size):
     """This process's share of an epoch's example order.
 
-    The share is every `num_shards`-th example (from the shard's index) of
-    the epoch, cut by `epoch_size`: batched in runs of
-    `batch_size // num_shards`, the shares of all processes make up each
-    global batch of `order` exactly, in another order within the batch.
-
     Args:
         order: 1-D array. The epoch's global example order, batched in
             runs of `batch_size`.
@@ -86,23 +81,39 @@ def local_order(order, batch_size):
             `check_batch_divides`).
 
     Returns:
-        The indices this process feeds, in order.
+        The indices this process feeds, in order: batched in runs of
+        `batch_size // num_shards`, they are this process's contiguous
+        share of each global batch of `order` (cut by `epoch_size`), so
+        the shares of all processes, in process order, are that batch.
     """
-    num_shards, index = data_shards()
+    num_shards, _ = data_shards()
     if num_shards == 1:
         return order
     order = np.asarray(order)[: epoch_size(len(order), batch_size)]
-    return order[index::num_shards]
+    batches = [
+        local_share(order[start : start + batch_size])
+        for start in range(0, len(order), batch_size)
+    ]
+    return np.concatenate(batches)
 
 
-def local_rows(rows, num_examples, batch_size):
-    """`local_order` for a `tf.data.Dataset` of an epoch's rows: this
-    process's rows, every other row read and dropped."""
+def local_batches(rows, num_examples, batch_size):
+    """An epoch's rows (a `tf.data.Dataset`) batched into this process's
+    shares of its global batches, as `local_order` cuts them (every
+    process reads every row)."""
     num_shards, index = data_shards()
     if num_shards == 1:
-        return rows
+        return rows.batch(batch_size)
+    import tensorflow as tf
+
     rows = rows.take(epoch_size(num_examples, batch_size))
-    return rows.shard(num_shards, index)
+
+    def share(batch):
+        size = tf.shape(next(iter(batch.values())))[0] // num_shards
+        start = index * size
+        return {k: v[start : start + size] for k, v in batch.items()}
+
+    return rows.batch(batch_size).map(share)
 
 
 def local_share(batch):

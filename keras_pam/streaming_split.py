@@ -464,17 +464,15 @@ class StreamingSplit:
         """Preprocessed batches of epochs `initial_epoch` to `epochs - 1`
         back to back, as `keras_pam.data.training_dataset` makes them."""
         tf = _tf()
-        num_shards, _ = process_shards.data_shards()
         ds = None
         for epoch in range(initial_epoch, epochs):
             rows = self._epoch_rows(
                 shuffle, seed, epoch, data_lib.REQUIRED_KEYS
             )
             # Over several processes, each feeds its share of every batch.
-            rows = process_shards.local_rows(
+            batches = process_shards.local_batches(
                 rows, self.num_examples, batch_size
             )
-            batches = rows.batch(batch_size // num_shards)
             ds = batches if ds is None else ds.concatenate(batches)
         if ds is None:
             raise ValueError(

@@ -9,9 +9,9 @@ device: each process feeds its own share of every batch. It evaluates and
 writes its global adapter and accuracy matrix to `OUT/process_<i>.npz`.
 With `--run-dir`, the run checkpoints there (only process 0 writes);
 `--stream` gives the training splits as `tf.data.Dataset`s (streamed),
-`--stop-after N` exits after N tasks, `--kill-in-commit N` kills process 0
-half-way through the checkpoint of task N (its files written, not
-committed), and `--resume` continues a run.
+`--kill-in-commit N` kills process 0 half-way through the checkpoint of
+task N (its files written, not committed), and `--resume` continues a
+run.
 
     python tests/multiprocess_run.py --out DIR --num-processes 2 \\
         --process-id 0 --port 12355
@@ -34,7 +34,6 @@ def parse_args(argv):
     parser.add_argument("--port", type=int, default=12355)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--run-dir", default=None)
-    parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-in-commit", type=int, default=None)
     parser.add_argument("--stream", action="store_true")
@@ -116,17 +115,20 @@ def main(argv=None):
         )
         for name, test in tests.items():
             learner.add_eval_task(name, test)
-    for index, task in enumerate(tasks):
-        if args.stop_after is not None and index == args.stop_after:
-            print("stopped", args.process_id, flush=True)
-            return 0
+    for task in tasks:
         if task.name in learner.learned_task_names:
             continue
         train = task.train
         if args.stream:
             import tensorflow as tf
 
-            train = tf.data.Dataset.from_tensor_slices(train)
+            train = tf.data.Dataset.from_tensor_slices(
+                {
+                    "images": train["images"],
+                    "prompts": train["prompts"].astype(str),
+                    "responses": train["responses"].astype(str),
+                }
+            )
         learner.learn_task(
             train,
             name=task.name,

@@ -120,38 +120,35 @@ def one_process(tmp_path_factory):
     return _results(out, 1)[0]
 
 
-def test_two_processes_learn_the_one_process_adapter(one_process, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_processes")
+    run_dir = out / "run"
     _check_ran(_run(out, 2, "--run-dir", str(run_dir)))
-    first, second = _results(out, 2)
+    return _results(out, 2), run_dir
+
+
+def _check_same_on_every_process(results):
+    first = results[0]
+    for other in results[1:]:
+        for key in first:
+            np.testing.assert_array_equal(first[key], other[key], err_msg=key)
+
+
+def test_two_processes_learn_the_one_process_adapter(
+    one_process, two_processes
+):
+    results, run_dir = two_processes
     # Every process holds the same global adapter and accuracy matrix.
-    for key in first:
-        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
-    assert _max_relative_error(first, one_process) < RELATIVE_TOLERANCE
-    np.testing.assert_array_equal(first["matrix"], one_process["matrix"])
+    _check_same_on_every_process(results)
+    assert _max_relative_error(results[0], one_process) < RELATIVE_TOLERANCE
+    np.testing.assert_array_equal(results[0]["matrix"], one_process["matrix"])
     # Learning happened: the matrix is not all zeros.
-    assert np.max(first["matrix"]) > 0
+    assert np.max(results[0]["matrix"]) > 0
     # Process 0 wrote a complete run folder; nothing was left half-written.
-    assert (run_dir / "LATEST").read_text().strip()
+    assert (run_dir / "LATEST").read_text().strip() == "task_0002"
     leftovers = [p.name for p in run_dir.rglob("*") if ".tmp" in p.name]
     assert not leftovers
-
-
-def test_a_stopped_two_process_run_resumes_to_the_same_adapter(
-    one_process, tmp_path
-):
-    out = tmp_path / "out"
-    out.mkdir()
-    run_dir = str(tmp_path / "run")
-    _check_ran(_run(out, 2, "--run-dir", run_dir, "--stop-after", "1"))
-    assert not list(out.iterdir())
-    _check_ran(_run(out, 2, "--run-dir", run_dir, "--resume"))
-    first, second = _results(out, 2)
-    for key in first:
-        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
-    assert _max_relative_error(first, one_process) < RELATIVE_TOLERANCE
 
 
 def test_a_batch_that_does_not_divide_over_processes_is_refused(tmp_path):
@@ -162,7 +159,7 @@ def test_a_batch_that_does_not_divide_over_processes_is_refused(tmp_path):
 
 
 def test_a_run_killed_in_a_checkpoint_resumes_with_nothing_lost(
-    one_process, tmp_path
+    two_processes, tmp_path
 ):
     out = tmp_path / "out"
     out.mkdir()
@@ -171,17 +168,19 @@ def test_a_run_killed_in_a_checkpoint_resumes_with_nothing_lost(
     # committed; process 1 is stopped at the barrier that waits for it.
     outputs = _run(out, 2, "--run-dir", run_dir, "--kill-in-commit", "2")
     assert outputs[0][0] == 3, outputs[0][1][-3000:]
+    assert not list(out.iterdir())
     assert (tmp_path / "run" / "LATEST").read_text().strip() == "task_0001"
     _check_ran(_run(out, 2, "--run-dir", run_dir, "--resume"))
-    first, second = _results(out, 2)
-    for key in first:
-        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
-    assert _max_relative_error(first, one_process) < RELATIVE_TOLERANCE
+    resumed = _results(out, 2)
+    _check_same_on_every_process(resumed)
+    # Exactly the uninterrupted two-process run.
+    uninterrupted, _ = two_processes
+    for key, value in uninterrupted[0].items():
+        np.testing.assert_array_equal(resumed[0][key], value, err_msg=key)
 
 
 def test_two_processes_stream_their_shares(one_process, tmp_path):
     _check_ran(_run(tmp_path, 2, "--stream"))
-    first, second = _results(tmp_path, 2)
-    for key in first:
-        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
-    assert _max_relative_error(first, one_process) < RELATIVE_TOLERANCE
+    results = _results(tmp_path, 2)
+    _check_same_on_every_process(results)
+    assert _max_relative_error(results[0], one_process) < RELATIVE_TOLERANCE

@@ -41,7 +41,7 @@ def test_the_shares_make_up_every_global_batch(shards, num_examples):
     ]
     assert len(assembled) == len(expected)
     for got, want in zip(assembled, expected):
-        assert sorted(got) == sorted(want)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_batch_that_does_not_divide_is_refused(shards):
@@ -65,3 +65,20 @@ def test_one_process_feeds_everything():
     np.testing.assert_array_equal(process_shards.local_share(order), order)
     np.testing.assert_array_equal(process_shards.gather_shares(order), order)
     assert process_shards.epoch_size(10, 4) == 10
+
+
+def test_a_streamed_epoch_is_cut_like_an_in_memory_one(shards):
+    import tensorflow as tf
+
+    batch_size, num_examples = 8, 29
+    rows = tf.data.Dataset.from_tensor_slices({"i": np.arange(num_examples)})
+    local = []
+    for index in range(2):
+        shards(2, index)
+        batches = process_shards.local_batches(rows, num_examples, batch_size)
+        order = process_shards.local_order(np.arange(num_examples), batch_size)
+        streamed = np.concatenate([b["i"] for b in batches.as_numpy_iterator()])
+        np.testing.assert_array_equal(streamed, order)
+        local.append([b["i"] for b in batches.as_numpy_iterator()])
+    assembled = np.concatenate([np.concatenate(p) for p in zip(*local)])
+    np.testing.assert_array_equal(assembled, np.arange(28))

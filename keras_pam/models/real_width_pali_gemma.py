@@ -12,6 +12,7 @@ from keras_pam.models.full_vocabulary_tokenizer import (
     build_full_vocabulary_tokenizer,
 )
 from keras_pam.models.pali_gemma_config import pali_gemma_config
+from keras_pam.models.tiny_pali_gemma import causal_lm_of
 
 # Elements per piece of a large random initialisation (JAX, see below).
 _CHUNK_ELEMENTS = 2**25
@@ -154,17 +155,6 @@ def build_pali_gemma(
             tokenizer = type(tokenizer)(proto=tokenizer.proto)
     with _chunked_random_initialisation():
         backbone = keras_hub.models.PaliGemmaBackbone(**config, dtype=dtype)
-    image_size = config["image_size"]
-    image_converter = keras_hub.layers.PaliGemmaImageConverter(
-        image_size=(image_size, image_size), scale=1.0 / 127.5, offset=-1.0
-    )
-    preprocessor = keras_hub.models.PaliGemmaCausalLMPreprocessor(
-        tokenizer=tokenizer,
-        image_converter=image_converter,
-        sequence_length=sequence_length,
-    )
-    causal_lm = keras_hub.models.PaliGemmaCausalLM(
-        backbone=backbone, preprocessor=preprocessor
-    )
+    causal_lm = causal_lm_of(backbone, tokenizer, sequence_length)
     check_pali_gemma(causal_lm)
     return causal_lm

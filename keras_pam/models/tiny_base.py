@@ -238,6 +238,7 @@ def build_tiny_base_model(texts=(), config=None):
         A `keras_hub.models.PaliGemmaCausalLM` with its preprocessor.
     """
     from keras_pam.models.tiny_pali_gemma import BASE_TEXTS
+    from keras_pam.models.tiny_pali_gemma import causal_lm_of
     from keras_pam.models.tiny_pali_gemma import train_tokenizer
 
     config = dict(TINY_BASE_CONFIG, **(config or {}))
@@ -258,18 +259,7 @@ def build_tiny_base_model(texts=(), config=None):
         vit_num_layers=config["vit_num_layers"],
         vit_intermediate_dim=2 * hidden_dim,
     )
-    size = config["image_size"]
-    image_converter = keras_hub.layers.PaliGemmaImageConverter(
-        image_size=(size, size), scale=1.0 / 127.5, offset=-1.0
-    )
-    preprocessor = keras_hub.models.PaliGemmaCausalLMPreprocessor(
-        tokenizer=tokenizer,
-        image_converter=image_converter,
-        sequence_length=config["sequence_length"],
-    )
-    return keras_hub.models.PaliGemmaCausalLM(
-        backbone=backbone, preprocessor=preprocessor
-    )
+    return causal_lm_of(backbone, tokenizer, config["sequence_length"])
 
 
 def pretrain_tiny_base(

@@ -125,8 +125,16 @@ def build_tiny_pali_gemma(
         vit_intermediate_dim=2 * hidden_dim,
         dtype=dtype,
     )
+    return causal_lm_of(backbone, tokenizer, sequence_length)
+
+
+def causal_lm_of(backbone, tokenizer, sequence_length):
+    """A `PaliGemmaCausalLM` of `backbone` with PaliGemma's preprocessing:
+    images scaled to [-1, 1] at the backbone's size, `sequence_length`
+    text tokens."""
+    size = backbone.image_size
     image_converter = keras_hub.layers.PaliGemmaImageConverter(
-        image_size=(image_size, image_size), scale=1.0 / 127.5, offset=-1.0
+        image_size=(size, size), scale=1.0 / 127.5, offset=-1.0
     )
     preprocessor = keras_hub.models.PaliGemmaCausalLMPreprocessor(
         tokenizer=tokenizer,
