@@ -9,6 +9,14 @@ benchmarks/requirements.txt`):
     KERAS_BACKEND=jax python benchmarks/train_step_vs_peft.py --quick
     KERAS_BACKEND=torch python benchmarks/train_step_vs_peft.py \
         --jit-compile true
+    KERAS_BACKEND=jax python benchmarks/train_step_vs_peft.py \
+        --sizes small --torch-device cuda    # on a GPU machine
+
+`--torch-device` (default `cpu`) places the Hugging Face model and batch;
+the Keras variants run where the Keras backend puts them (JAX: its
+default device, a GPU when jax has CUDA). On a GPU, give `cuda` so that
+both sides are GPU figures (`benchmarks/device_check.py` does). The
+matmul rate used for "% of peak" is the CPU's either way.
 
 The first run spends most of its time in `torch.compile` (inductor builds
 C++ kernels: 44 s for tiny, 372 s for small on 2 loaded cores); later runs
@@ -46,9 +54,12 @@ image 64.
 """
 
 import argparse
+import functools
+import importlib.util
 import os
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -158,6 +169,22 @@ def keras_pam_fitter(size, rank, batch, steps, batch_size, jit_compile):
     return run, run_step_alone, trainable
 
 
+def plain_fit(causal_lm):
+    """What the `kerashub` variant fits: the causal LM itself, or, where
+    neither TensorFlow nor Grain is installed, its `keras.Model.fit`.
+
+    KerasHub's `PipelineModel.fit` batches numpy arrays with `tf.data` or
+    Grain even when there is no preprocessor, and raises without both (as
+    on the GPU image of `benchmarks/device_check.py`). `keras.Model.fit`
+    runs the same train step, fed by Keras's own array adapter.
+    """
+    if any(importlib.util.find_spec(n) for n in ("tensorflow", "grain")):
+        return causal_lm
+    return types.SimpleNamespace(
+        fit=functools.partial(keras.Model.fit, causal_lm)
+    )
+
+
 def kerashub_fitter(size, rank, batch, steps, batch_size, jit_compile):
     """A function that runs a plain KerasHub `fit` of the LoRA'd model."""
     # The target names only; the step runs no keras_pam code.
@@ -181,17 +208,19 @@ def kerashub_fitter(size, rank, batch, steps, batch_size, jit_compile):
         jit_compile=jit_compile,
     )
     x, y, sample_weight = common.tile(batch, steps)
+    model = plain_fit(causal_lm)
 
     def run():
-        seconds = common.timed_fit(causal_lm, x, y, sample_weight, batch_size)
+        seconds = common.timed_fit(model, x, y, sample_weight, batch_size)
         return seconds / steps
 
     trainable = sum(int(np.prod(v.shape)) for v in causal_lm.trainable_weights)
     return run, trainable
 
 
-def hf_model(size, vocabulary_size, rank):
-    """transformers' PaliGemma of the same configuration, with PEFT LoRA."""
+def hf_model(size, vocabulary_size, rank, device="cpu"):
+    """transformers' PaliGemma of the same configuration, with PEFT LoRA,
+    on the PyTorch device `device`."""
     import peft
     import torch
     import transformers
@@ -239,13 +268,14 @@ def hf_model(size, vocabulary_size, rank):
         bias="none",
     )
     model = peft.get_peft_model(model, lora)
+    model.to(device)
     model.train()
     return model
 
 
-def hf_batch(batch, num_image_tokens, image_token_id):
+def hf_batch(batch, num_image_tokens, image_token_id, device="cpu"):
     """The Keras batch in HF's format: image placeholders, prefix-LM
-    `token_type_ids` and labels on the answer tokens."""
+    `token_type_ids` and labels on the answer tokens, on `device`."""
     import torch
 
     x = batch[0]
@@ -255,7 +285,7 @@ def hf_batch(batch, num_image_tokens, image_token_id):
     zeros = np.zeros((size, num_image_tokens), "int64")
     response = x["response_mask"].astype("int64")
     labels = np.where(response == 1, token_ids, -100)
-    return {
+    inputs = {
         "input_ids": torch.from_numpy(
             np.concatenate([image_ids, token_ids], 1)
         ),
@@ -272,6 +302,7 @@ def hf_batch(batch, num_image_tokens, image_token_id):
             )
         ),
     }
+    return {k: v.to(device) for k, v in inputs.items()}
 
 
 def hf_stepper(model, inputs, steps, compiled):
@@ -335,9 +366,10 @@ def benchmark_size(size, args, matmul_rate):
         size, args.rank, batch, steps, args.batch_size, jit_compile
     )
     variants["kerashub"] = run
-    model = hf_model(size, vocabulary_size, args.rank)
+    device = getattr(args, "torch_device", "cpu")
+    model = hf_model(size, vocabulary_size, args.rank, device)
     hf_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    inputs = hf_batch(batch, num_image_tokens, vocabulary_size)
+    inputs = hf_batch(batch, num_image_tokens, vocabulary_size, device)
     variants["hf_eager"], eager_step = hf_stepper(model, inputs, steps, False)
     if not args.no_compile:
         variants["hf_compiled"], _ = hf_stepper(model, inputs, steps, True)
@@ -370,6 +402,7 @@ def benchmark_size(size, args, matmul_rate):
         "load_average_before": load_before,
         "load_average_after": common.load_average(),
         "torch_threads": torch.get_num_threads(),
+        "torch_device": device,
         "seconds_per_step": {
             name: common.summarize(values) for name, values in samples.items()
         },
@@ -446,6 +479,12 @@ def main():
         default="auto",
         help="`jit_compile` of the Keras variants (torch: true is "
         "torch.compile; tensorflow: XLA)",
+    )
+    parser.add_argument(
+        "--torch-device",
+        default="cpu",
+        help="PyTorch device of the Hugging Face variants, e.g. `cuda` on a "
+        "GPU machine (the Keras variants run on the backend's device)",
     )
     parser.add_argument("--output", default=None, help="write JSON here")
     args = parser.parse_args()
