@@ -105,12 +105,13 @@ def _results(out, num_processes):
 
 
 def _max_relative_error(result, reference):
-    errors = []
-    for key, expected in reference.items():
-        if key.startswith("adapter/"):
-            scale = max(float(np.max(np.abs(expected))), 1e-6)
-            errors.append(float(np.max(np.abs(result[key] - expected))) / scale)
-    return max(errors)
+    """The largest difference of an adapter entry, relative to the
+    adapter's largest entry (a factor the tasks barely trained is as
+    small as float32 noise, so it is not its own scale)."""
+    keys = [k for k in reference if k.startswith("adapter/")]
+    scale = max(float(np.max(np.abs(reference[k]))) for k in keys)
+    error = max(float(np.max(np.abs(result[k] - reference[k]))) for k in keys)
+    return error / scale
 
 
 @pytest.fixture(scope="module")
