@@ -169,6 +169,35 @@ def tile(batch, steps):
     )
 
 
+def compile_plain_kerashub_lora(
+    causal_lm, rank, learning_rate, jit_compile="auto"
+):
+    """Enable KerasHub's own LoRA on keras_pam's targets and compile the
+    causal LM for `fit` on preprocessed batches: the baseline step, with
+    no keras_pam code in it (KerasHub leaves the biases of adapted layers
+    trainable; they are frozen, so it trains exactly the LoRA factors, as
+    the learner does)."""
+    import keras
+
+    # The target names only.
+    from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
+
+    backbone = causal_lm.backbone
+    backbone.enable_lora(rank, target_layer_names=list(PALI_GEMMA_LORA_TARGETS))
+    for layer in backbone._flatten_layers(include_self=False):
+        if getattr(layer, "lora_enabled", False):
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.trainable = False
+    causal_lm.preprocessor = None
+    causal_lm.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        jit_compile=jit_compile,
+    )
+    return causal_lm
+
+
 def write_json(path, payload):
     """Write `payload` as indented JSON, if a path was given."""
     if path:

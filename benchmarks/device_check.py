@@ -405,28 +405,11 @@ def phase_keras_pam(args):
 
 
 def phase_kerashub(args):
-    import keras
+    import common
     import numpy as np
 
-    # The target names only; the step runs no keras_pam code.
-    from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
-
     causal_lm, batch, info = build_full_width(args)
-    backbone = causal_lm.backbone
-    backbone.enable_lora(
-        args.rank, target_layer_names=list(PALI_GEMMA_LORA_TARGETS)
-    )
-    for layer in backbone._flatten_layers(include_self=False):
-        # As in train_step_vs_peft.py: train exactly the LoRA factors.
-        if getattr(layer, "lora_enabled", False):
-            if getattr(layer, "bias", None) is not None:
-                layer.bias.trainable = False
-    causal_lm.preprocessor = None
-    causal_lm.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
-    )
+    common.compile_plain_kerashub_lora(causal_lm, args.rank, LEARNING_RATE)
     import train_step_vs_peft
 
     model = train_step_vs_peft.plain_fit(causal_lm)

@@ -187,25 +187,8 @@ def plain_fit(causal_lm):
 
 def kerashub_fitter(size, rank, batch, steps, batch_size, jit_compile):
     """A function that runs a plain KerasHub `fit` of the LoRA'd model."""
-    # The target names only; the step runs no keras_pam code.
-    from keras_pam.lora import PALI_GEMMA_LORA_TARGETS
-
-    causal_lm = build_causal_lm(size, 0)
-    backbone = causal_lm.backbone
-    backbone.enable_lora(rank, target_layer_names=list(PALI_GEMMA_LORA_TARGETS))
-    for layer in backbone._flatten_layers(include_self=False):
-        # KerasHub leaves the biases of adapted layers trainable; freeze
-        # them so both Keras variants train exactly the LoRA factors.
-        if getattr(layer, "lora_enabled", False):
-            if getattr(layer, "bias", None) is not None:
-                layer.bias.trainable = False
-    # The batches are already preprocessed (as for the learner's `fit`).
-    causal_lm.preprocessor = None
-    causal_lm.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
-        jit_compile=jit_compile,
+    causal_lm = common.compile_plain_kerashub_lora(
+        build_causal_lm(size, 0), rank, LEARNING_RATE, jit_compile
     )
     x, y, sample_weight = common.tile(batch, steps)
     model = plain_fit(causal_lm)
