@@ -619,9 +619,10 @@ def test_load_tfds_mock_data_fixed_examples(tfds):
     np.testing.assert_array_equal(split["images"][1], np.full((4, 4, 3), 90))
 
 
-def test_load_tfds_several_questions_per_image(tfds):
-    # CLEVR's layout: `question_answer` is a sequence of question/answer.
-    tf = pytest.importorskip("tensorflow")
+def _clevr_dataset(channels):
+    """A `tfds.testing.mock_data` `as_dataset_fn` in CLEVR's layout:
+    `question_answer` is a sequence of question/answer per image."""
+    import tensorflow as tf
 
     def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
         del self, split, decoders, read_config, kwargs
@@ -629,7 +630,7 @@ def test_load_tfds_several_questions_per_image(tfds):
             lambda: iter(
                 [
                     {
-                        "image": np.full((6, 8, 3), v, np.uint8),
+                        "image": np.full((6, 8, channels), v, np.uint8),
                         "question_answer": {
                             "question": questions,
                             "answer": answers,
@@ -642,7 +643,7 @@ def test_load_tfds_several_questions_per_image(tfds):
                 ]
             ),
             output_signature={
-                "image": tf.TensorSpec((6, 8, 3), tf.uint8),
+                "image": tf.TensorSpec((6, 8, channels), tf.uint8),
                 "question_answer": {
                     "question": tf.TensorSpec((None,), tf.string),
                     "answer": tf.TensorSpec((None,), tf.string),
@@ -650,7 +651,12 @@ def test_load_tfds_several_questions_per_image(tfds):
             },
         )
 
-    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    return as_dataset
+
+
+def test_load_tfds_several_questions_per_image(tfds):
+    pytest.importorskip("tensorflow")
+    with tfds.testing.mock_data(as_dataset_fn=_clevr_dataset(3)):
         split = datasets.load_tfds(
             "clevr",
             "validation",
@@ -850,37 +856,10 @@ def test_load_tfds_streams_the_same_split(tfds):
             }
         )
 
-    def clevr(self, split, decoders=None, read_config=None, **kwargs):
-        del self, split, decoders, read_config, kwargs
-        return tf.data.Dataset.from_generator(
-            lambda: iter(
-                [
-                    {
-                        "image": np.full((6, 8, 4), v, np.uint8),
-                        "question_answer": {
-                            "question": questions,
-                            "answer": answers,
-                        },
-                    }
-                    for v, questions, answers in (
-                        (10, ["How many\ncubes?", "Is it red?"], ["2", "Yes"]),
-                        (20, ["What shape?"], ["Sphere"]),
-                    )
-                ]
-            ),
-            output_signature={
-                "image": tf.TensorSpec((6, 8, 4), tf.uint8),
-                "question_answer": {
-                    "question": tf.TensorSpec((None,), tf.string),
-                    "answer": tf.TensorSpec((None,), tf.string),
-                },
-            },
-        )
-
     layouts = [
         (vqa, ("mnist", "test", "image", "qa/question", "qa/answers")),
         (
-            clevr,
+            _clevr_dataset(4),
             (
                 "clevr",
                 "validation",
