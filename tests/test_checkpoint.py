@@ -91,10 +91,10 @@ def new_learner(tiny_preset, two_tasks, run_dir=None):
     return learner
 
 
-def learn(learner, task, callbacks=None):
+def learn(learner, task, callbacks=None, name=None):
     return learner.learn_task(
         task.train,
-        name=task.name,
+        name=name or task.name,
         epochs=2,
         batch_size=8,
         verbose=0,

@@ -6,10 +6,12 @@ import os
 import tempfile
 import uuid
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_checkpoint import KillAt
+from test_checkpoint import learn
+from test_checkpoint import new_learner
 
 from keras_pam import ContinualLearner
 from keras_pam import checkpoint
@@ -170,43 +172,6 @@ def test_a_learner_refuses_an_unreachable_run_folder_before_training(
 ):
     with pytest.raises(UnreachableRunFolderError, match="foo://"):
         ContinualLearner.from_preset(tiny_preset, rank=4, run_dir="foo://x")
-
-
-class KillAt(keras.callbacks.Callback):
-    """Simulates a pre-emption: raises after batch `batch` of `epoch`."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.epoch, self.batch = epoch, batch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == self.batch:
-            raise KeyboardInterrupt
-
-
-def new_learner(tiny_preset, two_tasks, run_dir):
-    keras.utils.set_random_seed(0)
-    learner = ContinualLearner.from_preset(
-        tiny_preset, rank=4, align_every=3, run_dir=run_dir
-    )
-    learner.compile(optimizer=keras.optimizers.Adam(1e-2))
-    for task in two_tasks:
-        learner.add_eval_task(task.name, task.test)
-    return learner
-
-
-def learn(learner, task, callbacks=None, name=None):
-    return learner.learn_task(
-        task.train,
-        name=name or task.name,
-        epochs=2,
-        batch_size=8,
-        verbose=0,
-        callbacks=callbacks,
-    )
 
 
 def load_adapter(path, backbone):
