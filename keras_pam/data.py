@@ -406,6 +406,20 @@ def epoch_orders(num_examples, epochs, shuffle=True, seed=0, initial_epoch=0):
     return orders
 
 
+def concatenate_epochs(epoch_datasets, initial_epoch, epochs):
+    """The datasets of epochs `initial_epoch` to `epochs - 1`, back to
+    back; a `ValueError` if there is none."""
+    ds = None
+    for epoch in epoch_datasets:
+        ds = epoch if ds is None else ds.concatenate(epoch)
+    if ds is None:
+        raise ValueError(
+            f"No epoch to run: `initial_epoch`={initial_epoch} and "
+            f"`epochs`={epochs}."
+        )
+    return ds
+
+
 def training_dataset(
     examples,
     batch_size,
@@ -462,18 +476,16 @@ def training_dataset(
     orders = epoch_orders(num_examples, epochs, shuffle, seed, initial_epoch)
     # Over several processes, each feeds its share of every batch.
     num_shards, _ = process_shards.data_shards()
-    ds = None
-    for order in orders:
-        order = process_shards.local_order(order, batch_size)
-        epoch = tf.data.Dataset.from_tensor_slices(order).batch(
-            batch_size // num_shards
-        )
-        ds = epoch if ds is None else ds.concatenate(epoch)
-    if ds is None:
-        raise ValueError(
-            f"No epoch to run: `initial_epoch`={initial_epoch} and "
-            f"`epochs`={epochs}."
-        )
+    ds = concatenate_epochs(
+        (
+            tf.data.Dataset.from_tensor_slices(
+                process_shards.local_order(order, batch_size)
+            ).batch(batch_size // num_shards)
+            for order in orders
+        ),
+        initial_epoch,
+        epochs,
+    )
 
     def preprocess(indices):
         batch = {k: tf.gather(v, indices) for k, v in raw.items()}

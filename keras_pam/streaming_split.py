@@ -464,26 +464,22 @@ class StreamingSplit:
         """Preprocessed batches of epochs `initial_epoch` to `epochs - 1`
         back to back, as `keras_pam.data.training_dataset` makes them."""
         tf = _tf()
-        ds = None
-        for epoch in range(initial_epoch, epochs):
-            rows = self._epoch_rows(
-                shuffle, seed, epoch, data_lib.REQUIRED_KEYS
-            )
-            # Over several processes, each feeds its share of every batch.
-            batches = process_shards.local_batches(
-                rows, self.num_examples, batch_size
-            )
-            ds = batches if ds is None else ds.concatenate(batches)
-        if ds is None:
-            raise ValueError(
-                f"No epoch to run: `initial_epoch`={initial_epoch} and "
-                f"`epochs`={epochs}."
-            )
-
-        def preprocess(batch):
-            return preprocessor(batch)
-
-        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        # Over several processes, each feeds its share of every batch.
+        ds = data_lib.concatenate_epochs(
+            (
+                process_shards.local_batches(
+                    self._epoch_rows(
+                        shuffle, seed, epoch, data_lib.REQUIRED_KEYS
+                    ),
+                    self.num_examples,
+                    batch_size,
+                )
+                for epoch in range(initial_epoch, epochs)
+            ),
+            initial_epoch,
+            epochs,
+        )
+        ds = ds.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
         # A fixed prefetch: tf.data's autotuned one may grow with the RAM
         # it is allowed, not with what the steps need.
         return ds.prefetch(PREFETCH_BATCHES)
