@@ -558,6 +558,21 @@ def build_parser():
         help="pretraining steps (default: those of the shipped base)",
     )
     pretrain.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="peak learning rate of Adam (default: the shipped base's)",
+    )
+    pretrain.add_argument(
+        "--chunk-steps",
+        type=_positive_int,
+        default=None,
+        help=(
+            "steps between checkpoints and perception probes (default: "
+            "2000, or --steps if fewer)"
+        ),
+    )
+    pretrain.add_argument(
         "--seed", type=int, default=0, help="seed of the build (0)"
     )
     pretrain.add_argument(
@@ -784,10 +799,19 @@ def pretrain(args, argv=()):
     if args.seed < 0:
         raise ValueError(f"`--seed` must be >= 0, got {args.seed}.")
     steps = tiny_base.DEFAULT_STEPS if args.steps is None else args.steps
+    learning_rate = args.learning_rate
+    if learning_rate is None:
+        learning_rate = tiny_base.DEFAULT_LEARNING_RATE
+    if not learning_rate > 0:
+        raise ValueError(
+            f"`--learning-rate` must be > 0, got {args.learning_rate}."
+        )
     command = " ".join(["keras-pam"] + [shlex.quote(a) for a in argv])
     directory = tiny_base.tiny_base_preset(
         home=args.home,
         steps=steps,
+        learning_rate=learning_rate,
+        chunk_steps=args.chunk_steps,
         seed=args.seed,
         overwrite=args.overwrite,
         output=args.output,

@@ -5,9 +5,10 @@ of its grid (`run_study`; one method on one cell is `run_method`), then
 sums the cells up: mean ± std of the paper's metrics per order and over
 orders (`aggregate`), the paired differences of pairs of methods with
 their confidence intervals (`differences`), the printed tables and
-sentences (`format_report` and the `format_*` helpers), and the files of
-the output folder (`results.json`, `results.csv`, `matrices.csv`,
-`table.txt`, plots, TensorBoard scalars).
+sentences (`format_report` and the `format_*` helpers), whether the study
+stands in the paper's regime (`study_regime`, `REGIME_TARGETS`), and the
+files of the output folder (`results.json`, `results.csv`,
+`matrices.csv`, `table.txt`, plots, TensorBoard scalars).
 
 `keras_pam.cli` turns the flags into a study's settings dict and calls
 `run_study`; this module reads no flags.
@@ -275,8 +276,9 @@ def known_tasks(settings):
     return datasets.ALL_TASK_NAMES
 
 
-def make_study_suite(settings, order, seed, image_size):
-    """The generated task sequence of one cell."""
+def make_study_suite(settings, order, seed, image_size, patch_size):
+    """The generated task sequence of one cell, drawn on the base's grid
+    (`image_size` and its ViT's `patch_size`)."""
     from keras_pam import datasets
 
     sizes = dict(
@@ -285,6 +287,7 @@ def make_study_suite(settings, order, seed, image_size):
         image_size=image_size,
         seed=seed,
         tasks=settings["tasks"],
+        patch_size=patch_size,
     )
     if is_video(settings):
         return datasets.make_video_suite(
@@ -395,6 +398,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     from keras_pam import run_folder
     from keras_pam.compilation import CompileLog
     from keras_pam.compilation import cell_summary
+    from keras_pam.datasets.grid_world import check_tasks_fit_model
 
     label = cell_label(method, settings)
     # Seed before `shared.learner`: seeding clears TensorFlow's kernel
@@ -420,6 +424,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         reinit=settings["reinit"],
         scope=settings["scope"],
     )
+    check_tasks_fit_model(suite, learner.causal_lm.backbone)
     if resuming:
         done = learner.learned_task_names
         print(
@@ -741,12 +746,277 @@ def differences(cells, pairs, confidence=CONFIDENCE):
     return results
 
 
+# The paper's regime targets for the testbed: its base answers part of each
+# task zero-shot, each task is learned well on its own, averaging keeps
+# most of what the tasks learned and fine-tuning forgets much. A study
+# outside them compares the methods in another regime than the paper's.
+# Accuracies in percent, BWT in points, the ratio as a plain number.
+REGIME_TARGETS = {
+    "zero_shot_acc": 15.0,  # At least: the zero-shot row's mean accuracy.
+    "a_t_mean": 85.0,  # At least: A_t's mean over the tasks.
+    "a_t_min": 75.0,  # At least: every task's A_t.
+    "average_ratio": 0.8,  # At least: averaging's A_m / A_t.
+    "finetune_bwt": -15.0,  # At most: fine-tuning's BWT.
+}
+# The method a regime item asks for when the study did not run it (A_t
+# reads `finetune` too, but `independent` is plasticity's upper bound).
+REGIME_METHODS = {
+    "a_t": "independent",
+    "average_ratio": "average",
+    "finetune_bwt": "finetune",
+}
+IN_REGIME, OUTSIDE, NOT_MEASURED = "in regime", "outside", "not measured"
+
+
+def _mean(values):
+    """The mean of the finite values, or `None` when there is none."""
+    from keras_pam import statistics
+
+    mean = statistics.summarize(values)["mean"]
+    return None if math.isnan(mean) else mean
+
+
+def _percent_mean(values):
+    """100 x the mean of the finite values, or `None` when there is none."""
+    mean = _mean(values)
+    return None if mean is None else 100 * mean
+
+
+def _column(cell, name):
+    return cell["eval_task_names"].index(name)
+
+
+def _verdict(passed):
+    return IN_REGIME if passed else OUTSIDE
+
+
+def _not_measured(reason):
+    return {"verdict": NOT_MEASURED, "missing": reason}
+
+
+def _method_missing(ran, method):
+    return _not_measured(f"run with --methods {_join([*ran, method])}")
+
+
+def _zero_shot_item(cells, target):
+    # The zero-shot row is the base's, alike for every method of a cell:
+    # each (order, seed) cell counts once.
+    by_cell = {}
+    for cell in cells:
+        row = [cell["zero_shot"][_column(cell, n)] for n in cell["task_names"]]
+        by_cell.setdefault((cell["order"], cell["seed"]), []).extend(row)
+    value = _percent_mean([_mean(row) for row in by_cell.values()])
+    if value is None:
+        return _not_measured("no zero-shot accuracy recorded")
+    return {"value": value, "verdict": _verdict(value >= target)}
+
+
+def _a_t_item(cells, ran, targets):
+    source = next((m for m in ("independent", "finetune") if m in ran), None)
+    if source is None:
+        return _method_missing(ran, REGIME_METHODS["a_t"])
+    accuracies = {}
+    for cell in cells:
+        if cell["method"] != source:
+            continue
+        for name, row in zip(cell["task_names"], cell["matrix"]):
+            accuracies.setdefault(name, []).append(row[_column(cell, name)])
+    per_task = {name: _percent_mean(v) for name, v in accuracies.items()}
+    measured = [v for v in per_task.values() if v is not None]
+    if not measured:
+        return _not_measured(f"{source} recorded no test accuracy")
+    mean, lowest = float(np.mean(measured)), min(measured)
+    passed = mean >= targets["a_t_mean"] and lowest >= targets["a_t_min"]
+    return {
+        "source": source,
+        "per_task": per_task,
+        "mean": mean,
+        "min": lowest,
+        "verdict": _verdict(passed),
+    }
+
+
+def _ratio_item(cells, ran, target):
+    method = REGIME_METHODS["average_ratio"]
+    if method not in ran:
+        return _method_missing(ran, method)
+    of_method = [c for c in cells if c["method"] == method]
+    a_m = _percent_mean([_metric(c, "a_m") for c in of_method])
+    a_t = _percent_mean([_metric(c, "a_t") for c in of_method])
+    if a_m is None or not a_t:
+        return _not_measured(f"{method} recorded no A_m, or no nonzero A_t")
+    value = a_m / a_t
+    return {
+        "value": value,
+        "a_m": a_m,
+        "a_t": a_t,
+        "verdict": _verdict(value >= target),
+    }
+
+
+def _bwt_item(cells, ran, target):
+    method = REGIME_METHODS["finetune_bwt"]
+    if method not in ran:
+        return _method_missing(ran, method)
+    value = _percent_mean(
+        [_metric(c, "bwt") for c in cells if c["method"] == method]
+    )
+    if value is None:
+        return _not_measured(f"{method} recorded no BWT (one task?)")
+    return {"value": value, "verdict": _verdict(value <= target)}
+
+
+def study_regime(cells, targets=None):
+    """Whether a study stands in the paper's regime, item by item.
+
+    Each item is a mean over the cells of the method it reads (over seeds,
+    and orders when there are several), in percent (BWT in points): the
+    zero-shot ACC (the zero-shot row's mean accuracy over the learned
+    tasks, each (order, seed) cell once), each task's A_t (its accuracy
+    right after its own training: the diagonal of `independent`'s matrix
+    when the study ran it, else of `finetune`'s), averaging's A_m / A_t
+    (the ratio of the means) and fine-tuning's BWT.
+
+    Args:
+        cells: list of dict. The cells' results (see `_run_cell`): their
+            `method`, `order`, `seed`, `metrics`, `task_names`,
+            `eval_task_names`, `matrix` and `zero_shot`.
+        targets: dict. The thresholds, with the keys of `REGIME_TARGETS`.
+            Defaults to `None` (`REGIME_TARGETS`).
+
+    Returns:
+        A dict: `targets`; `items`, the dicts of `zero_shot_acc`, `a_t`,
+        `average_ratio` and `finetune_bwt`, each with its `verdict`
+        (`"in regime"`, `"outside"` or `"not measured"`) and values
+        (`value`; for `a_t`, its `source` method, `per_task`, `mean` and
+        `min`; for `average_ratio`, `a_m` and `a_t` too), or for a not
+        measured item `missing`, why; `verdict`, `"outside"` when an item
+        is, `"in regime"` when every item is, else `"not measured"`; and
+        `cells`, the number of (order, seed) cells.
+
+    Example:
+    ```python
+    cell = {
+        "order": "custom", "seed": 0, "method": "finetune",
+        "task_names": ["a"], "eval_task_names": ["a"],
+        "matrix": [[0.9]], "zero_shot": [0.2], "metrics": {},
+    }
+    study_regime([cell])["items"]["a_t"]["per_task"]  # {"a": 90.0}
+    ```
+    """
+    targets = dict(REGIME_TARGETS if targets is None else targets)
+    ran = list(dict.fromkeys(c["method"] for c in cells))
+    items = {
+        "zero_shot_acc": _zero_shot_item(cells, targets["zero_shot_acc"]),
+        "a_t": _a_t_item(cells, ran, targets),
+        "average_ratio": _ratio_item(cells, ran, targets["average_ratio"]),
+        "finetune_bwt": _bwt_item(cells, ran, targets["finetune_bwt"]),
+    }
+    verdicts = [item["verdict"] for item in items.values()]
+    if OUTSIDE in verdicts:
+        verdict = OUTSIDE
+    elif all(v == IN_REGIME for v in verdicts):
+        verdict = IN_REGIME
+    else:
+        verdict = NOT_MEASURED
+    return {
+        "targets": targets,
+        "items": items,
+        "verdict": verdict,
+        "cells": len({(c["order"], c["seed"]) for c in cells}),
+    }
+
+
+# The regime block's label column, and where the per-task A_t values wrap.
+_REGIME_LABEL = 23
+_REGIME_INDENT = " " * (2 + _REGIME_LABEL)
+
+
+def _regime_values(key, item, targets):
+    """The values of a measured regime item, as printed."""
+    if key == "zero_shot_acc":
+        return f"{item['value']:.2f}% (>= {targets['zero_shot_acc']:g})"
+    if key == "a_t":
+        return (
+            f"mean {item['mean']:.2f}% (>= {targets['a_t_mean']:g}), "
+            f"lowest {item['min']:.2f}% (>= {targets['a_t_min']:g})"
+        )
+    if key == "average_ratio":
+        return (
+            f"{item['value']:.2f} = {item['a_m']:.2f}% / {item['a_t']:.2f}% "
+            f"(>= {targets['average_ratio']:g})"
+        )
+    return f"{item['value']:+.2f} points (<= {targets['finetune_bwt']:g})"
+
+
+def format_regime(regime):
+    """The printed block of `study_regime`'s result.
+
+    Args:
+        regime: dict. `study_regime`'s result.
+
+    Returns:
+        The block as str: a heading, one line per item ending with its
+        verdict (and the A_t of each task, wrapped at 80 columns), then
+        the overall verdict.
+    """
+    import textwrap
+
+    targets, items = regime["targets"], regime["items"]
+    verdicts = [item["verdict"] for item in items.values()]
+    outside, missing = verdicts.count(OUTSIDE), verdicts.count(NOT_MEASURED)
+    count = regime["cells"]
+    if outside:
+        overall = f"{OUTSIDE}: {outside} of {len(verdicts)} items outside"
+    elif missing:
+        measured = len(verdicts) - missing
+        overall = (
+            f"{IN_REGIME} on the {measured} measured "
+            f"item{'s' if measured != 1 else ''}"
+        )
+    else:
+        overall = f"{IN_REGIME}: all {len(verdicts)} items"
+    if missing:
+        overall += f", {missing} not measured"
+    source = items["a_t"].get("source")
+    labels = {
+        "zero_shot_acc": "zero-shot ACC",
+        "a_t": f"A_t (from {source})" if source else "A_t",
+        "average_ratio": "averaging A_m / A_t",
+        "finetune_bwt": "fine-tune BWT",
+    }
+    lines = [
+        "Paper's regime (its targets for the testbed), over "
+        f"{count} (seed, order) cell{'s' if count != 1 else ''}:"
+    ]
+    for key, item in items.items():
+        label = labels[key].ljust(_REGIME_LABEL)
+        if item["verdict"] == NOT_MEASURED:
+            lines.append(f"  {label}{NOT_MEASURED} ({item['missing']})")
+            continue
+        values = _regime_values(key, item, targets)
+        lines.append(f"  {label}{values}: {item['verdict']}")
+        if key == "a_t":
+            per_task = ", ".join(
+                f"{name} {'-' if value is None else f'{value:.2f}'}"
+                for name, value in item["per_task"].items()
+            )
+            lines += textwrap.wrap(
+                per_task,
+                width=80,
+                initial_indent=_REGIME_INDENT,
+                subsequent_indent=_REGIME_INDENT,
+            )
+    lines.append(f"  => {overall}")
+    return "\n".join(lines)
+
+
 def _seeds_text(seeds):
     count = len(seeds)
     return f"{count} seed{'s' if count > 1 else ''} ({_join(seeds)})"
 
 
-def format_report(summary, diffs, settings, task_names):
+def format_report(summary, diffs, settings, task_names, regime=None):
     """The printed tables and difference lines of a study.
 
     Args:
@@ -754,6 +1024,8 @@ def format_report(summary, diffs, settings, task_names):
         diffs: list of dict. `differences`' result.
         settings: dict. The study's settings.
         task_names: dict. Order to its task names.
+        regime: dict. `study_regime`'s result, printed last (see
+            `format_regime`). Defaults to `None` (no regime block).
 
     Returns:
         The text, as str.
@@ -790,6 +1062,8 @@ def format_report(summary, diffs, settings, task_names):
             ]
             lines.append(difference_sentence(pair[0], pair[1], of_pair))
         blocks.append("\n".join(lines))
+    if regime is not None:
+        blocks.append(format_regime(regime))
     return "\n\n".join(blocks)
 
 
@@ -927,7 +1201,8 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
     Returns:
         The dict written to `results.json`: `settings`, `preset`,
         `backend`, `cells` (one per order, seed and method), `aggregates`
-        (see `aggregate`), `differences` (see `differences`), `seconds`.
+        (see `aggregate`), `differences` (see `differences`), `regime`
+        (see `study_regime`), `seconds`.
     """
     start = time.time()
 
@@ -955,14 +1230,20 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
     print(f"Base: {preset}", flush=True)
     import keras_hub
 
-    image_size = keras_hub.models.PaliGemmaBackbone.from_preset(
+    backbone = keras_hub.models.PaliGemmaBackbone.from_preset(
         preset, load_weights=False
-    ).image_size
+    )
     cells, task_names = [], {}
     for order in settings["orders"]:
         for seed in settings["seeds"]:
             cell = cell_settings(settings, order, seed, log_dir)
-            suite = make_study_suite(settings, order, seed, image_size)
+            suite = make_study_suite(
+                settings,
+                order,
+                seed,
+                backbone.image_size,
+                backbone.vit_patch_size,
+            )
             task_names[order] = [t.name for t in suite]
             print(
                 f"Cell {order} seed{seed}: tasks "
@@ -996,7 +1277,8 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
         print(report.format_matrix())
     summary = aggregate(cells, settings)
     diffs = differences(cells, study_pairs(settings))
-    text = format_report(summary, diffs, settings, task_names)
+    regime = study_regime(cells)
+    text = format_report(summary, diffs, settings, task_names, regime)
     print("\n" + text)
     results = {
         "settings": settings,
@@ -1005,6 +1287,7 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
         "cells": cells,
         "aggregates": summary,
         "differences": diffs,
+        "regime": regime,
         "seconds": time.time() - start,
     }
     _write_results(output, results, cells)

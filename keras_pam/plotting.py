@@ -80,8 +80,8 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path):
-    figure.tight_layout()
+def _save(figure, path, rect=None):
+    figure.tight_layout(rect=rect)
     if path is not None:
         figure.savefig(path, dpi=120)
     _pyplot().close(figure)
@@ -145,8 +145,18 @@ def plot_forgetting_curves(mean, task_names, std=None, title=None, path=None):
     return _save(figure, path)
 
 
+# One marker and colour per method in `plot_acc_bwt`: 9 markers against
+# tab10's 10 colours repeat a pair only after 90 methods.
+_METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+
+
 def plot_acc_bwt(points, title=None, path=None):
-    """ACC against BWT, one labelled point per method, with error bars.
+    """ACC against BWT, one marker per method, with error bars.
+
+    Each method has its own marker and colour, named in a legend beside
+    the axes: the names never overprint, however close the points lie.
+    Markers shrink from the first method to the last, so points at the
+    same place still show each marker.
 
     Args:
         points: dict. Method name to a dict with `acc` and `bwt` (means,
@@ -164,8 +174,10 @@ def plot_acc_bwt(points, title=None, path=None):
     ```
     """
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(5.5, 4.5))
-    for method, point in points.items():
+    figure, axes = plt.subplots(figsize=(7.0, 4.5))
+    colours = plt.get_cmap("tab10").colors
+    count = len(points)
+    for i, (method, point) in enumerate(points.items()):
         bars = {}
         for key in ("acc", "bwt"):
             spread = point.get(f"{key}_std")
@@ -176,19 +188,187 @@ def plot_acc_bwt(points, title=None, path=None):
             100 * point["acc"],
             xerr=bars["bwt"],
             yerr=bars["acc"],
-            fmt="o",
+            fmt=_METHOD_MARKERS[i % len(_METHOD_MARKERS)],
+            color=colours[i % len(colours)],
+            markersize=11 - 5 * i / max(1, count - 1),
+            markeredgecolor="white",
+            markeredgewidth=0.8,
             capsize=4,
-        )
-        axes.annotate(
-            method,
-            (100 * point["bwt"], 100 * point["acc"]),
-            textcoords="offset points",
-            xytext=(6, 6),
+            label=method,
         )
     axes.set_xlabel("BWT (%)  <- more forgetting")
     axes.set_ylabel("ACC (%)")
     axes.grid(alpha=0.3)
     axes.margins(0.25)
+    if points:
+        axes.legend(
+            title="method",
+            fontsize=9,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+        )
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)
+
+
+# The prompt prefixes of a generated task (`keras_pam.datasets`): a
+# question, or PaliGemma's captioning instruction.
+_ANSWER_PREFIX = "answer en "
+_CAPTION_PROMPT = "caption en"
+# A gallery's sizes in inches: an image's side, the room around it, a line
+# of its 8 pt title, and the figure title's band. A title line holds about
+# as many characters as an image's width does at 8 pt.
+_GALLERY_IMAGE = 2.0
+_GALLERY_PAD = 0.35
+_GALLERY_LINE = 0.15
+_GALLERY_SUPTITLE = 0.5
+_GALLERY_WRAP = 30
+
+
+def _gallery_title(prompt, response):
+    """An example's question (its prompt without the prefix) and answer."""
+    import re
+    import textwrap
+
+    question = str(prompt).rstrip("\n")
+    if question.startswith(_ANSWER_PREFIX):
+        question = question[len(_ANSWER_PREFIX) :]
+    elif question == _CAPTION_PROMPT:
+        question = "caption"
+    # A no-break space keeps each option's letter on the line of its
+    # answer ("a: red"): `textwrap` breaks at ASCII whitespace only.
+    question = re.sub(r"\b([a-z]): ", "\\1:\u00a0", question)
+    lines = textwrap.wrap(question, _GALLERY_WRAP) or [""]
+    lines += textwrap.wrap(f"→ {response}", _GALLERY_WRAP)
+    return "\n".join(lines)
+
+
+def plot_task_gallery(tasks, examples_per_task=4, path=None, title=None):
+    """A grid of training examples: one row per task, each image titled
+    with its question and answer.
+
+    A task drawn for a ViT patch (a `patch_size` attribute that is not
+    `None`) shows faint lines on the patch borders: the objects a question
+    is about lie whole inside one patch.
+
+    Args:
+        tasks: list of `keras_pam.datasets.Task`. The tasks, one row each:
+            their `name` and the `images`, `prompts` and `responses` of
+            their `train` split.
+        examples_per_task: int. Images per row, the first examples of each
+            task (fewer where a task has fewer). Defaults to `4`.
+        path: str. Save the figure there (PNG). Defaults to `None`.
+        title: str. The figure's title. Defaults to `None`.
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+    ```python
+    from keras_pam.datasets import make_task
+
+    tasks = [make_task(n, num_train=4, num_test=0) for n in ("color", "count")]
+    plot_task_gallery(tasks, path="gallery.png")
+    ```
+    """
+    plt = _pyplot()
+    columns = max(1, examples_per_task)
+    titles = [
+        [
+            _gallery_title(prompt, response)
+            for prompt, response in zip(
+                task.train["prompts"][:columns],
+                task.train["responses"][:columns],
+            )
+        ]
+        for task in tasks
+    ]
+    # Each row is as tall as its image and its longest title, so that no
+    # title reaches the images above it.
+    heights = [
+        _GALLERY_IMAGE
+        + _GALLERY_PAD
+        + _GALLERY_LINE * max([t.count("\n") + 1 for t in row] or [0])
+        for row in titles
+    ]
+    band = _GALLERY_SUPTITLE if title else 0.0
+    height = sum(heights) + band
+    figure, grid = plt.subplots(
+        len(tasks),
+        columns,
+        figsize=(columns * (_GALLERY_IMAGE + 0.1) + 0.5, height),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for task, row_titles, axes_row in zip(tasks, titles, grid):
+        patch = getattr(task, "patch_size", None)
+        for i, axes in enumerate(axes_row):
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if i >= len(row_titles):
+                axes.set_frame_on(False)
+                continue
+            image = np.asarray(task.train["images"][i])
+            axes.imshow(image, interpolation="nearest")
+            if patch:
+                # Pixel k spans [k - 0.5, k + 0.5] in `imshow`'s axes.
+                for edge in range(patch, image.shape[0], patch):
+                    axes.axhline(edge - 0.5, color="white", lw=0.5, alpha=0.4)
+                for edge in range(patch, image.shape[1], patch):
+                    axes.axvline(edge - 0.5, color="white", lw=0.5, alpha=0.4)
+            axes.set_title(row_titles[i], fontsize=8)
+        axes_row[0].set_ylabel(task.name, fontsize=11)
+    if title:
+        figure.suptitle(title)
+    # `tight_layout` leaves the suptitle out: keep its band free.
+    return _save(figure, path, rect=(0, 0, 1, 1 - band / height))
+
+
+def plot_perception_log(log, title=None, path=None):
+    """Each perception's accuracy against pretraining steps.
+
+    Args:
+        log: list of dict. A base's `perception_log` (its preset metadata,
+            or `pretrain_tiny_base(...).pretraining_log`): per chunk,
+            `"step"` and `"accuracy"`, a dict of perception to accuracy.
+        title: str. The figure title. Defaults to `None`.
+        path: str. Where to save the PNG. Defaults to `None` (not saved).
+
+    Returns:
+        The matplotlib `Figure`.
+
+    Example:
+
+    ```python
+    from keras_pam.models import check_base_preset, shipped_base_preset
+
+    log = check_base_preset(shipped_base_preset())["perception_log"]
+    plot_perception_log(log, path="perceptions.png")
+    ```
+    """
+    plt = _pyplot()
+    entries = [e for e in log if e.get("accuracy")]
+    if not entries:
+        raise ValueError(
+            "The log holds no perception accuracies (a build run with "
+            "probe_examples=0 records none)."
+        )
+    steps = [e["step"] for e in entries]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for name in entries[0]["accuracy"]:
+        axes.plot(
+            steps,
+            [e["accuracy"][name] for e in entries],
+            marker="o",
+            markersize=3,
+            label=name,
+        )
+    axes.set_xlabel("pretraining step")
+    axes.set_ylabel("accuracy on fresh generic questions")
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     if title:
         axes.set_title(title)
     return _save(figure, path)

@@ -8,6 +8,8 @@ from keras_pam import datasets
 from keras_pam.models import build_tiny_pali_gemma
 
 IMAGE_SIZE = 32
+# The tiny test model's ViT patch: generated objects lie whole inside one.
+PATCH_SIZE = 8
 
 
 def pytest_addoption(parser):
@@ -41,6 +43,7 @@ def tiny_preset(tmp_path_factory):
     causal_lm = build_tiny_pali_gemma(
         texts=datasets.vocabulary_texts(),
         image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
         sequence_length=24,
     )
     path = str(tmp_path_factory.mktemp("presets") / "tiny_pali_gemma")
@@ -52,7 +55,12 @@ def tiny_preset(tmp_path_factory):
 def two_tasks():
     return [
         datasets.make_task(
-            name, num_train=32, num_test=16, image_size=IMAGE_SIZE, seed=i
+            name,
+            num_train=32,
+            num_test=16,
+            image_size=IMAGE_SIZE,
+            seed=i,
+            patch_size=PATCH_SIZE,
         )
         for i, name in enumerate(["color", "shape"])
     ]

@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from keras_pam.datasets import generated
 
 NUM_TRAIN = 300
 NUM_TEST = 100
+# The tiny test model's grid: 32x32 images in 8-pixel patches.
+SMALL = {"image_size": 32, "patch_size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +63,11 @@ def test_task_format(tasks, name):
     assert task.name == name
     assert task.metric in ("vqa", "exact")
     assert task.description
+    # Drawn at the default grid: 64x64 images, 16-pixel patches.
+    assert (task.image_size, task.patch_size) == (64, 16)
     for split, n in ((task.train, NUM_TRAIN), (task.test, NUM_TEST)):
         assert datasets.validate_split(split) == n
-        assert split["images"].shape == (n, 32, 32, 3)
+        assert split["images"].shape == (n, 64, 64, 3)
         assert split["images"].dtype == np.uint8
         assert split["prompts"].dtype == object
         assert split["responses"].dtype == object
@@ -109,20 +114,102 @@ def test_determinism(tasks, name):
 
 
 def test_image_size_and_empty_splits():
-    task = datasets.make_task("position", 5, 0, image_size=64, seed=2)
-    assert task.train["images"].shape == (5, 64, 64, 3)
-    assert task.test["images"].shape == (0, 64, 64, 3)
+    task = datasets.make_task("position", 5, 0, seed=2, **SMALL)
+    assert task.train["images"].shape == (5, 32, 32, 3)
+    assert task.test["images"].shape == (0, 32, 32, 3)
     assert task.num_train == 5 and task.num_test == 0
+    assert (task.image_size, task.patch_size) == (32, 8)
     task = datasets.make_task("sklearn_digits", 3, 2, image_size=48)
     assert task.train["images"].shape == (3, 48, 48, 3)
+    assert (task.image_size, task.patch_size) == (48, 16)
+    task = datasets.make_task("count", 2, 1, image_size=96, patch_size=24)
+    assert task.test["images"].shape == (1, 96, 96, 3)
+    assert (task.image_size, task.patch_size) == (96, 24)
+    task = datasets.make_task("color", 2, 1)
+    assert task.train["images"].shape == (2, 64, 64, 3)
+    assert (task.image_size, task.patch_size) == (64, 16)
+    # Loaded data records no grid.
+    loaded = datasets.Task("x", task.train, task.test, metric="exact")
+    assert loaded.image_size is None and loaded.patch_size is None
 
 
-def test_sklearn_digits_large_split_repeats_only_after_pool():
+@pytest.fixture
+def sklearn_calls(monkeypatch):
+    """The scikit-learn image indices drawn, in order, as `(index, image)`
+    pairs: a spy on `generated._sklearn_image`."""
+    calls = []
+    draw = generated._sklearn_image
+
+    def spy(rng, grid, index):
+        image = draw(rng, grid, index)
+        calls.append((int(index), image))
+        return image
+
+    monkeypatch.setattr(generated, "_sklearn_image", spy)
+    return calls
+
+
+def test_sklearn_digits_large_split_repeats_only_after_pool(sklearn_calls):
     # 1797 images: a test pool of 359, so 400 test examples repeat some.
+    # Each is pasted on its own background at its own place, so the
+    # images differ; the scikit-learn images drawn repeat.
     task = datasets.make_task("sklearn_digits", 10, 400)
-    unique = {image.tobytes() for image in task.test["images"]}
-    assert len(unique) == 1797 // 5
+    test_pool, train_pool = generated._sklearn_pools()
+    assert len(test_pool) == generated.SKLEARN_TEST_POOL_SIZE == 1797 // 5
+    assert not set(test_pool) & set(train_pool)
+    assert len(sklearn_calls) == 410
+    test_indices = [i for i, _ in sklearn_calls[:400]]
+    train_indices = [i for i, _ in sklearn_calls[400:]]
+    # The test split is drawn first, from the test pool only, every pool
+    # image once before any repeats.
+    assert set(test_indices) == set(test_pool)
+    assert len(set(test_indices[: len(test_pool)])) == len(test_pool)
+    assert set(train_indices) <= set(train_pool)
+    for (_, image), drawn in zip(
+        sklearn_calls, [*task.test["images"], *task.train["images"]]
+    ):
+        np.testing.assert_array_equal(image, drawn)
+    _, targets = generated._sklearn_digits()
+    assert list(task.test["responses"]) == [
+        generated.NUMBER_WORDS[targets[i]] for i in test_indices
+    ]
     assert not _keys(task.train) & _keys(task.test)
+
+
+@pytest.mark.parametrize("grid", [{}, SMALL], ids=["64-16", "32-8"])
+def test_sklearn_digit_is_pasted_whole_into_one_cell(sklearn_calls, grid):
+    # The 8x8 digit, scaled to `patch - 2` pixels a side (at least 8),
+    # brightens a plain background inside one cell.
+    task = datasets.make_task("sklearn_digits", 0, 12, seed=3, **grid)
+    patch, size = task.patch_size, task.image_size
+    side = max(8, patch - 2)
+    images, _ = generated._sklearn_digits()
+    assert len(sklearn_calls) == 12
+    for (index, _), image in zip(sklearn_calls, task.test["images"]):
+        digit = Image.fromarray(images[index]).resize(
+            (side, side), Image.BILINEAR
+        )
+        digit = np.asarray(digit)[..., None]
+        colors, counts = np.unique(
+            image.reshape(-1, 3), axis=0, return_counts=True
+        )
+        background = colors[np.argmax(counts)]
+        expected = np.maximum(background, digit)
+        windows = np.lib.stride_tricks.sliding_window_view(
+            image, (side, side, 3)
+        )[..., 0, :, :, :]
+        tops, lefts = np.nonzero((windows == expected).all((-3, -2, -1)))
+        placed = [
+            (top, left)
+            for top, left in zip(tops, lefts)
+            if top // patch == (top + side - 1) // patch
+            and left // patch == (left + side - 1) // patch
+        ]
+        assert placed, index
+        top, left = placed[0]
+        outside = np.ones((size, size), bool)
+        outside[top : top + side, left : left + side] = False
+        assert (image[outside] == background).all()
 
 
 def test_invalid_arguments():
@@ -130,6 +217,14 @@ def test_invalid_arguments():
         datasets.make_task("nope")
     with pytest.raises(ValueError, match="image_size"):
         datasets.make_task("color", image_size=8)
+    with pytest.raises(ValueError, match="multiple of patch_size 16"):
+        datasets.make_task("color", image_size=40)
+    with pytest.raises(ValueError, match="at least 3 patches a side"):
+        datasets.make_task("color", image_size=32, patch_size=32)
+    with pytest.raises(ValueError, match="patch_size must be >= 8"):
+        datasets.make_task("color", image_size=32, patch_size=4)
+    with pytest.raises(ValueError, match="multiple of patch_size 8"):
+        datasets.make_suite("order1", image_size=36, patch_size=8)
     with pytest.raises(ValueError, match="num_train"):
         datasets.make_task("color", num_train=-1)
     with pytest.raises(ValueError, match="seed"):
@@ -146,11 +241,72 @@ def test_digit_glyphs_are_distinct():
     assert len({g.tobytes() for g in glyphs}) == 10
 
 
-def test_choice_answer_is_the_visual_extreme():
-    # Recompute, from the drawn image, which named option is the biggest
-    # or smallest: the answer letter must name it.
-    task = datasets.make_task("choice", 60, 0, seed=5)
-    checked = 0
+def _trimmed(mask):
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+@pytest.mark.parametrize(
+    "grid, scale", [({}, 2), (SMALL, 1)], ids=["64-16", "32-8"]
+)
+def test_digits_answer_is_the_drawn_glyph(grid, scale):
+    # The ink is the answer's glyph, as large as a cell allows (2 pixels a
+    # stroke in a 16-pixel cell), in one colour, whole inside one cell.
+    task = datasets.make_task("digits", 60, 0, seed=1, **grid)
+    patch = task.patch_size
+    for image, answer in zip(
+        task.train["images"], task.train["responses"], strict=True
+    ):
+        colors, counts = np.unique(
+            image.reshape(-1, 3), axis=0, return_counts=True
+        )
+        assert len(colors) == 2  # A plain background and the ink.
+        ink = (image == colors[np.argmin(counts)]).all(-1)
+        glyph = generated.GLYPHS[generated.NUMBER_WORDS.index(answer)]
+        drawn = np.kron(glyph, np.ones((scale, scale), bool))
+        np.testing.assert_array_equal(_trimmed(ink), _trimmed(drawn))
+        ys, xs = np.nonzero(ink)
+        assert ys.min() // patch == ys.max() // patch
+        assert xs.min() // patch == xs.max() // patch
+
+
+def test_position_prompts_and_answers():
+    # Two shapes of different colours in opposite halves; the prompt names
+    # one by its colour and the axis, the answer is its half (the answers
+    # checked against the pixels are in tests/test_grid_world.py).
+    assert generated.SIDES == ("left", "right", "top", "bottom")
+    assert datasets.answer_vocabulary("position") == generated.SIDES
+    assert not hasattr(generated, "RELATIONS")
+    assert generated._position_prompt("red", True) == (
+        "answer en is the red shape on the left or the right\n"
+    )
+    assert generated._position_prompt("blue", False) == (
+        "answer en is the blue shape at the top or the bottom\n"
+    )
+    task = datasets.make_task("position", 200, 50, seed=4)
+    pairs = collections.Counter()
+    for split in (task.train, task.test):
+        for image, prompt, answer in zip(
+            split["images"], split["prompts"], split["responses"], strict=True
+        ):
+            (color,) = [w for w in prompt.split() if w in generated.COLORS]
+            horizontal = answer in ("left", "right")
+            assert prompt == generated._position_prompt(color, horizontal)
+            pictured = [
+                c
+                for c, rgb in generated.COLORS.items()
+                if (image == np.array(rgb, np.uint8)).all(-1).any()
+            ]
+            assert color in pictured and len(pictured) == 2
+            pairs[color, answer] += 1
+    # Every colour is asked about on every side.
+    assert len(pairs) == len(generated.COLORS) * len(generated.SIDES)
+
+
+def _choice_sizes(task):
+    """Per colour-named choice example: `(question, answer, {letter:
+    (extent, area)})`, the box side and the pixel count of each option's
+    shape, from the drawn image."""
     for image, prompt, answer in zip(
         task.train["images"],
         task.train["prompts"],
@@ -163,16 +319,67 @@ def test_choice_answer_is_the_visual_extreme():
             k.rstrip(":"): v
             for k, v in zip(parts[0::2], parts[1::2], strict=True)
         }
-        if set(names.values()) <= set(generated.COLOR_NAMES):
-            areas = {}
-            for letter, color in names.items():
-                rgb = np.array(generated.COLORS[color], np.uint8)
-                areas[letter] = int((image == rgb).all(-1).sum())
-            wants_big = "bigg" in question
-            pick = max if wants_big else min
-            assert pick(areas, key=areas.get) == answer
-            checked += 1
-    assert checked >= 15
+        assert len(names) in (2, 3)
+        if not set(names.values()) <= set(generated.COLOR_NAMES):
+            assert set(names.values()) <= set(generated.SHAPES)
+            continue
+        sizes = {}
+        for letter, color in names.items():
+            rgb = np.array(generated.COLORS[color], np.uint8)
+            mask = (image == rgb).all(-1)
+            ys, xs = np.nonzero(mask)
+            extent = xs.max() - xs.min() + 1
+            assert extent == ys.max() - ys.min() + 1
+            sizes[letter] = (int(extent), int(mask.sum()))
+        yield question, answer, sizes
+
+
+def _is_strict_extreme(values, answer, biggest):
+    others = [v for k, v in values.items() if k != answer]
+    if biggest:
+        return all(values[answer] > v for v in others)
+    return all(values[answer] < v for v in others)
+
+
+@pytest.mark.parametrize("grid", [{}, SMALL], ids=["64-16", "32-8"])
+def test_choice_answer_is_the_extreme_size(grid):
+    # Recompute, from the drawn image, which named option is the biggest
+    # or smallest (the side of its box): the answer letter must name it,
+    # and no other option may be as big (or as small).
+    task = datasets.make_task("choice", 150, 0, seed=5, **grid)
+    checked = collections.Counter()
+    for question, answer, sizes in _choice_sizes(task):
+        extents = {k: extent for k, (extent, _) in sizes.items()}
+        biggest = "bigg" in question
+        assert _is_strict_extreme(extents, answer, biggest), (
+            question,
+            answer,
+            sizes,
+        )
+        checked[len(sizes)] += 1
+    if grid:
+        # Three sizes 1.75 times apart do not fit an 8-pixel cell.
+        assert checked[2] >= 15 and checked[3] == 0
+    else:
+        assert checked[2] >= 15 and checked[3] >= 15
+
+
+@pytest.mark.parametrize("grid", [{}, SMALL], ids=["64-16", "32-8"])
+def test_choice_answer_is_the_extreme_area(grid):
+    # The answer is also the option of the most (or fewest) pixels, for
+    # any two shapes: "bigger" is clear whatever the shapes.
+    task = datasets.make_task("choice", 150, 0, seed=5, **grid)
+    checked = 0
+    for question, answer, sizes in _choice_sizes(task):
+        areas = {k: area for k, (_, area) in sizes.items()}
+        biggest = "bigg" in question
+        assert _is_strict_extreme(areas, answer, biggest), (
+            question,
+            answer,
+            sizes,
+        )
+        checked += 1
+    assert checked >= 30
 
 
 @pytest.mark.parametrize("order", ["order1", "order2", "order3"])
@@ -181,6 +388,12 @@ def test_make_suite(order):
     assert [task.name for task in suite] == list(datasets.ORDERS[order])
     for task in suite:
         assert task.num_train == 8 and task.num_test == 4
+        assert (task.image_size, task.patch_size) == (64, 16)
+        assert task.train["images"].shape == (8, 64, 64, 3)
+    small = datasets.make_suite(order, num_train=2, num_test=1, **SMALL)
+    for task in small:
+        assert (task.image_size, task.patch_size) == (32, 8)
+        assert task.test["images"].shape == (1, 32, 32, 3)
 
 
 def test_make_suite_explicit_tasks():
@@ -203,9 +416,26 @@ def test_pretraining_mixture_and_vocabulary():
     assert any(c.startswith("digit ") for c in captions)
     assert any(c.startswith("handwritten ") for c in captions)
     assert any(c.endswith(" shapes") for c in captions)
-    assert any(" left of " in c or " above " in c for c in captions)
+    # "a red circle on the left and a blue square on the right": the two
+    # objects of a relation, each in its half.
+    placed = re.compile(
+        r"an? (\w+) (\w+) (on the (left|right)|at the (top|bottom))"
+    )
+    relations = [c.split(" and ") for c in captions if " and " in c]
+    assert relations
+    for phrases in relations:
+        matches = [placed.fullmatch(p) for p in phrases]
+        assert len(matches) == 2 and all(matches), phrases
+        sides = {m[4] or m[5] for m in matches}
+        assert sides in ({"left", "right"}, {"top", "bottom"}), phrases
+        assert matches[0][1] != matches[1][1]  # Two different colours.
+        assert {m[2] for m in matches} <= set(generated.SHAPES)
+    assert {"left", "top"} <= {
+        side for c in captions for side in generated.SIDES if f" {side}" in c
+    }
     assert any(" big " in c or " small " in c for c in captions)
     assert any(c.split()[-1] in generated.SHAPES for c in captions)
+    assert any(" is bigger than the " in c for c in captions)
     counts = collections.Counter(captions)
     assert counts.most_common(1)[0][1] / len(captions) < 0.2
     # Generic questions, several phrasings of each, none a task's own.
@@ -213,9 +443,28 @@ def test_pretraining_mixture_and_vocabulary():
     for kind, phrasings in generated.PRETRAINING_QUESTIONS.items():
         assert len(phrasings) >= 1
         assert {f"answer en {q}\n" for q in phrasings} <= questions, kind
+    # Where a named object lies, in other words than `position`'s, and
+    # answered with its words; which of two named shapes is larger.
+    sides = {
+        "left half or the right half": {"left", "right"},
+        "top half or the bottom half": {"top", "bottom"},
+    }
+    larger = re.compile(
+        r"answer en which is larger the (\w+) shape or the (\w+) shape\n"
+    )
+    asked = collections.Counter()
+    for prompt, response in zip(prompts, responses, strict=True):
+        for phrase, answers in sides.items():
+            if prompt.endswith(f"object in the {phrase}\n"):
+                assert response in answers, (prompt, response)
+                asked[phrase] += 1
+        if match := larger.fullmatch(prompt):
+            assert match[1] != match[2] and response in match.groups()
+            asked["larger"] += 1
+    assert set(asked) == set(sides) | {"larger"}
     assert 0.3 < 1 - len(captions) / len(prompts) < 0.8
     task_prompts = set()
-    for name in datasets.TASK_NAMES:
+    for name in datasets.ALL_TASK_NAMES:
         task_prompts |= set(datasets.make_task(name, 30, 0).train["prompts"])
     assert not questions & task_prompts
 
@@ -223,20 +472,48 @@ def test_pretraining_mixture_and_vocabulary():
     assert len(texts) == len(set(texts))
     words = {w for t in texts for w in t.split()}
     assert {w for t in prompts + responses for w in t.split()} <= words
-    for name in datasets.TASK_NAMES:
-        task = datasets.make_task(name, 50, 10, seed=3)
-        for split in (task.train, task.test):
-            for key in ("prompts", "responses"):
-                assert {w for t in split[key] for w in t.split()} <= words
-    assert len(words) < 100  # A small, consistent vocabulary.
+    # Every word of every task, the extended ones included, at any grid.
+    for name in datasets.ALL_TASK_NAMES:
+        for grid in ({}, SMALL):
+            task = datasets.make_task(name, 50, 10, seed=3, **grid)
+            for split in (task.train, task.test):
+                for key in ("prompts", "responses"):
+                    assert {w for t in split[key] for w in t.split()} <= words
+    for perception in generated.PERCEPTIONS:
+        probe = generated.perception_probe(perception, 20, seed=1)
+        for key in ("prompts", "responses"):
+            assert {w for t in probe[key] for w in t.split()} <= words
+    # A small, consistent vocabulary (the extended tasks' words included).
+    assert len(words) < 110
 
 
-def test_pretraining_never_sees_a_sklearn_test_image():
-    data = datasets.pretraining_mixture(3000, seed=0)
-    seen = {image.tobytes() for image in data["images"]}
+def test_pretraining_never_sees_a_sklearn_test_image(sklearn_calls):
+    # Every scikit-learn image is pasted at a new place on a new
+    # background, so the images drawn are compared, not the pixels.
+    data = datasets.pretraining_mixture(1500, seed=0)
+    handwritten = sum(
+        r.startswith("handwritten ") or p.endswith(("shown\n", "digit\n"))
+        for p, r in zip(data["prompts"], data["responses"], strict=True)
+    )
+    seen = {index for index, _ in sklearn_calls}
+    assert 0 < len(sklearn_calls) <= handwritten
+    assert len(seen) > 50
+    del sklearn_calls[:]
     for seed in (0, 1, 7):
-        task = datasets.make_task("sklearn_digits", 0, 300, seed=seed)
-        assert not {image.tobytes() for image in task.test["images"]} & seen
+        datasets.make_task("sklearn_digits", 0, 300, seed=seed)
+    tested = {index for index, _ in sklearn_calls}
+    assert len(tested) > 250 and not tested & seen
+    # The probes of the base's perception read the test pool's images:
+    # images pretraining never saw.
+    del sklearn_calls[:]
+    perceptions = ["digit"]
+    if hasattr(generated, "TASK_PERCEPTIONS"):  # The handwritten probe.
+        perceptions.append(generated.TASK_PERCEPTIONS["sklearn_digits"])
+    for perception in perceptions:
+        generated.perception_probe(perception, 40, seed=2)
+    probed = {index for index, _ in sklearn_calls}
+    assert probed and not probed & seen
+    assert probed <= set(generated._sklearn_pools()[0])
 
 
 # LLaVA / CoIN JSON ----------------------------------------------------------
@@ -326,7 +603,7 @@ def test_load_llava_json_errors(tmp_path):
 
 
 def test_write_llava_json_round_trip(tmp_path):
-    task = datasets.make_task("choice", num_train=5, num_test=1, image_size=32)
+    task = datasets.make_task("choice", num_train=5, num_test=1, **SMALL)
     path = datasets.write_llava_json(
         task.train, tmp_path / "a" / "train.json", tmp_path, image_folder="img"
     )
@@ -484,7 +761,7 @@ def test_vqa_task_without_answers_is_refused(tmp_path):
 
 
 def test_write_llava_json_round_trip_keeps_answers(tmp_path):
-    task = datasets.make_task("color", num_train=1, num_test=3, image_size=32)
+    task = datasets.make_task("color", num_train=1, num_test=3, **SMALL)
     assert task.metric == "vqa"
     split = dict(task.test)
     split["answers"] = datasets.object_array(
@@ -768,7 +1045,7 @@ def test_registry_values():
 
 
 def test_one_split_check_for_the_learner_and_the_data_sets():
-    task = datasets.make_task("color", num_train=3, num_test=1, image_size=32)
+    task = datasets.make_task("color", num_train=3, num_test=1, **SMALL)
     split = dict(task.train, answers=[["red"], [], ["blue"]])
     for check in (datasets.validate_split, data_lib.as_examples):
         with pytest.raises(ValueError, match="example 1 has none"):
@@ -818,7 +1095,7 @@ def test_load_llava_json_streams_the_same_split(tmp_path):
     assert stream.num_examples == 3  # Known from the JSON, not counted.
     _assert_same_split(_streamed(stream), split)
     # With the annotators' answers, and a missing image found at once.
-    task = datasets.make_task("color", num_train=1, num_test=3, image_size=32)
+    task = datasets.make_task("color", num_train=1, num_test=3, **SMALL)
     scored = dict(task.test)
     scored["answers"] = datasets.object_array(
         [["Red", "red", "blue"], ["green"], ["a", "b", "c", "d"]]

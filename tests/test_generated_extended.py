@@ -15,6 +15,8 @@ NUM_TRAIN = 300
 NUM_TEST = 100
 VIDEO_TRAIN = 600
 VIDEO_TEST = 200
+# The tiny test model's grid: 32x32 images in 8-pixel patches.
+SMALL = {"image_size": 32, "patch_size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +123,43 @@ def test_video_order_maps_the_papers_sequence():
         datasets.make_video_suite(tasks=["color"])
 
 
-def test_vocabulary_texts_leave_out_the_extended_tasks():
-    # The shipped base's tokenizer was trained on `vocabulary_texts`: the
-    # new tasks must not change it.
-    texts = datasets.vocabulary_texts()
-    words = {w for t in texts for w in t.split()}
-    assert len(words) == 81
-    assert not {"yes", "no", "arrow", "water", "mixed"} & words
+def _words(texts):
+    return {w for t in texts for w in t.split()}
+
+
+def test_vocabulary_texts_cover_the_extended_tasks():
+    # A tokenizer trained on `vocabulary_texts` (the shipped base's) knows
+    # every word of every generated task's prompts and answers, the
+    # extended tasks' included.
+    words = _words(datasets.vocabulary_texts())
+    assert {"yes", "no", "arrow", "water", "mixed", "opposite"} <= words
+    for name in datasets.ALL_TASK_NAMES:
+        assert set(datasets.answer_vocabulary(name)) <= words, name
+        for grid in ({}, SMALL):
+            task = datasets.make_task(name, 60, 0, seed=2, **grid)
+            split = task.train
+            assert _words(split["prompts"]) <= words, name
+            assert _words(split["responses"]) <= words, name
+    for text in (
+        generated.OPPOSITE_PROMPT,
+        generated.CORNERS_PROMPT,
+        *generated.LAND_COVER_PROMPTS.values(),
+    ):
+        assert text in datasets.vocabulary_texts()
+
+
+def test_vocabulary_texts_hold_every_video_answer():
+    # The video answers are words of the shipped base's tokenizer, which
+    # is trained on these texts: a word it lacks is `<unk>`, and
+    # two such answers would read alike. (Only fixed words of the video
+    # questions may be unknown.)
+    from keras_pam.models.tiny_pali_gemma import BASE_TEXTS
+
+    # The tokenizer learns `BASE_TEXTS` and `vocabulary_texts` together.
+    words = _words(list(BASE_TEXTS) + datasets.vocabulary_texts())
+    for name in datasets.VIDEO_TASK_NAMES:
+        answers = set(datasets.video_answer_vocabulary(name))
+        assert answers <= words, (name, sorted(answers - words))
 
 
 # The four new image tasks.
@@ -138,10 +170,11 @@ def test_task_format(tasks, name):
     task = tasks[name]
     assert isinstance(task, datasets.Task)
     assert task.name == name and task.description
+    assert (task.image_size, task.patch_size) == (64, 16)
     vocabulary = set(datasets.answer_vocabulary(name))
     for split, n in ((task.train, NUM_TRAIN), (task.test, NUM_TEST)):
         assert datasets.validate_split(split) == n
-        assert split["images"].shape == (n, 32, 32, 3)
+        assert split["images"].shape == (n, 64, 64, 3)
         assert split["images"].dtype == np.uint8
         _check_split_text(split, vocabulary)
         if task.metric == "vqa":
@@ -181,9 +214,13 @@ def test_determinism(tasks, name):
 
 @pytest.mark.parametrize("name", generated.EXTENDED_TASK_NAMES)
 def test_other_image_sizes(name):
-    task = datasets.make_task(name, 6, 2, image_size=64, seed=3)
-    assert task.train["images"].shape == (6, 64, 64, 3)
-    assert task.test["images"].shape == (2, 64, 64, 3)
+    task = datasets.make_task(name, 6, 2, seed=3, **SMALL)
+    assert task.train["images"].shape == (6, 32, 32, 3)
+    assert task.test["images"].shape == (2, 32, 32, 3)
+    assert (task.image_size, task.patch_size) == (32, 8)
+    task = datasets.make_task(name, 3, 1, image_size=96, seed=3)
+    assert task.train["images"].shape == (3, 96, 96, 3)
+    assert (task.image_size, task.patch_size) == (96, 16)
 
 
 def _pictured_colors(image):
@@ -245,11 +282,13 @@ def _centroid(mask):
     return np.array([xs.mean(), ys.mean()])
 
 
-def test_diagram_answer_is_the_arrows_end():
+@pytest.mark.parametrize("grid", [{}, SMALL], ids=["64-16", "32-8"])
+def test_diagram_answer_is_the_arrows_end(grid):
     # Recompute from the drawing: the ink's heavier end is the arrow's
     # head; the shape nearest the head is the target, the one nearest the
     # tail the source.
-    task = datasets.make_task("diagram", 80, 0, image_size=64, seed=4)
+    task = datasets.make_task("diagram", 80, 0, seed=4, **grid)
+    patch = task.patch_size
     checked = 0
     for image, prompt, answer in zip(
         task.train["images"],
@@ -259,6 +298,17 @@ def test_diagram_answer_is_the_arrows_end():
     ):
         options = _options(prompt)
         assert len(options) == 3
+        # The three shapes: each whole inside a cell of its own.
+        cells = {}
+        for color in _pictured_colors(image):
+            ys, xs = np.nonzero(
+                (image == np.array(generated.COLORS[color], np.uint8)).all(-1)
+            )
+            (cell,) = {
+                (int(y) // patch, int(x) // patch) for y, x in zip(ys, xs)
+            }
+            cells[color] = cell
+        assert len(cells) == len(set(cells.values())) == 3
         if not set(options.values()) <= set(generated.COLOR_NAMES):
             assert set(options.values()) <= set(generated.SHAPES)
             continue
@@ -289,6 +339,9 @@ def test_diagram_answer_is_the_arrows_end():
 
         wanted = nearest(head) if "point to" in prompt else nearest(tail)
         assert options[answer] == wanted
+        # The arrow joins two cells with at least one cell between them.
+        joined = np.subtract(cells[nearest(head)], cells[nearest(tail)])
+        assert np.abs(joined).max() >= 2
         checked += 1
     assert checked >= 25
 
@@ -304,7 +357,19 @@ def test_land_cover_answers_match_the_tile(tasks):
         # Textured: far from the plain backgrounds of the shape world.
         assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200
         roof = (image[:, :, None, :] == roofs).all(-1).any(-1)
-        num_buildings = ndimage.label(roof)[1]
+        labels, num_buildings = ndimage.label(roof)
+        # Each building is a square whole inside a cell of its own.
+        patch = tasks["land_cover"].patch_size
+        cells = set()
+        for rows, columns in ndimage.find_objects(labels):
+            assert rows.stop - rows.start == columns.stop - columns.start
+            (cell,) = {
+                (r // patch, c // patch)
+                for r in (rows.start, rows.stop - 1)
+                for c in (columns.start, columns.stop - 1)
+            }
+            cells.add(cell)
+        assert len(cells) == num_buildings
         rgb = image.astype(int)
         water = (rgb[..., 2] > rgb[..., 1] + 25) & (rgb[..., 2] > rgb[..., 0])
         if prompt == prompts["buildings"]:
@@ -319,24 +384,22 @@ def test_land_cover_answers_match_the_tile(tasks):
     assert set(checked) == set(prompts.values())
 
 
-def test_prompts_are_fixed_apart_from_known_words(tasks):
-    # Every prompt is a fixed question with in-vocabulary slots.
-    known = {w for t in datasets.vocabulary_texts() for w in t.split()}
-    unknown = collections.defaultdict(set)
+def test_prompts_are_fixed_apart_from_known_words(tasks, video_tasks):
+    # The extended tasks' prompts hold only known words; a video prompt
+    # is a fixed question whose unknown words are fixed text, never a slot
+    # (its colours are known).
+    known = _words(datasets.vocabulary_texts())
     for name, task in tasks.items():
-        for prompt in task.train["prompts"]:
-            unknown[name] |= set(prompt.split()) - known
-    assert unknown["mix_choice"] == {"mixed", "with"}
-    assert unknown["facts"] == {"opposite", "corners"}
-    assert unknown["diagram"] == {"arrow", "point", "come", "from"}
-    assert unknown["land_cover"] == {
-        "water",
-        "buildings",
-        "more",
-        "roads",
-        "urban",
-        "area",
+        assert _words(task.train["prompts"]) <= known, name
+    templates = {
+        "direction": generated_video.DIRECTION_PROMPT,
+        "appearances": generated_video.APPEARANCES_QUESTION,
+        "order": generated_video.ORDER_QUESTION,
     }
+    for name, task in video_tasks.items():
+        unknown = _words(task.train["prompts"]) - known
+        assert unknown <= set(templates[name].split()), (name, unknown)
+        assert not unknown & set(generated.COLOR_NAMES)
 
 
 # Tokenizer: the shipped base must read every answer back.
@@ -359,18 +422,19 @@ def _ids(tokenizer, text):
     return [int(i) for i in keras.ops.convert_to_numpy(tokenizer(text))]
 
 
-def _new_answers():
+def _all_answers():
     words = set()
-    for name in datasets.EXTENDED_TASK_NAMES:
+    for name in datasets.ALL_TASK_NAMES:
         words |= set(datasets.answer_vocabulary(name))
     for name in datasets.VIDEO_TASK_NAMES:
         words |= set(datasets.video_answer_vocabulary(name))
     return sorted(words)
 
 
-def test_every_new_answer_round_trips_the_shipped_tokenizer(tokenizer):
+def test_every_answer_round_trips_the_shipped_tokenizer(tokenizer):
+    # `position`'s sides, the extended and the video tasks' answers.
     unknown = tokenizer.token_to_id("<unk>")
-    for word in _new_answers():
+    for word in _all_answers():
         ids = _ids(tokenizer, word)
         assert unknown not in ids, word
         text = tokenizer.detokenize(np.array(ids, "int32"))
@@ -387,7 +451,8 @@ def test_different_prompts_stay_different_once_tokenized(
 ):
     # The few words the tokenizer does not know are fixed question text:
     # two different prompts of a task never tokenize alike.
-    for task in list(tasks.values()) + list(video_tasks.values()):
+    position = datasets.make_task("position", 200, 0, seed=1)
+    for task in [position, *tasks.values(), *video_tasks.values()]:
         prompts = sorted(set(task.train["prompts"]))
         ids = {tuple(_ids(tokenizer, p)) for p in prompts}
         assert len(ids) == len(prompts), task.name
@@ -422,10 +487,11 @@ def test_every_example_fits_the_shipped_sequence_length(
 def test_video_task_format(video_tasks, name):
     task = video_tasks[name]
     assert task.name == name and task.metric == "exact" and task.description
+    assert (task.image_size, task.patch_size) == (64, 16)
     vocabulary = set(datasets.video_answer_vocabulary(name, num_frames=4))
     for split, n in ((task.train, VIDEO_TRAIN), (task.test, VIDEO_TEST)):
         assert datasets.validate_split(split) == n
-        assert split["images"].shape == (n, 4, 32, 32, 3)
+        assert split["images"].shape == (n, 4, 64, 64, 3)
         assert split["images"].dtype == np.uint8
         _check_split_text(split, vocabulary)
         assert "answers" not in split
@@ -452,6 +518,14 @@ def test_video_determinism_and_sizes(video_tasks, name):
     )
     assert task.train["images"].shape == (5, 6, 48, 48, 3)
     assert task.test["images"].shape == (3, 6, 48, 48, 3)
+    assert (task.image_size, task.patch_size) == (48, 16)
+    task = datasets.make_video_task(name, 4, 2, num_frames=3, seed=2, **SMALL)
+    assert task.train["images"].shape == (4, 3, 32, 32, 3)
+    assert (task.image_size, task.patch_size) == (32, 8)
+    suite = datasets.make_video_suite(
+        num_train=2, num_test=1, num_frames=3, **SMALL
+    )
+    assert [(t.image_size, t.patch_size) for t in suite] == [(32, 8)] * 3
 
 
 def test_video_arguments():
@@ -463,6 +537,12 @@ def test_video_arguments():
         datasets.make_video_task("color")
     with pytest.raises(ValueError, match="image_size"):
         datasets.make_video_task("direction", image_size=16)
+    with pytest.raises(ValueError, match="multiple of patch_size 16"):
+        datasets.make_video_task("order", image_size=40)
+    with pytest.raises(ValueError, match="patch_size must be >= 8"):
+        datasets.make_video_task("appearances", image_size=32, patch_size=4)
+    with pytest.raises(ValueError, match="at least 3 patches"):
+        datasets.make_video_suite(image_size=32, patch_size=32)
     with pytest.raises(ValueError, match="seed"):
         datasets.make_video_task("direction", seed=-1)
     assert datasets.make_video_task("order", 2, 1, num_frames=3).num_train == 2
@@ -519,11 +599,11 @@ def _named_colors(prompt):
     return [w for w in words if w in generated.COLORS]
 
 
-def _frame_summary(name, frame, prompt):
+def _frame_summary(name, frame, prompt, patch):
     """What one frame tells about the question: the whole of it that
-    matters for the answer."""
+    matters for the answer (for `direction`, the shape's cell)."""
     if name == "direction":
-        x, y = _wrapped_centroid(frame) // (frame.shape[0] / 4)
+        x, y = _wrapped_centroid(frame) // patch
         return int(x), int(y)
     if name == "appearances":
         return _shows(frame, _named_colors(prompt)[0])
@@ -545,7 +625,7 @@ def _clip_answer(name, clip, prompt):
                 return color
 
 
-def _single_frame_accuracy(name, train, test, k):
+def _single_frame_accuracy(name, train, test, k, patch):
     """Test accuracy of the best lookup table from frame `k`'s summary,
     fitted on the train split (the order of the named colours kept)."""
 
@@ -553,7 +633,7 @@ def _single_frame_accuracy(name, train, test, k):
         for clip, prompt, answer in zip(
             split["images"], split["prompts"], split["responses"], strict=True
         ):
-            summary = _frame_summary(name, clip[k], prompt)
+            summary = _frame_summary(name, clip[k], prompt, patch)
             # An answer named in the prompt is given by its position.
             colors = _named_colors(prompt)
             label = colors.index(answer) if name == "order" else answer
@@ -584,16 +664,22 @@ def test_one_frame_is_not_enough(video_tasks, name, bound):
             assert _clip_answer(name, clip, prompt) == answer
     # ... any one frame is far from it (chance: 1/4, 1/5, 1/2).
     for k in range(4):
-        accuracy = _single_frame_accuracy(name, task.train, task.test, k)
+        accuracy = _single_frame_accuracy(
+            name, task.train, task.test, k, task.patch_size
+        )
         assert accuracy < bound, (k, accuracy)
 
 
 def test_direction_frames_are_shifts_of_one_uniform_scene(video_tasks):
-    # Every frame is the first one shifted on the wrapped-around image, by
-    # a uniformly random place: one frame has the same distribution for
+    # Every frame is the first one shifted on the wrapped-around image by
+    # one whole cell (one patch) a frame, in the answer's direction, from
+    # a uniformly random cell: one frame has the same distribution for
     # every direction.
-    split = video_tasks["direction"].train
-    for clip in split["images"][:40]:
+    task = video_tasks["direction"]
+    patch, split = task.patch_size, task.train
+    for clip, answer in zip(
+        split["images"][:40], split["responses"][:40], strict=True
+    ):
         size = clip.shape[1]
         shifts = {
             (dy, dx)
@@ -602,15 +688,22 @@ def test_direction_frames_are_shifts_of_one_uniform_scene(video_tasks):
             if (dy == 0 or dx == 0)
             and np.array_equal(np.roll(clip[0], (dy, dx), (0, 1)), clip[1])
         }
-        assert shifts
+        step_x, step_y = generated_video.DIRECTIONS[answer]
+        assert shifts == {((step_y * patch) % size, (step_x * patch) % size)}
         dy, dx = shifts.pop()
         for k in range(2, clip.shape[0]):
             expected = np.roll(clip[0], (k * dy, k * dx), (0, 1))
             np.testing.assert_array_equal(clip[k], expected)
-    # The first frame's place does not depend on the direction.
+    # The first frame's place does not depend on the direction: for every
+    # answer, it is any cell, and the centre of the image on average.
+    size = split["images"].shape[2]
+    cells = size // patch
     places = collections.defaultdict(list)
     for clip, answer in zip(split["images"], split["responses"], strict=True):
         places[answer].append(_wrapped_centroid(clip[0]))
+    assert set(places) == set(generated_video.DIRECTIONS)
     for answer, centres in places.items():
         mean = np.mean(centres, axis=0)
-        assert np.all(np.abs(mean - 16) < 3.0), (answer, mean)
+        assert np.all(np.abs(mean - size / 2) < size * 3 / 32), (answer, mean)
+        seen = {tuple(int(v) for v in c // patch) for c in centres}
+        assert len(seen) >= cells * cells - 2, (answer, len(seen))

@@ -17,6 +17,7 @@ def _build(home, **kwargs):
     kwargs.setdefault("steps", STEPS)
     kwargs.setdefault("num_examples", 64)
     kwargs.setdefault("verbose", 0)
+    kwargs.setdefault("probe_examples", 0)
     return tiny_base.tiny_base_preset(name="base", home=str(home), **kwargs)
 
 
@@ -131,7 +132,8 @@ def test_interrupted_build_leaves_no_preset(tmp_path, monkeypatch):
         _build(tmp_path, steps=1)
     presets = tmp_path / "presets"
     assert not (presets / "base").exists()
-    assert os.listdir(presets) == []
+    # Only the build's checkpoint is left, for the next call to finish.
+    assert os.listdir(presets) == ["base.build"]
 
 
 def test_incomplete_preset_is_rebuilt(tmp_path):
@@ -146,7 +148,7 @@ def test_incomplete_preset_is_rebuilt(tmp_path):
 def test_build_is_deterministic_by_seed():
     weights = [
         tiny_base.pretrain_tiny_base(
-            steps=2, num_examples=32, verbose=0
+            steps=2, num_examples=32, verbose=0, probe_examples=0
         ).backbone.get_weights()
         for _ in range(2)
     ]
@@ -186,6 +188,7 @@ def test_quick_tiny_base_preset(monkeypatch, tmp_path):
             seed=3,
             verbose=0,
             config=tiny_base.QUICK_CONFIG,
+            probe_examples=0,
         )
     ]
 
@@ -194,7 +197,8 @@ def test_pretrain_command_rebuilds_a_checked_preset(tmp_path):
     from keras_pam import cli
 
     output = str(tmp_path / "base")
-    argv = ["pretrain", "--steps", "3", "--output", output]
+    argv = ["pretrain", "--steps", "3", "--chunk-steps", "2"]
+    argv += ["--output", output]
     assert cli.main(argv) == 0
     metadata = tiny_base.check_base_preset(output)
     assert metadata["command"] == "keras-pam " + " ".join(argv)
@@ -207,3 +211,81 @@ def test_pretrain_command_rebuilds_a_checked_preset(tmp_path):
     )
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--seed", "-1", "--output", output])
+
+
+def _killed_after_first_chunk(monkeypatch):
+    """Make the next build stop right after its first checkpoint."""
+    write = tiny_base._BuildCheckpoint.write
+
+    def write_then_die(self, causal_lm, state):
+        write(self, causal_lm, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiny_base._BuildCheckpoint, "write", write_then_die)
+
+
+BUILD = dict(steps=4, chunk_steps=2, num_examples=32, verbose=0)
+
+
+def test_killed_build_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    whole = tiny_base.pretrain_tiny_base(probe_examples=0, **BUILD)
+    checkpoint = str(tmp_path / "build")
+    with monkeypatch.context() as patch:
+        _killed_after_first_chunk(patch)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_base.pretrain_tiny_base(
+                probe_examples=0, checkpoint_dir=checkpoint, **BUILD
+            )
+    state = json.load(open(os.path.join(checkpoint, "state.json")))
+    assert state["chunks_done"] == 1
+    resumed = tiny_base.pretrain_tiny_base(
+        probe_examples=0, checkpoint_dir=checkpoint, **BUILD
+    )
+    assert [entry["step"] for entry in resumed.pretraining_log] == [2, 4]
+    for a, b in zip(
+        whole.backbone.get_weights(),
+        resumed.backbone.get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resumed_build_with_other_settings_is_refused(tmp_path, monkeypatch):
+    checkpoint = str(tmp_path / "build")
+    with monkeypatch.context() as patch:
+        _killed_after_first_chunk(patch)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_base.pretrain_tiny_base(
+                probe_examples=0, checkpoint_dir=checkpoint, **BUILD
+            )
+    before = json.load(open(os.path.join(checkpoint, "state.json")))
+    other = dict(BUILD, steps=6)
+    with pytest.raises(ValueError) as error:
+        tiny_base.pretrain_tiny_base(
+            probe_examples=0,
+            learning_rate=5e-4,
+            checkpoint_dir=checkpoint,
+            **other,
+        )
+    message = str(error.value)
+    assert "learning_rate" in message and "steps" in message
+    assert "batch_size" not in message
+    after = json.load(open(os.path.join(checkpoint, "state.json")))
+    assert after == before
+
+
+def test_build_logs_each_perception_into_the_metadata(tmp_path):
+    from keras_pam.datasets.generated import PERCEPTIONS
+
+    preset = _build(
+        tmp_path, steps=2, chunk_steps=1, num_examples=8, probe_examples=2
+    )
+    metadata = tiny_base.check_base_preset(preset)
+    log = metadata["perception_log"]
+    assert [entry["step"] for entry in log] == [1, 2]
+    for entry in log:
+        assert set(entry["accuracy"]) == set(PERCEPTIONS)
+        assert all(0 <= a <= 1 for a in entry["accuracy"].values())
+    assert metadata["build_seconds"] > 0
+    # The checkpoint folder is gone once the preset is written.
+    assert not os.path.exists(preset + ".build")

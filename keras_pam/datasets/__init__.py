@@ -25,6 +25,8 @@ from keras_pam.datasets.generated_video import VIDEO_TASK_NAMES
 from keras_pam.datasets.generated_video import make_video_suite
 from keras_pam.datasets.generated_video import make_video_task
 from keras_pam.datasets.generated_video import video_answer_vocabulary
+from keras_pam.datasets.grid_world import Grid
+from keras_pam.datasets.grid_world import check_tasks_fit_model
 from keras_pam.datasets.loaders import load_llava_json
 from keras_pam.datasets.loaders import load_tfds
 from keras_pam.datasets.loaders import write_llava_json
@@ -49,6 +51,7 @@ __all__ = [
     "EXTENDED_COIN_ORDER",
     "EXTENDED_ORDER",
     "EXTENDED_TASK_NAMES",
+    "Grid",
     "ORDERS",
     "PAPER_TASKS",
     "TASK_NAMES",
@@ -60,6 +63,7 @@ __all__ = [
     "VIDEO_QA_ORDER",
     "VIDEO_TASK_NAMES",
     "answer_vocabulary",
+    "check_tasks_fit_model",
     "hyperparameters",
     "load_llava_json",
     "load_tfds",

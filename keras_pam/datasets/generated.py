@@ -7,12 +7,19 @@ other (`color` and `shape`, `digits` and `sklearn_digits`) and one is far
 from the rest (`choice`, a multiple-choice task answered with an option
 letter, like ScienceQA). Every generator is deterministic given its seed.
 
+Everything is drawn on the grid of `keras_pam.datasets.grid_world.Grid`:
+the image (64x64 by default) is cut into cells that coincide with the
+base's ViT patches (16x16), and every object a question is about lies
+whole inside one cell, jittered within it. A small ViT perceives what one
+patch shows cheaply, and what straddles patches slowly; give `make_task`
+the base's `image_size` and `patch_size`.
+
 | task | CoIN analogue | question | answers | metric |
 |---|---|---|---|---|
 | `color` | VQAv2 | what color is the shape | 6 colours | vqa |
 | `shape` | VizWizVQA | what shape is it | 5 shapes | vqa |
 | `count` | (GQA-like) | how many shapes are there | one .. five | exact |
-| `position` | GQA | is the red shape left or right of .. | left .. | exact |
+| `position` | GQA | is the red shape on the left or the right | sides | exact |
 | `digits` | TextVQA | what digit is written | zero .. nine | vqa |
 | `sklearn_digits` | OCR-VQA | what digit is this | zero .. nine | exact |
 | `choice` | ScienceQA | which is bigger? a: .. b: .. | a, b, c | exact |
@@ -35,12 +42,13 @@ painter's colour wheel (`OPPOSITE_COLORS`) and the corners of a shape
 on a plain background. `diagram` draws three shapes on a white page, two of
 them joined by a black arrow.
 
-The answers of every task are words of the shipped tiny base's word-level
-tokenizer (which has no character fallback). The new tasks' prompts also
-contain a few words it does not know (`"arrow"`, `"mixed"`, `"opposite"`,
-`"water"`, ...): each is fixed text of its question, so it tokenizes to
-`<unk>` without making two different questions of a task look the same;
-`TASK_NAMES`'s prompts use only words of `vocabulary_texts`.
+Every word of every task's prompts and answers is in `vocabulary_texts`,
+on which the shipped tiny base's word-level tokenizer (no character
+fallback) was trained.
+
+`position` asks where one of two named objects lies, as CoIN's grounding
+questions ask where a referred object is: the two lie in opposite halves
+of the image, so the answer depends on which one the question names.
 
 Numbers are always answered with words (`"three"`, `"seven"`). Tasks whose
 metric is `"vqa"` also carry `"answers"`: ten copies of the reference, the
@@ -59,6 +67,9 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from keras_pam.datasets.grid_world import DEFAULT_IMAGE_SIZE
+from keras_pam.datasets.grid_world import DEFAULT_PATCH_SIZE
+from keras_pam.datasets.grid_world import Grid
 from keras_pam.datasets.registry import COIN_ORDERS
 from keras_pam.datasets.registry import EXTENDED_COIN_ORDER
 from keras_pam.datasets.registry import Task
@@ -86,7 +97,7 @@ NUMBER_WORDS = (
     "eight",
     "nine",
 )
-RELATIONS = ("left", "right", "above", "below")
+SIDES = ("left", "right", "top", "bottom")
 OPTION_LETTERS = ("a", "b", "c")
 MAX_COUNT = 5
 NUM_ANNOTATORS = 10
@@ -117,11 +128,7 @@ GLYPHS = np.array(
     [[[c == "#" for c in row] for row in glyph] for glyph in _GLYPH_ROWS]
 )
 
-# Radius of a single shape, as a fraction of the image side: large enough
-# that a small ViT with 8x8 patches tells the kinds apart.
-_SINGLE_RADIUS = (0.24, 0.42)
 _SPLIT_STREAMS = {"train": 0, "test": 1, "pretraining": 2}
-_MIN_IMAGE_SIZE = 32
 
 
 def _rng(seed, name, stream):
@@ -165,140 +172,121 @@ def _render(size, background, objects):
     return np.asarray(image, dtype=np.uint8)
 
 
-def _radius(rng, size, low, high):
-    lo = max(2, round(low * size))
-    hi = max(lo, round(high * size))
-    return int(rng.integers(lo, hi + 1))
+# Radii as fractions of a cell's side (`Grid.radius`): a single shape as
+# large as its cell allows, the shapes of a crowded scene a little smaller.
+_SINGLE_RADIUS = (0.28, 0.5)
+_SCENE_RADIUS = (0.25, 0.38)
 
 
-def _place(rng, size, radii, accept=None, tries=500):
-    """Samples non-overlapping centres for shapes of the given radii."""
-    gap = max(1, size // 16)
-    for _ in range(tries):
-        centres = []
-        for r in radii:
-            for _ in range(50):
-                x, y = rng.integers(r + 1, size - r - 1, size=2)
-                if all(
-                    (x - cx) ** 2 + (y - cy) ** 2 >= (r + cr + gap) ** 2
-                    for (cx, cy), cr in zip(
-                        centres, radii[: len(centres)], strict=True
-                    )
-                ):
-                    centres.append((int(x), int(y)))
-                    break
-            else:
-                break
-        if len(centres) == len(radii) and (accept is None or accept(centres)):
-            return centres
-    raise RuntimeError(
-        f"Could not place {len(radii)} shapes on a {size}x{size} image."
+def _objects_in_cells(rng, grid, cells, radius=_SCENE_RADIUS, colors=None):
+    """A shape in each of `cells`: `(shape, color, cx, cy, r)` tuples."""
+    if colors is None:
+        colors = [COLOR_NAMES[rng.integers(len(COLOR_NAMES))] for _ in cells]
+    objects = []
+    for cell, color in zip(cells, colors, strict=True):
+        r = radius if isinstance(radius, int) else grid.radius(rng, *radius)
+        cx, cy = grid.centre(rng, cell, r)
+        objects.append((SHAPES[rng.integers(len(SHAPES))], color, cx, cy, r))
+    return objects
+
+
+def _single_object(rng, grid, color=None, shapes=SHAPES, radius=None):
+    """One shape whole inside a random cell: `(image, shape, color, r)`."""
+    shape = shapes[rng.integers(len(shapes))]
+    if color is None:
+        color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
+    r = grid.radius(rng, *_SINGLE_RADIUS) if radius is None else radius
+    (cell,) = grid.distinct_cells(rng, 1)
+    cx, cy = grid.centre(rng, cell, r)
+    image = _render(
+        grid.image_size, _background(rng), [(shape, color, cx, cy, r)]
     )
+    return image, shape, color, r
 
 
-def _single_object(rng, size):
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
-    r = _radius(rng, size, *_SINGLE_RADIUS)
-    ((cx, cy),) = _place(rng, size, [r])
-    image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
-    return image, shape, color
-
-
-def _gen_color(rng, size):
-    image, _, color = _single_object(rng, size)
+def _gen_color(rng, grid):
+    image, _, color, _ = _single_object(rng, grid)
     return image, COLOR_PROMPT, color
 
 
-def _gen_shape(rng, size):
-    image, shape, _ = _single_object(rng, size)
+def _gen_shape(rng, grid):
+    image, shape, _, _ = _single_object(rng, grid)
     return image, SHAPE_PROMPT, shape
 
 
-def _many_objects(rng, size, count):
-    radii = [_radius(rng, size, 0.08, 0.12) for _ in range(count)]
-    centres = _place(rng, size, radii)
-    objects = [
-        (
-            SHAPES[rng.integers(len(SHAPES))],
-            COLOR_NAMES[rng.integers(len(COLOR_NAMES))],
-            cx,
-            cy,
-            r,
-        )
-        for (cx, cy), r in zip(centres, radii, strict=True)
-    ]
-    return _render(size, _background(rng), objects)
+def _many_objects(rng, grid, count):
+    cells = grid.distinct_cells(rng, count)
+    objects = _objects_in_cells(rng, grid, cells)
+    return _render(grid.image_size, _background(rng), objects)
 
 
-def _gen_count(rng, size):
+def _gen_count(rng, grid):
     count = int(rng.integers(1, MAX_COUNT + 1))
-    return _many_objects(rng, size, count), COUNT_PROMPT, NUMBER_WORDS[count]
+    return _many_objects(rng, grid, count), COUNT_PROMPT, NUMBER_WORDS[count]
 
 
-def _position_prompt(color_a, color_b, horizontal):
+def _position_prompt(color, horizontal):
     if horizontal:
-        question = (
-            f"is the {color_a} shape left or right of the {color_b} shape"
-        )
+        question = f"is the {color} shape on the left or the right"
     else:
-        question = f"is the {color_a} shape above or below the {color_b} shape"
+        question = f"is the {color} shape at the top or the bottom"
     return VQA_PREFIX + question + "\n"
 
 
-def _pair(rng, size, relation):
-    """Two objects where the first one is `relation` of the second one."""
-    horizontal = relation in ("left", "right")
-    radii = [_radius(rng, size, 0.1, 0.16) for _ in range(2)]
+def _opposite_halves(grid, horizontal):
+    """An `accept` for two cells in different halves along one axis."""
+    middle = (grid.cells - 1) / 2
 
-    def accept(centres):
-        (xa, ya), (xb, yb) = centres
-        along, across = (xa - xb, ya - yb) if horizontal else (ya - yb, xa - xb)
-        if abs(along) < sum(radii) + 2 or abs(across) * 2 > abs(along):
-            return False
-        return (along < 0) == (relation in ("left", "above"))
+    def accept(cells):
+        index = [grid.row_column(c)[1 if horizontal else 0] for c in cells]
+        if any(abs(i - middle) < 0.5 for i in index):
+            return False  # The middle column (row) of an odd grid.
+        return (index[0] < middle) != (index[1] < middle)
 
-    centres = _place(rng, size, radii, accept=accept)
-    shapes = rng.choice(len(SHAPES), size=2)
-    colors = rng.choice(len(COLOR_NAMES), size=2, replace=False)
-    objects = [
-        (SHAPES[s], COLOR_NAMES[c], cx, cy, r)
-        for s, c, (cx, cy), r in zip(
-            shapes, colors, centres, radii, strict=True
-        )
-    ]
-    return _render(size, _background(rng), objects), objects
+    return accept
 
 
-def _gen_position(rng, size):
-    relation = RELATIONS[rng.integers(len(RELATIONS))]
-    image, objects = _pair(rng, size, relation)
-    horizontal = relation in ("left", "right")
-    prompt = _position_prompt(objects[0][1], objects[1][1], horizontal)
-    return image, prompt, relation
+def _two_named_objects(rng, grid, horizontal):
+    """Two shapes of different colours in opposite halves of the image.
+
+    Both halves are always occupied, so the answer depends on which
+    object the question names: a model must bind the colour to its place.
+    """
+    cells = grid.distinct_cells(rng, 2, _opposite_halves(grid, horizontal))
+    colors = [COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 2, False)]
+    objects = _objects_in_cells(rng, grid, cells, colors=colors)
+    image = _render(grid.image_size, _background(rng), objects)
+    return image, colors[0], grid.side(cells[0], horizontal)
 
 
-def _digit_image(rng, size, digit):
+def _gen_position(rng, grid):
+    horizontal = bool(rng.random() < 0.5)
+    image, color, side = _two_named_objects(rng, grid, horizontal)
+    return image, _position_prompt(color, horizontal), side
+
+
+def _digit_image(rng, grid, digit):
+    """A rendered glyph whole inside one random cell."""
     glyph = GLYPHS[digit]
-    # As large as fits: a glyph 3 pixels a stroke at 32x32.
-    scale = max(1, int(0.8 * size / 7))
+    # As large as a cell allows: 2 pixels a stroke in a 16-pixel cell.
+    scale = max(1, (grid.patch_size - 2) // 7)
     pixels = np.kron(glyph, np.ones((scale, scale), dtype=bool))
-    height, width = pixels.shape
-    top = int(rng.integers(0, size - height + 1))
-    left = int(rng.integers(0, size - width + 1))
-    image = np.empty((size, size, 3), dtype=np.uint8)
+    (cell,) = grid.distinct_cells(rng, 1)
+    top, left = grid.box(rng, cell, *pixels.shape)
+    image = np.empty((grid.image_size, grid.image_size, 3), dtype=np.uint8)
     image[...] = _background(rng)
     ink = COLORS[COLOR_NAMES[rng.integers(len(COLOR_NAMES))]]
     if rng.random() < 0.3:
         ink = (240, 240, 240)
+    height, width = pixels.shape
     window = image[top : top + height, left : left + width]
     window[pixels] = ink
     return image
 
 
-def _gen_digits(rng, size):
+def _gen_digits(rng, grid):
     digit = int(rng.integers(10))
-    return _digit_image(rng, size, digit), DIGITS_PROMPT, NUMBER_WORDS[digit]
+    return _digit_image(rng, grid, digit), DIGITS_PROMPT, NUMBER_WORDS[digit]
 
 
 def _choice_prompt(options, biggest):
@@ -314,25 +302,36 @@ def _choice_prompt(options, biggest):
     return f"{VQA_PREFIX}{question} {listed}\n"
 
 
-def _gen_choice(rng, size):
+def _size_levels(grid, n):
+    """Radii of `n` clearly different sizes, each whole inside a cell.
+
+    Successive radii differ by a factor of at least 1.75, so the larger
+    shape covers more pixels whatever the two shapes are (a square of
+    radius 4 has fewer pixels than a diamond of radius 7).
+    """
+    big = grid.max_radius
+    if n == 2:
+        return [max(1, round(0.4 * big)), big]
+    small = max(1, round(0.3 * big))
+    return [small, round((small * big) ** 0.5), big]
+
+
+def _gen_choice(rng, grid):
     n = int(rng.integers(2, 4))
-    # Radii grow by a factor >= 1.7 so that "bigger" is clear for any shapes.
-    radii = [max(2, round((0.1 if n == 2 else 0.07) * size))]
-    for _ in range(n - 1):
-        radii.append(int(np.ceil(radii[-1] * (1.7 + 0.3 * rng.random()))))
-    radii = [int(r) for r in rng.permutation(radii)]
-    centres = _place(rng, size, radii)
+    if grid.patch_size < 16:
+        # Three sizes 1.75 times apart do not fit a smaller cell.
+        n = 2
+    radii = [int(r) for r in rng.permutation(_size_levels(grid, n))]
+    cells = grid.distinct_cells(rng, n)
     shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), n, replace=False)]
     colors = [
         COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), n, replace=False)
     ]
     objects = [
-        (s, c, cx, cy, r)
-        for s, c, (cx, cy), r in zip(
-            shapes, colors, centres, radii, strict=True
-        )
+        (s, c, *grid.centre(rng, cell, r), r)
+        for s, c, cell, r in zip(shapes, colors, cells, radii, strict=True)
     ]
-    image = _render(size, _background(rng), objects)
+    image = _render(grid.image_size, _background(rng), objects)
     biggest = bool(rng.random() < 0.5)
     target = int(np.argmax(radii) if biggest else np.argmin(radii))
     names = shapes if rng.random() < 0.5 else colors
@@ -369,18 +368,27 @@ def _sklearn_pools():
     )
 
 
-def _sklearn_image(index, size):
+def _sklearn_image(rng, grid, index):
+    """A scikit-learn 8x8 digit, scaled up whole into one random cell."""
     images, _ = _sklearn_digits()
+    side = max(8, grid.patch_size - 2)
     small = Image.fromarray(images[index])
-    gray = np.asarray(small.resize((size, size), Image.BILINEAR))
-    return np.repeat(gray[..., None], 3, axis=-1)
+    gray = np.asarray(small.resize((side, side), Image.BILINEAR))
+    image = np.empty((grid.image_size, grid.image_size, 3), dtype=np.uint8)
+    image[...] = _background(rng)
+    (cell,) = grid.distinct_cells(rng, 1)
+    top, left = grid.box(rng, cell, side, side)
+    window = image[top : top + side, left : left + side]
+    window[...] = np.maximum(window, gray[..., None])
+    return image
 
 
-def _sklearn_split(indices, size):
+def _sklearn_split(indices, grid, rng):
     _, targets = _sklearn_digits()
+    size = grid.image_size
     out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     for i, index in enumerate(indices):
-        out[i] = _sklearn_image(index, size)
+        out[i] = _sklearn_image(rng, grid, index)
     responses = [NUMBER_WORDS[targets[i]] for i in indices]
     return _as_split(out, [SKLEARN_DIGITS_PROMPT] * len(indices), responses)
 
@@ -392,12 +400,14 @@ def _sklearn_indices(pool, num, rng):
     return np.concatenate(picks)[:num] if picks else np.zeros(0, np.int64)
 
 
-def _make_sklearn_task(num_train, num_test, size, seed):
+def _make_sklearn_task(num_train, num_test, grid, seed):
     test_pool, train_pool = _sklearn_pools()
     rng = _rng(seed, "sklearn_digits", "train")
     test_rng = _rng(seed, "sklearn_digits", "test")
-    test = _sklearn_split(_sklearn_indices(test_pool, num_test, test_rng), size)
-    train = _sklearn_split(_sklearn_indices(train_pool, num_train, rng), size)
+    test_indices = _sklearn_indices(test_pool, num_test, test_rng)
+    test = _sklearn_split(test_indices, grid, test_rng)
+    train_indices = _sklearn_indices(train_pool, num_train, rng)
+    train = _sklearn_split(train_indices, grid, rng)
     return train, test
 
 
@@ -409,13 +419,14 @@ def _as_split(images, prompts, responses):
     }
 
 
-def _generate(generator, num, size, rng, exclude=None):
+def _generate(generator, num, grid, rng, exclude=None):
     """Runs `generator` until `num` examples not in `exclude` are drawn."""
+    size = grid.image_size
     images = np.empty((num, size, size, 3), dtype=np.uint8)
     prompts, responses, keys = [], [], set()
     i = 0
     while i < num:
-        image, prompt, response = generator(rng, size)
+        image, prompt, response = generator(rng, grid)
         key = (image.tobytes(), prompt)
         if exclude is not None and key in exclude:
             continue
@@ -487,22 +498,19 @@ def _options_prompt(question, options):
     return f"{VQA_PREFIX}{question} {listed}\n"
 
 
-def _one_shape(rng, size, color, shapes=SHAPES):
-    """A single shape of the given colour on a plain background."""
-    shape = shapes[rng.integers(len(shapes))]
-    r = _radius(rng, size, *_SINGLE_RADIUS)
-    ((cx, cy),) = _place(rng, size, [r])
-    image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
+def _one_shape(rng, grid, color, shapes=SHAPES):
+    """A single shape of the given colour whole inside a random cell."""
+    image, shape, _, _ = _single_object(rng, grid, color, shapes)
     return image, shape
 
 
-def _gen_mix_choice(rng, size):
+def _gen_mix_choice(rng, grid):
     """AOKVQA-MC: the picture's colour mixed with a named one (a fact)."""
     color = PRIMARY_COLORS[rng.integers(len(PRIMARY_COLORS))]
     others = [c for c in PRIMARY_COLORS if c != color]
     partner = others[rng.integers(2)]
     (third,) = [c for c in others if c != partner]
-    image, _ = _one_shape(rng, size, color)
+    image, _ = _one_shape(rng, grid, color)
     answer = COLOR_MIXES[tuple(sorted((color, partner)))]
     # The mix the other possible picture would give: without the picture
     # the question is a coin flip between the two.
@@ -515,14 +523,14 @@ def _gen_mix_choice(rng, size):
     return image, prompt, OPTION_LETTERS[order.index(0)]
 
 
-def _gen_facts(rng, size):
+def _gen_facts(rng, grid):
     """OKVQA: an open answer from the picture and a fact of the world."""
     if rng.random() < 0.5:
         color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
-        image, _ = _one_shape(rng, size, color)
+        image, _ = _one_shape(rng, grid, color)
         return image, OPPOSITE_PROMPT, OPPOSITE_COLORS[color]
     color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
-    image, shape = _one_shape(rng, size, color, tuple(SHAPE_CORNERS))
+    image, shape = _one_shape(rng, grid, color, tuple(SHAPE_CORNERS))
     return image, CORNERS_PROMPT, SHAPE_CORNERS[shape]
 
 
@@ -534,21 +542,26 @@ def _segment_distance(p, a, b):
     return float(np.linalg.norm(p - (a + t * ab)))
 
 
-def _gen_diagram(rng, size):
-    """AI2D: three shapes on a page, an arrow from one to another."""
-    radii = [_radius(rng, size, 0.09, 0.12) for _ in range(3)]
-    head = max(3, round(0.12 * size))
-    half = max(2, round(0.07 * size))
-    # Room between the joined shapes for the head and a shaft as long.
-    min_length = 2 * head + 2
+def _gen_diagram(rng, grid):
+    """AI2D: three shapes on a page, an arrow from one to another.
 
-    def accept(centres):
-        (a, b, c) = centres
-        gap = np.hypot(a[0] - b[0], a[1] - b[1]) - radii[0] - radii[1]
-        clear = _segment_distance(c, a, b) >= radii[2] + max(2, size // 16)
-        return gap >= min_length and clear
+    Each shape is whole inside its own cell; the arrow joins two cells at
+    least one cell apart and passes clear of the third shape.
+    """
+    size = grid.image_size
+    radii = [grid.radius(rng, *_SCENE_RADIUS) for _ in range(3)]
+    head = max(3, round(0.3 * grid.patch_size))
+    half = max(2, round(0.18 * grid.patch_size))
 
-    (a, b, c) = _place(rng, size, radii, accept=accept)
+    def accept(cells):
+        (a, b, c) = (np.array(grid.row_column(x)[::-1], float) for x in cells)
+        apart = np.abs(a - b).max() >= 2
+        return apart and _segment_distance(c, a, b) >= 0.9
+
+    cells = grid.distinct_cells(rng, 3, accept=accept)
+    (a, b, c) = (
+        grid.centre(rng, cell, r) for cell, r in zip(cells, radii, strict=True)
+    )
     shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), 3, replace=False)]
     colors = [
         COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 3, replace=False)
@@ -568,7 +581,8 @@ def _gen_diagram(rng, size):
     tip = np.array(b, float) - u * (radii[1] + 1)
     base = tip - u * head
     ink = (20, 20, 20)
-    draw.line([tuple(start), tuple(base)], fill=ink, width=max(1, size // 32))
+    width = max(1, grid.patch_size // 8)
+    draw.line([tuple(start), tuple(base)], fill=ink, width=width)
     wings = (tuple(base + normal * half), tuple(base - normal * half))
     draw.polygon([tuple(tip), *wings], fill=ink)
     kind = "target" if rng.random() < 0.5 else "source"
@@ -671,20 +685,22 @@ def _dilate(mask, steps):
     return out
 
 
-def _buildings(rng, size, count, blocked):
-    """`count` square roofs on free land, apart from everything else."""
-    side = max(2, round(size / 12))
+def _buildings(rng, grid, count, blocked):
+    """`count` square roofs on free land, each whole in a cell of its own."""
+    side = max(2, round(grid.patch_size / 3))
     taken = blocked.copy()
     corners = []
-    for _ in range(count):
-        for _ in range(200):
-            y, x = (int(v) for v in rng.integers(1, size - side, 2))
+    for cell in rng.permutation(grid.num_cells):
+        if len(corners) == count:
+            break
+        for _ in range(10):
+            y, x = grid.box(rng, cell, side, side)
             if not taken[y : y + side, x : x + side].any():
+                corners.append((y, x))
+                taken |= _dilate(_square_mask(grid.image_size, y, x, side), 2)
                 break
-        else:
-            return None
-        corners.append((y, x))
-        taken |= _dilate(_square_mask(size, y, x, side), 2)
+    if len(corners) < count:
+        return None
     return corners, side
 
 
@@ -694,8 +710,9 @@ def _square_mask(size, y, x, side):
     return mask
 
 
-def _land_cover_scene(rng, size):
+def _land_cover_scene(rng, grid):
     """An overhead tile: fields, maybe water, roads and buildings."""
+    size = grid.image_size
     while True:
         ground = _fields(rng, size)
         has_water = bool(rng.random() < 0.5)
@@ -711,7 +728,7 @@ def _land_cover_scene(rng, size):
         roads = _roads(rng, size, num_roads)
         if roads is None:
             continue
-        placed = _buildings(rng, size, num_buildings, _dilate(water | roads, 1))
+        placed = _buildings(rng, grid, num_buildings, _dilate(water | roads, 1))
         if placed is None:
             continue
         break
@@ -726,9 +743,9 @@ def _land_cover_scene(rng, size):
     return image, has_water, num_roads, num_buildings
 
 
-def _gen_land_cover(rng, size):
+def _gen_land_cover(rng, grid):
     """RSVQA-lr: presence, count, comparison and urban/rural questions."""
-    image, has_water, num_roads, num_buildings = _land_cover_scene(rng, size)
+    image, has_water, num_roads, num_buildings = _land_cover_scene(rng, grid)
     kind = tuple(LAND_COVER_PROMPTS)[rng.integers(len(LAND_COVER_PROMPTS))]
     if kind == "water":
         yes = has_water
@@ -765,7 +782,8 @@ _TASKS = {
         _gen_position,
         "exact",
         "GQA",
-        "Spatial relation between two shapes named by colour (GQA-like).",
+        "Which half of the image one of two shapes, named by colour, lies in "
+        "(GQA-like grounding).",
     ),
     "digits": (
         _gen_digits,
@@ -827,9 +845,8 @@ _TASKS = {
     ),
 }
 
-# The four tasks of the extended sequence only. Their prompts hold words
-# that `vocabulary_texts` does not (see the module docstring), so they are
-# kept apart from `TASK_NAMES`, the tasks of the three CoIN orders.
+# The four tasks of the extended sequence only, kept apart from
+# `TASK_NAMES`, the tasks of the three CoIN orders.
 EXTENDED_TASK_NAMES = ("mix_choice", "land_cover", "facts", "diagram")
 TASK_NAMES = tuple(n for n in _TASKS if n not in EXTENDED_TASK_NAMES)
 ALL_TASK_NAMES = tuple(_TASKS)
@@ -853,7 +870,7 @@ _ANSWERS = {
     "color": COLOR_NAMES,
     "shape": SHAPES,
     "count": NUMBER_WORDS[1 : MAX_COUNT + 1],
-    "position": RELATIONS,
+    "position": SIDES,
     "digits": NUMBER_WORDS,
     "sklearn_digits": NUMBER_WORDS,
     "choice": OPTION_LETTERS,
@@ -889,20 +906,27 @@ def answer_vocabulary(name):
     return _ANSWERS[name]
 
 
-def _check_sizes(image_size, **counts):
-    if not isinstance(image_size, (int, np.integer)) or (
-        image_size < _MIN_IMAGE_SIZE
+def _check_sizes(image_size, patch_size=DEFAULT_PATCH_SIZE, **counts):
+    """The `Grid` of a task's images, after checking every size."""
+    if isinstance(image_size, bool) or not isinstance(
+        image_size, (int, np.integer)
     ):
-        raise ValueError(
-            f"image_size must be an int >= {_MIN_IMAGE_SIZE}, "
-            f"got {image_size!r}."
-        )
+        raise ValueError(f"image_size must be an int, got {image_size!r}.")
+    grid = Grid(int(image_size), patch_size)
     for key, value in counts.items():
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{key} must be an int >= 0, got {value!r}.")
+    return grid
 
 
-def make_task(name, num_train=1000, num_test=200, image_size=32, seed=0):
+def make_task(
+    name,
+    num_train=1000,
+    num_test=200,
+    image_size=DEFAULT_IMAGE_SIZE,
+    seed=0,
+    patch_size=DEFAULT_PATCH_SIZE,
+):
     """Generates one task of the suite.
 
     The test split is drawn from its own random stream; the train split from
@@ -917,13 +941,17 @@ def make_task(name, num_train=1000, num_test=200, image_size=32, seed=0):
             `EXTENDED_TASK_NAMES`).
         num_train: int. Number of training examples. Defaults to `1000`.
         num_test: int. Number of test examples. Defaults to `200`.
-        image_size: int. Side `S` of the square images, at least 32.
-            Defaults to `32`.
+        image_size: int. Side `S` of the square images, a multiple of
+            `patch_size`. Defaults to `64`.
         seed: int. Non-negative random seed; the same seed gives the same
             task. Defaults to `0`.
+        patch_size: int. Side of the model's ViT patch: every object a
+            question is about is drawn whole inside one patch
+            (`keras_pam.datasets.grid_world`). Give the base's
+            `vit_patch_size`. Defaults to `16`.
 
     Returns:
-        A `Task`.
+        A `Task`, recording `image_size` and `patch_size`.
 
     Example:
 
@@ -931,23 +959,25 @@ def make_task(name, num_train=1000, num_test=200, image_size=32, seed=0):
     from keras_pam.datasets import make_task
 
     task = make_task("color", num_train=8, num_test=4)
-    print(task.train["images"].shape)  # (8, 32, 32, 3)
+    print(task.train["images"].shape)  # (8, 64, 64, 3)
     print(repr(task.train["prompts"][0]))  # 'answer en what color ...\\n'
     ```
     """
     _check_task_name(name)
-    _check_sizes(image_size, num_train=num_train, num_test=num_test)
+    grid = _check_sizes(
+        image_size, patch_size, num_train=num_train, num_test=num_test
+    )
     generator, metric, _, description = _TASKS[name]
     if generator is None:
-        train, test = _make_sklearn_task(num_train, num_test, image_size, seed)
+        train, test = _make_sklearn_task(num_train, num_test, grid, seed)
     else:
         test, test_keys = _generate(
-            generator, num_test, image_size, _rng(seed, name, "test")
+            generator, num_test, grid, _rng(seed, name, "test")
         )
         train, _ = _generate(
             generator,
             num_train,
-            image_size,
+            grid,
             _rng(seed, name, "train"),
             exclude=test_keys,
         )
@@ -961,6 +991,8 @@ def make_task(name, num_train=1000, num_test=200, image_size=32, seed=0):
         test=test,
         metric=metric,
         description=description,
+        image_size=grid.image_size,
+        patch_size=grid.patch_size,
     )
 
 
@@ -982,9 +1014,10 @@ def make_suite(
     order="order1",
     num_train=1000,
     num_test=200,
-    image_size=32,
+    image_size=DEFAULT_IMAGE_SIZE,
     seed=0,
     tasks=None,
+    patch_size=DEFAULT_PATCH_SIZE,
 ):
     """Generates a sequence of tasks.
 
@@ -996,12 +1029,14 @@ def make_suite(
             given. Defaults to `"order1"`.
         num_train: int. Training examples per task. Defaults to `1000`.
         num_test: int. Test examples per task. Defaults to `200`.
-        image_size: int. Image side. Defaults to `32`.
+        image_size: int. Image side. Defaults to `64`.
         seed: int. Random seed shared by all tasks (each task has its own
             stream). Defaults to `0`.
         tasks: list of str, optional. Explicit task names of
             `ALL_TASK_NAMES`, in order, used instead of `order`. Defaults
             to `None`.
+        patch_size: int. The base's ViT patch side (see `make_task`).
+            Defaults to `16`.
 
     Returns:
         A list of `Task`.
@@ -1021,7 +1056,8 @@ def make_suite(
     for name in tasks:
         _check_task_name(name)
     return [
-        make_task(name, num_train, num_test, image_size, seed) for name in tasks
+        make_task(name, num_train, num_test, image_size, seed, patch_size)
+        for name in tasks
     ]
 
 
@@ -1053,8 +1089,41 @@ PRETRAINING_QUESTIONS = {
     ),
     "size": ("is the object small or big",),
 }
-_RELATION_QUESTION = "where is the {} object relative to the {} object"
+# Where one named object of two lies: the answer words of `position`.
+_SIDE_QUESTIONS = {
+    True: "is the {} object in the left half or the right half",
+    False: "is the {} object in the top half or the bottom half",
+}
 _LARGER_QUESTION = "which is larger the {} shape or the {} shape"
+
+# The perceptions of the base (`PERCEPTIONS`), each drawn by one kind of
+# pretraining example, and their shares of the mixture. Binding a name to a
+# place ("relation") costs a small ViT the most steps, so it gets the
+# largest share.
+PERCEPTIONS = ("color", "shape", "size", "count", "relation", "digit", "larger")
+# The two kinds of digit images, probed apart: `digits` reads rendered
+# glyphs, `sklearn_digits` handwritten ones.
+_DIGIT_SOURCES = {
+    "rendered digit": "rendered",
+    "handwritten digit": "handwritten",
+}
+# The perception each generated task needs, in its probe's name.
+TASK_PERCEPTIONS = {
+    "color": "color",
+    "shape": "shape",
+    "count": "count",
+    "position": "relation",
+    "digits": "rendered digit",
+    "sklearn_digits": "handwritten digit",
+    "choice": "larger",
+}
+_MIXTURE_SHARES = {
+    "single": 0.25,  # Colour, shape and size of one object.
+    "count": 0.12,
+    "digit": 0.20,  # Rendered and handwritten.
+    "relation": 0.25,
+    "larger": 0.18,
+}
 
 
 def _question(rng, kind):
@@ -1062,85 +1131,109 @@ def _question(rng, kind):
     return VQA_PREFIX + phrasings[rng.integers(len(phrasings))] + "\n"
 
 
-def _size_word(r, size):
+def _size_word(r, grid):
     """`"small"` or `"big"` for a clearly sized shape, else `None`."""
-    if r <= 0.3 * size:
+    if r <= 0.25 * grid.patch_size:
         return "small"
-    if r >= 0.36 * size:
+    if r >= 0.375 * grid.patch_size:
         return "big"
     return None
 
 
-def _single_example(rng, size):
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
-    r = _radius(rng, size, *_SINGLE_RADIUS)
-    ((cx, cy),) = _place(rng, size, [r])
-    image = _render(size, _background(rng), [(shape, color, cx, cy, r)])
-    size_word = _size_word(r, size)
-    kind = rng.random()
-    if kind < 0.35:
+def _single_example(rng, grid, kind=None):
+    r = grid.radius(rng, 0.19, 0.5)
+    image, shape, color, _ = _single_object(rng, grid, radius=r)
+    size_word = _size_word(r, grid)
+    if kind is None:
+        draw = rng.random()
+        kind = (
+            "caption"
+            if draw < 0.3
+            else "color"
+            if draw < 0.5
+            else "shape"
+            if draw < 0.85 or size_word is None
+            else "size"
+        )
+    if kind == "caption":
         words = [_article(size_word or color), size_word, color, shape]
         return image, CAPTION_PROMPT, " ".join(w for w in words if w)
-    if kind < 0.5:
-        return image, _question(rng, "color"), color
-    if kind < 0.9 or size_word is None:
-        return image, _question(rng, "shape"), shape
-    return image, _question(rng, "size"), size_word
+    if kind == "size" and size_word is None:
+        return _single_example(rng, grid, kind)
+    answer = {"color": color, "shape": shape, "size": size_word}[kind]
+    return image, _question(rng, kind), answer
 
 
-def _count_example(rng, size):
+def _count_example(rng, grid, caption=None):
     count = int(rng.integers(1, MAX_COUNT + 1))
-    image = _many_objects(rng, size, count)
-    if rng.random() < 0.4:
+    image = _many_objects(rng, grid, count)
+    if caption is None:
+        caption = rng.random() < 0.3
+    if caption:
         noun = "shape" if count == 1 else "shapes"
         return image, CAPTION_PROMPT, f"{NUMBER_WORDS[count]} {noun}"
     return image, _question(rng, "count"), NUMBER_WORDS[count]
 
 
-def _digit_example(rng, size, handwritten_pool):
+def _digit_example(rng, grid, handwritten_pool, caption=None, source=None):
     digit = int(rng.integers(10))
-    if handwritten_pool is not None and rng.random() < 0.5:
-        images, targets = _sklearn_digits()
+    if source is None:
+        handwritten = handwritten_pool is not None and rng.random() < 0.5
+    else:
+        handwritten = source == "handwritten"
+    if handwritten:
+        _, targets = _sklearn_digits()
         index = int(
             rng.choice(handwritten_pool[targets[handwritten_pool] == digit])
         )
-        image = _sklearn_image(index, size)
-        caption = f"handwritten {NUMBER_WORDS[digit]}"
+        image = _sklearn_image(rng, grid, index)
+        caption_text = f"handwritten {NUMBER_WORDS[digit]}"
     else:
-        image = _digit_image(rng, size, digit)
-        caption = f"digit {NUMBER_WORDS[digit]}"
-    if rng.random() < 0.4:
-        return image, CAPTION_PROMPT, caption
+        image = _digit_image(rng, grid, digit)
+        caption_text = f"digit {NUMBER_WORDS[digit]}"
+    if caption is None:
+        caption = rng.random() < 0.3
+    if caption:
+        return image, CAPTION_PROMPT, caption_text
     return image, _question(rng, "digit"), NUMBER_WORDS[digit]
 
 
-def _pair_example(rng, size):
-    relation = RELATIONS[rng.integers(len(RELATIONS))]
-    image, objects = _pair(rng, size, relation)
-    if rng.random() < 0.4:
-        return image, CAPTION_PROMPT, _pair_caption(*objects, relation)
-    question = _RELATION_QUESTION.format(objects[0][1], objects[1][1])
-    return image, VQA_PREFIX + question + "\n", relation
+def _relation_example(rng, grid, caption=None):
+    """Two objects in opposite halves: where the named one lies."""
+    horizontal = bool(rng.random() < 0.5)
+    cells = grid.distinct_cells(rng, 2, _opposite_halves(grid, horizontal))
+    colors = [COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 2, False)]
+    objects = _objects_in_cells(rng, grid, cells, colors=colors)
+    image = _render(grid.image_size, _background(rng), objects)
+    sides = [grid.side(cell, horizontal) for cell in cells]
+    if caption is None:
+        caption = rng.random() < 0.3
+    if caption:
+        where = "on the" if horizontal else "at the"
+        phrases = [
+            f"{_object_phrase(shape, color)} {where} {side}"
+            for (shape, color, *_), side in zip(objects, sides, strict=True)
+        ]
+        return image, CAPTION_PROMPT, " and ".join(phrases)
+    named = int(rng.integers(2))
+    question = _SIDE_QUESTIONS[horizontal].format(colors[named])
+    return image, VQA_PREFIX + question + "\n", sides[named]
 
 
-def _larger_example(rng, size):
+def _larger_example(rng, grid, caption=None):
     """Two shapes of clearly different sizes: which colour is larger."""
-    small = max(2, round(0.1 * size))
-    radii = [small, int(np.ceil(small * (1.7 + 0.3 * rng.random())))]
-    radii = [int(r) for r in rng.permutation(radii)]
-    centres = _place(rng, size, radii)
-    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), 2)]
+    radii = [int(r) for r in rng.permutation(_size_levels(grid, 2))]
+    cells = grid.distinct_cells(rng, 2)
     colors = [COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 2, False)]
     objects = [
-        (s, c, cx, cy, r)
-        for s, c, (cx, cy), r in zip(
-            shapes, colors, centres, radii, strict=True
-        )
+        (SHAPES[rng.integers(len(SHAPES))], c, *grid.centre(rng, cell, r), r)
+        for c, cell, r in zip(colors, cells, radii, strict=True)
     ]
-    image = _render(size, _background(rng), objects)
+    image = _render(grid.image_size, _background(rng), objects)
     larger = colors[int(np.argmax(radii))]
-    if rng.random() < 0.4:
+    if caption is None:
+        caption = rng.random() < 0.3
+    if caption:
         smaller = colors[int(np.argmin(radii))]
         return (
             image,
@@ -1160,33 +1253,32 @@ def _object_phrase(shape, color):
     return f"{_article(color)} {color} {shape}"
 
 
-def _pair_caption(first, second, relation):
-    phrase = f"{relation} of" if relation in ("left", "right") else relation
-    return (
-        f"{_object_phrase(first[0], first[1])} {phrase} "
-        f"{_object_phrase(second[0], second[1])}"
-    )
-
-
-def pretraining_mixture(num_examples, image_size=32, seed=0):
+def pretraining_mixture(
+    num_examples,
+    image_size=DEFAULT_IMAGE_SIZE,
+    seed=0,
+    patch_size=DEFAULT_PATCH_SIZE,
+):
     """Generates the broad pretraining mixture of the generated world.
 
     It stands in for PaliGemma's pretraining: captions (prompt
-    `"caption en\n"`) that name colours, shapes, sizes, counts, positions
+    `"caption en\n"`) that name colours, shapes, sizes, counts, places
     and digits (`"a big red circle"`, `"three shapes"`, `"digit five"`,
-    `"handwritten seven"`, `"a red circle left of a blue square"`), and
-    generic questions about the same things in several phrasings
-    (`PRETRAINING_QUESTIONS`, `"answer en name the colour\n"`), answered
-    with the world's words. A base pretrained on it perceives what every
-    task of the suite needs, but has never seen a task's own question
-    format: a task teaches that format and its answer space. The
+    `"handwritten seven"`, `"a red circle on the left and a blue square on
+    the right"`), and generic questions about the same things in several
+    phrasings (`PRETRAINING_QUESTIONS`, `"answer en name the colour\n"`),
+    answered with the world's words. A base pretrained on it perceives
+    what every task of the suite needs, but has never seen a task's own
+    question format: a task teaches that format and its answer space. The
     handwritten digits come only from the scikit-learn images that no test
-    split ever uses (`SKLEARN_TEST_POOL_SIZE`).
+    split ever uses (`SKLEARN_TEST_POOL_SIZE`). Objects lie whole inside
+    the cells of `keras_pam.datasets.grid_world.Grid`, like the tasks'.
 
     Args:
         num_examples: int. Number of examples.
-        image_size: int. Image side. Defaults to `32`.
+        image_size: int. Image side. Defaults to `64`.
         seed: int. Random seed. Defaults to `0`.
+        patch_size: int. The ViT patch side. Defaults to `16`.
 
     Returns:
         A split dict with `"images"`, `"prompts"` and `"responses"`.
@@ -1200,23 +1292,98 @@ def pretraining_mixture(num_examples, image_size=32, seed=0):
     print(data["prompts"][0], data["responses"][0])
     ```
     """
-    _check_sizes(image_size, num_examples=num_examples)
+    grid = _check_sizes(image_size, patch_size, num_examples=num_examples)
     rng = _rng(seed, "pretraining", "pretraining")
     _, train_pool = _sklearn_pools()
-    images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
+    kinds = tuple(_MIXTURE_SHARES)
+    shares = np.array([_MIXTURE_SHARES[k] for k in kinds])
+    draws = np.searchsorted(np.cumsum(shares), rng.random(num_examples))
+    size = grid.image_size
+    images = np.empty((num_examples, size, size, 3), np.uint8)
+    prompts, responses = [], []
+    for i, draw in enumerate(draws):
+        kind = kinds[min(int(draw), len(kinds) - 1)]
+        if kind == "single":
+            example = _single_example(rng, grid)
+        elif kind == "count":
+            example = _count_example(rng, grid)
+        elif kind == "digit":
+            example = _digit_example(rng, grid, train_pool)
+        elif kind == "relation":
+            example = _relation_example(rng, grid)
+        else:
+            example = _larger_example(rng, grid)
+        images[i], prompt, response = example
+        prompts.append(prompt)
+        responses.append(response)
+    return _as_split(images, prompts, responses)
+
+
+def perception_probe(
+    perception,
+    num_examples,
+    image_size=DEFAULT_IMAGE_SIZE,
+    seed=0,
+    patch_size=DEFAULT_PATCH_SIZE,
+):
+    """Fresh generic questions on one perception of the pretraining world.
+
+    What the base is asked in pretraining, in its generic phrasings, on
+    examples drawn from a stream of their own (never the mixture's): a
+    base's accuracy on them is what it perceives, before any task.
+
+    Args:
+        perception: str. One of `PERCEPTIONS`: `"color"`, `"shape"`,
+            `"size"`, `"count"`, `"relation"` (where a named object of two
+            lies), `"digit"` (rendered and handwritten) or `"larger"`
+            (which of two named shapes is larger); or
+            `"rendered digit"` / `"handwritten digit"`, the two halves of
+            `"digit"` apart (the perceptions of `digits` and
+            `sklearn_digits`).
+        num_examples: int. Number of examples.
+        image_size: int. Image side. Defaults to `64`.
+        seed: int. Random seed. Defaults to `0`.
+        patch_size: int. The ViT patch side. Defaults to `16`.
+
+    Returns:
+        A split dict with `"images"`, `"prompts"` and `"responses"`.
+
+    Example:
+
+    ```python
+    from keras_pam.datasets.generated import perception_probe
+
+    probe = perception_probe("relation", 4)
+    print(probe["prompts"][0], probe["responses"][0])
+    ```
+    """
+    known = PERCEPTIONS + tuple(_DIGIT_SOURCES)
+    if perception not in known:
+        raise ValueError(
+            f"Unknown perception {perception!r}. Known: {', '.join(known)}."
+        )
+    grid = _check_sizes(image_size, patch_size, num_examples=num_examples)
+    rng = _rng(seed, "probe " + perception, "test")
+    # Handwritten digits from the test pool: images pretraining never saw.
+    test_pool, _ = _sklearn_pools()
+    size = grid.image_size
+    images = np.empty((num_examples, size, size, 3), np.uint8)
     prompts, responses = [], []
     for i in range(num_examples):
-        kind = rng.random()
-        if kind < 0.35:
-            example = _single_example(rng, image_size)
-        elif kind < 0.5:
-            example = _count_example(rng, image_size)
-        elif kind < 0.75:
-            example = _digit_example(rng, image_size, train_pool)
-        elif kind < 0.875:
-            example = _pair_example(rng, image_size)
+        if perception in ("color", "shape", "size"):
+            example = _single_example(rng, grid, perception)
+        elif perception == "count":
+            example = _count_example(rng, grid, caption=False)
+        elif perception == "digit":
+            example = _digit_example(rng, grid, test_pool, caption=False)
+        elif perception in _DIGIT_SOURCES:
+            example = _digit_example(
+                rng, grid, test_pool, False, _DIGIT_SOURCES[perception]
+            )
+        elif perception == "relation":
+            example = _relation_example(rng, grid, caption=False)
         else:
-            example = _larger_example(rng, image_size)
+            example = _larger_example(rng, grid, caption=False)
         images[i], prompt, response = example
         prompts.append(prompt)
         responses.append(response)
@@ -1226,13 +1393,11 @@ def pretraining_mixture(num_examples, image_size=32, seed=0):
 def vocabulary_texts():
     """Returns texts that hold every word the generators can produce.
 
-    Every prompt of the `TASK_NAMES` tasks, every answer, every question
-    phrasing of the pretraining mixture and a caption of every kind, so a
-    word-level tokenizer trained on them knows every word of those tasks.
-    The shipped tiny base's tokenizer was trained on these texts, so they
-    stay as they are: the `EXTENDED_TASK_NAMES` tasks are not in them (their
-    answers are words of the shipped tokenizer; some words of their fixed
-    question text are not, see the module docstring).
+    Every prompt of every generated task (`ALL_TASK_NAMES`), every answer,
+    every question phrasing of the pretraining mixture and a caption of
+    every kind, so a word-level tokenizer trained on them knows every word
+    of the suite. The shipped tiny base's tokenizer was trained on these
+    texts.
 
     Returns:
         A list of unique str, in a fixed order.
@@ -1254,13 +1419,19 @@ def vocabulary_texts():
         COUNT_PROMPT,
         DIGITS_PROMPT,
         SKLEARN_DIGITS_PROMPT,
+        OPPOSITE_PROMPT,
+        CORNERS_PROMPT,
+        *LAND_COVER_PROMPTS.values(),
     ]
-    for name in TASK_NAMES:
+    for name in ALL_TASK_NAMES:
         texts.extend(_ANSWERS[name])
+    for color in COLOR_NAMES:
+        for horizontal in (True, False):
+            texts.append(_position_prompt(color, horizontal))
+            question = _SIDE_QUESTIONS[horizontal].format(color)
+            texts.append(VQA_PREFIX + question + "\n")
+        texts.append(VQA_PREFIX + MIX_QUESTION.format(color))
     for a, b in itertools.permutations(COLOR_NAMES, 2):
-        texts.append(_position_prompt(a, b, True))
-        texts.append(_position_prompt(a, b, False))
-        texts.append(VQA_PREFIX + _RELATION_QUESTION.format(a, b) + "\n")
         texts.append(VQA_PREFIX + _LARGER_QUESTION.format(a, b) + "\n")
         texts.append(f"the {a} shape is bigger than the {b} shape")
     for names in (SHAPES, COLOR_NAMES):
@@ -1268,6 +1439,7 @@ def vocabulary_texts():
             for options in itertools.permutations(names, n):
                 texts.append(_choice_prompt(options, True))
                 texts.append(_choice_prompt(options, False))
+    texts.extend(VQA_PREFIX + q for q in DIAGRAM_QUESTIONS.values())
     for phrasings in PRETRAINING_QUESTIONS.values():
         texts.extend(VQA_PREFIX + q + "\n" for q in phrasings)
     texts.extend(SIZE_WORDS)
@@ -1282,5 +1454,5 @@ def vocabulary_texts():
     texts.extend(f"{NUMBER_WORDS[n]} shapes" for n in range(2, MAX_COUNT + 1))
     texts.extend(f"digit {word}" for word in NUMBER_WORDS)
     texts.extend(f"handwritten {word}" for word in NUMBER_WORDS)
-    texts.extend(f"{relation} of" for relation in RELATIONS)
+    texts.extend(["on the left and", "at the top and", "right bottom"])
     return list(dict.fromkeys(texts))

@@ -3,10 +3,10 @@
 The paper's video QA sequence (`keras_pam.datasets.registry.
 VIDEO_QA_ORDER`: MSVD-QA, MSRVTT-QA, ActivityNet-QA) at toy scale, in the
 visual world of `keras_pam.datasets.generated` (coloured shapes on a plain
-background). A clip is `F` frames (`num_frames`, default 4), so a split's
-`"images"` are uint8 `(N, F, S, S, 3)`, the format of
-`keras_pam.datasets.load_video_qa_json`. Every question needs more than one
-frame: no single frame answers it.
+background, each whole inside one ViT patch of every frame). A clip is `F`
+frames (`num_frames`, default 4), so a split's `"images"` are uint8
+`(N, F, S, S, 3)`, the format of `keras_pam.datasets.load_video_qa_json`.
+Every question needs more than one frame: no single frame answers it.
 
 | task | analogue | question | answers |
 |---|---|---|---|
@@ -15,8 +15,8 @@ frame: no single frame answers it.
 | `order` | ActivityNet-QA | which is shown first the red shape .. | colours |
 
 - `direction` stands for MSVD-QA, short clips of one simple action: one
-  shape moves by the same step every frame. Its world wraps around (a
-  shape leaving on the right comes back on the left), so every single
+  shape moves by one cell (one patch) every frame. Its world wraps around
+  (a shape leaving on the right comes back on the left), so every single
   frame is a uniformly placed shape whatever the direction: one frame is
   identically distributed for the four answers, and only the displacement
   between frames answers. Answers are `"left"`, `"right"`, `"above"`
@@ -34,13 +34,15 @@ frame: no single frame answers it.
   least three frames (with two, one frame would answer).
 
 All three use the metric `"exact"` (Table 4's metric for these datasets).
-The answers are words of the shipped tiny base's tokenizer; the fixed
-question words `"move"`, `"times"`, `"appear"` and `"first"` are not, and
-tokenize to `<unk>` (see `keras_pam.datasets.generated`).
+The answers are words of the shipped tiny base's tokenizer; a few fixed
+question words (`"where"`, `"move"`, `"times"`, `"appear"`, `"first"`)
+are not, and tokenize to `<unk>` without making two questions of a task
+read alike.
 """
 
 import numpy as np
 
+from keras_pam.datasets.generated import _SINGLE_RADIUS
 from keras_pam.datasets.generated import COLOR_NAMES
 from keras_pam.datasets.generated import MAX_COUNT
 from keras_pam.datasets.generated import NUMBER_WORDS
@@ -49,11 +51,12 @@ from keras_pam.datasets.generated import VQA_PREFIX
 from keras_pam.datasets.generated import _as_split
 from keras_pam.datasets.generated import _background
 from keras_pam.datasets.generated import _check_sizes
-from keras_pam.datasets.generated import _place
-from keras_pam.datasets.generated import _radius
+from keras_pam.datasets.generated import _objects_in_cells
 from keras_pam.datasets.generated import _render
 from keras_pam.datasets.generated import _rng
 from keras_pam.datasets.generated import _suite_tasks
+from keras_pam.datasets.grid_world import DEFAULT_IMAGE_SIZE
+from keras_pam.datasets.grid_world import DEFAULT_PATCH_SIZE
 from keras_pam.datasets.registry import VIDEO_QA_ORDER
 from keras_pam.datasets.registry import Task
 
@@ -80,39 +83,41 @@ def _check_frames(name, num_frames):
         )
 
 
-def _gen_direction(rng, size, num_frames):
+def _gen_direction(rng, grid, num_frames):
     shape = SHAPES[rng.integers(len(SHAPES))]
     color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
-    r = _radius(rng, size, 0.14, 0.22)
-    centre = size // 2
-    scene = _render(size, _background(rng), [(shape, color, centre, centre, r)])
-    # A uniformly random place on the wrapped-around (periodic) image: a
-    # whole-pixel shift of a uniformly placed scene is uniformly placed,
-    # so every frame has the same distribution, whatever the direction.
-    offset = rng.integers(0, size, 2)
-    # The direction and the step are drawn after the scene.
+    r = grid.radius(rng, *_SINGLE_RADIUS)
+    # One jittered place inside a cell, kept in every frame: the shape
+    # moves by whole cells, so it always lies whole inside one patch.
+    cx, cy = grid.centre(rng, 0, r)
+    scene = _render(
+        grid.image_size, _background(rng), [(shape, color, cx, cy, r)]
+    )
+    # A uniformly random cell on the wrapped-around (periodic) grid: every
+    # frame has the same distribution, whatever the direction.
+    row, column = (int(v) for v in rng.integers(0, grid.cells, 2))
+    # The direction is drawn after the scene.
     direction = tuple(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
-    step = int(rng.integers(max(2, size // 8), max(3, size // 5) + 1))
     dx, dy = DIRECTIONS[direction]
-    y, x = (int(v) for v in offset)
+    patch = grid.patch_size
     clip = np.stack(
         [
-            np.roll(scene, (y + k * step * dy, x + k * step * dx), (0, 1))
+            np.roll(
+                scene,
+                ((row + k * dy) * patch, (column + k * dx) * patch),
+                (0, 1),
+            )
             for k in range(num_frames)
         ]
     )
     return clip, DIRECTION_PROMPT, direction
 
 
-def _flash_frame(rng, size, background, colors):
-    """One frame: a shape of each colour, at new non-overlapping places."""
-    radii = [_radius(rng, size, 0.1, 0.16) for _ in colors]
-    centres = _place(rng, size, radii)
-    objects = [
-        (SHAPES[rng.integers(len(SHAPES))], color, cx, cy, r)
-        for color, (cx, cy), r in zip(colors, centres, radii, strict=True)
-    ]
-    return _render(size, background, objects)
+def _flash_frame(rng, grid, background, colors):
+    """One frame: a shape of each colour, each in a new cell of its own."""
+    cells = grid.distinct_cells(rng, len(colors))
+    objects = _objects_in_cells(rng, grid, cells, colors=colors)
+    return _render(grid.image_size, background, objects)
 
 
 def _distractors(rng, exclude, count):
@@ -120,7 +125,7 @@ def _distractors(rng, exclude, count):
     return [others[i] for i in rng.choice(len(others), count, replace=False)]
 
 
-def _gen_appearances(rng, size, num_frames):
+def _gen_appearances(rng, grid, num_frames):
     target = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
     count = int(rng.integers(0, min(num_frames, MAX_COUNT) + 1))
     shown = set(int(k) for k in rng.choice(num_frames, count, replace=False))
@@ -133,12 +138,12 @@ def _gen_appearances(rng, size, num_frames):
             colors = [colors[i] for i in rng.permutation(num_objects)]
         else:
             colors = _distractors(rng, [target], num_objects)
-        frames.append(_flash_frame(rng, size, background, colors))
+        frames.append(_flash_frame(rng, grid, background, colors))
     prompt = VQA_PREFIX + APPEARANCES_QUESTION.format(target) + "\n"
     return np.stack(frames), prompt, NUMBER_WORDS[count]
 
 
-def _gen_order(rng, size, num_frames):
+def _gen_order(rng, grid, num_frames):
     a, b = (COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 2, False))
     frame_a, frame_b = (int(k) for k in rng.choice(num_frames, 2, False))
     background = _background(rng)
@@ -148,7 +153,7 @@ def _gen_order(rng, size, num_frames):
         colors = _distractors(rng, [a, b], num_objects)
         if k in (frame_a, frame_b):
             colors[0] = a if k == frame_a else b
-        frames.append(_flash_frame(rng, size, background, colors))
+        frames.append(_flash_frame(rng, grid, background, colors))
     named = (a, b) if rng.random() < 0.5 else (b, a)
     prompt = VQA_PREFIX + ORDER_QUESTION.format(*named) + "\n"
     return np.stack(frames), prompt, a if frame_a < frame_b else b
@@ -232,13 +237,14 @@ def video_answer_vocabulary(name, num_frames=None):
     return NUMBER_WORDS[: top + 1]
 
 
-def _generate_clips(generator, num, size, num_frames, rng, exclude=None):
+def _generate_clips(generator, num, grid, num_frames, rng, exclude=None):
     """Runs `generator` until `num` clips not in `exclude` are drawn."""
+    size = grid.image_size
     clips = np.empty((num, num_frames, size, size, 3), dtype=np.uint8)
     prompts, responses, keys = [], [], set()
     i = 0
     while i < num:
-        clip, prompt, response = generator(rng, size, num_frames)
+        clip, prompt, response = generator(rng, grid, num_frames)
         key = (clip.tobytes(), prompt)
         if exclude is not None and key in exclude:
             continue
@@ -254,9 +260,10 @@ def make_video_task(
     name,
     num_train=1000,
     num_test=200,
-    image_size=32,
+    image_size=DEFAULT_IMAGE_SIZE,
     num_frames=DEFAULT_NUM_FRAMES,
     seed=0,
+    patch_size=DEFAULT_PATCH_SIZE,
 ):
     """Generates one video task.
 
@@ -268,12 +275,14 @@ def make_video_task(
         name: str. One of `VIDEO_TASK_NAMES`.
         num_train: int. Number of training examples. Defaults to `1000`.
         num_test: int. Number of test examples. Defaults to `200`.
-        image_size: int. Side `S` of the square frames, at least 32.
-            Defaults to `32`.
+        image_size: int. Side `S` of the square frames, a multiple of
+            `patch_size`. Defaults to `64`.
         num_frames: int. Frames `F` per clip, at least 2 (3 for
             `"order"`). Defaults to `4`.
         seed: int. Non-negative random seed; the same seed gives the same
             task. Defaults to `0`.
+        patch_size: int. The base's ViT patch side: every shape lies whole
+            inside one patch of every frame. Defaults to `16`.
 
     Returns:
         A `Task` whose splits' `"images"` are uint8 `(N, F, S, S, 3)`.
@@ -284,21 +293,23 @@ def make_video_task(
     from keras_pam.datasets import make_video_task
 
     task = make_video_task("direction", num_train=8, num_test=4)
-    print(task.train["images"].shape)  # (8, 4, 32, 32, 3)
+    print(task.train["images"].shape)  # (8, 4, 64, 64, 3)
     print(task.train["prompts"][0], task.train["responses"][0])
     ```
     """
     _check_video_task_name(name)
-    _check_sizes(image_size, num_train=num_train, num_test=num_test)
+    grid = _check_sizes(
+        image_size, patch_size, num_train=num_train, num_test=num_test
+    )
     _check_frames(name, num_frames)
     generator, _, description = _VIDEO_TASKS[name]
     test, test_keys = _generate_clips(
-        generator, num_test, image_size, num_frames, _rng(seed, name, "test")
+        generator, num_test, grid, num_frames, _rng(seed, name, "test")
     )
     train, _ = _generate_clips(
         generator,
         num_train,
-        image_size,
+        grid,
         num_frames,
         _rng(seed, name, "train"),
         exclude=test_keys,
@@ -309,6 +320,8 @@ def make_video_task(
         test=test,
         metric="exact",
         description=description,
+        image_size=grid.image_size,
+        patch_size=grid.patch_size,
     )
 
 
@@ -316,10 +329,11 @@ def make_video_suite(
     order="video",
     num_train=1000,
     num_test=200,
-    image_size=32,
+    image_size=DEFAULT_IMAGE_SIZE,
     num_frames=DEFAULT_NUM_FRAMES,
     seed=0,
     tasks=None,
+    patch_size=DEFAULT_PATCH_SIZE,
 ):
     """Generates a sequence of video tasks.
 
@@ -330,13 +344,14 @@ def make_video_suite(
             Defaults to `"video"`.
         num_train: int. Training examples per task. Defaults to `1000`.
         num_test: int. Test examples per task. Defaults to `200`.
-        image_size: int. Frame side. Defaults to `32`.
+        image_size: int. Frame side. Defaults to `64`.
         num_frames: int. Frames per clip. Defaults to `4`.
         seed: int. Random seed shared by all tasks (each task has its own
             stream). Defaults to `0`.
         tasks: list of str, optional. Explicit names of
             `VIDEO_TASK_NAMES`, in order, used instead of `order`.
             Defaults to `None`.
+        patch_size: int. The base's ViT patch side. Defaults to `16`.
 
     Returns:
         A list of `Task`.
@@ -355,6 +370,8 @@ def make_video_suite(
         _check_video_task_name(name)
         _check_frames(name, num_frames)
     return [
-        make_video_task(name, num_train, num_test, image_size, num_frames, seed)
+        make_video_task(
+            name, num_train, num_test, image_size, num_frames, seed, patch_size
+        )
         for name in tasks
     ]

@@ -37,6 +37,12 @@ class Task:
             `"responses"` after normalisation).
         description: str. A short human-readable description. Defaults to
             `""`.
+        image_size: int. The image side the task was drawn at, or `None`
+            when unknown (loaded data). Defaults to `None`.
+        patch_size: int. The ViT patch side the task was drawn for (its
+            objects lie whole inside one patch; see
+            `keras_pam.datasets.grid_world`), or `None` when it was not
+            drawn for one. Defaults to `None`.
 
     Raises:
         ValueError: if `metric` is unknown, or is `"vqa"` while the test
@@ -63,6 +69,8 @@ class Task:
     test: dict = dataclasses.field(repr=False)
     metric: str
     description: str = ""
+    image_size: int | None = None
+    patch_size: int | None = None
 
     def __post_init__(self):
         if self.metric not in METRICS:
