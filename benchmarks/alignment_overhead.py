@@ -5,8 +5,8 @@ Run (from the repository root):
     KERAS_BACKEND=jax python benchmarks/alignment_overhead.py
     KERAS_BACKEND=jax python benchmarks/alignment_overhead.py --quick
 
-A `ContinualLearner` on the tiny test PaliGemma (image 32, rank 8 on all
-26 attention and feed-forward layers) holds a random, non-zero global
+A `ContinualLearner` on the tiny test PaliGemma (image 32, patch 8, rank 8
+on all 26 attention and feed-forward layers) holds a random, non-zero global
 adapter (so that both factors have important entries). It is fitted for
 `steps` batches with the callbacks `learn_task` uses, once without
 `SignAlignmentCallback` and once with it at `every` = 100, 10 and 1. The
@@ -57,7 +57,10 @@ def build_learner(rank, image_size, batch_size):
     global_state.assign_to(learner)
     learner.global_state = global_state
     task = datasets.make_task(
-        "color", num_train=batch_size, num_test=1, image_size=image_size
+        "color",
+        num_train=batch_size,
+        num_test=1,
+        **common.model_grid(causal_lm),
     )
     raw = {k: task.train[k] for k in ("images", "prompts", "responses")}
     x, y, sample_weight = causal_lm.preprocessor(raw)

@@ -144,6 +144,19 @@ def memory_bandwidth_bytes_per_second(megabytes=512, repeats=5):
     return 2 * source.nbytes / best
 
 
+def model_grid(causal_lm):
+    """The keyword arguments that draw generated data on a model's patch
+    grid: `{"image_size": ..., "patch_size": ...}` from its backbone (its
+    `image_size` and `vit_patch_size`), for `datasets.make_task`,
+    `make_suite`, `make_video_task` and `pretraining_mixture`
+    (`keras_pam.datasets.grid_world`)."""
+    backbone = causal_lm.backbone
+    return {
+        "image_size": int(backbone.image_size),
+        "patch_size": int(backbone.vit_patch_size),
+    }
+
+
 def preprocessed_batch(causal_lm, raw):
     """One training batch `(x, y, sample_weight)` as numpy: the raw split
     `raw` through the causal LM's preprocessor."""

@@ -305,9 +305,11 @@ def build_full_width(args):
     )
     build_seconds = time.perf_counter() - start
     backbone = causal_lm.backbone
-    image_size = backbone.image_size
     task = datasets.make_task(
-        "color", num_train=args.batch_size, num_test=1, image_size=image_size
+        "color",
+        num_train=args.batch_size,
+        num_test=1,
+        **common.model_grid(causal_lm),
     )
     raw = {k: task.train[k] for k in ("images", "prompts", "responses")}
     batch = common.preprocessed_batch(causal_lm, raw)

@@ -5,10 +5,11 @@ Run (from the repository root):
     KERAS_BACKEND=jax python benchmarks/evaluation.py
     KERAS_BACKEND=jax python benchmarks/evaluation.py --quick
 
-A `ContinualLearner` on the tiny test PaliGemma (image 32, rank 8) has
-`T` evaluation tasks registered (generated tasks with one-word answers).
+A `ContinualLearner` on the tiny test PaliGemma (image 32, patch 8, rank
+8) has `T` evaluation tasks registered (generated tasks with one-word
+answers, drawn on the model's 4 x 4 patch grid).
 It then scores the whole matrix the way `learn_task` does after every
-task (`_evaluate_row`: every registered task with the global adapter),
+task (`eval_tasks.row`: every registered task with the global adapter),
 once per adapter for `A` different random global adapters, so `A x T`
 task scorings in all.
 
@@ -99,7 +100,11 @@ def main():
     )
     for index, name in enumerate(TASKS[:num_tasks]):
         task = datasets.make_task(
-            name, num_train=1, num_test=num_test, image_size=32, seed=index
+            name,
+            num_train=1,
+            num_test=num_test,
+            seed=index,
+            **common.model_grid(causal_lm),
         )
         learner.add_eval_task(name, task.test)
     rng = np.random.default_rng(0)
@@ -117,7 +122,7 @@ def main():
         adapter.assign_to(learner)
         learner.global_state = adapter
         start = time.perf_counter()
-        row = learner._evaluate_row()
+        row = learner.eval_tasks.row(learner.strategy)
         seconds = time.perf_counter() - start
         rows.append(
             {

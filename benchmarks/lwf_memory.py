@@ -5,9 +5,10 @@ Run (from the repository root):
     KERAS_BACKEND=jax python benchmarks/lwf_memory.py
     KERAS_BACKEND=jax python benchmarks/lwf_memory.py --sizes 64,1024
 
-Each size runs in its own Python process. A tiny PaliGemma learner with
-`strategy="lwf"` learns a first task (16 examples), then the second task
-(`size` examples) under `tracemalloc`: the peak of the host allocations
+Each size runs in its own Python process. A learner with
+`strategy="lwf"` on a tiny PaliGemma (image 32, patch 8; the tasks drawn
+on its patch grid) learns a first task (16 examples), then the second
+task (`size` examples) under `tracemalloc`: the peak of the host allocations
 that numpy and Python make during that `learn_task` (not TensorFlow's or
 XLA's own C++ buffers). Teacher logits kept on the host would take
 `size x sequence_length x vocabulary x 4` bytes there, printed beside the
@@ -17,8 +18,13 @@ must not grow with `size`.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
 
 SEQUENCE_LENGTH = 24
 
@@ -40,8 +46,13 @@ def run_size(size):
         image_size=32,
     )
     learner = ContinualLearner(causal_lm, rank=4, strategy="lwf")
-    first = datasets.make_task("color", num_train=16, num_test=1, seed=0)
-    second = datasets.make_task("shape", num_train=size, num_test=1, seed=0)
+    grid = common.model_grid(causal_lm)
+    first = datasets.make_task(
+        "color", num_train=16, num_test=1, seed=0, **grid
+    )
+    second = datasets.make_task(
+        "shape", num_train=size, num_test=1, seed=0, **grid
+    )
     learner.learn_task(first.train, name="color", batch_size=8, verbose=0)
     tracemalloc.start()
     learner.learn_task(second.train, name="shape", batch_size=8, verbose=0)

@@ -114,7 +114,7 @@ def run_variant(variant, steps, batch_size, hidden_dim, rank):
         "color",
         num_train=steps * batch_size,
         num_test=2 * batch_size,
-        image_size=MODEL["image_size"],
+        **common.model_grid(causal_lm),
     )
     model_bytes = sum(
         int(np.prod(v.shape)) * 4 for v in causal_lm.backbone.weights

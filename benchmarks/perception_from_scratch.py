@@ -7,9 +7,11 @@ of a weak base: a perception the architecture learns slowly (low accuracy
 here too) against one the broad pretraining mixture gives too little room.
 
     KERAS_BACKEND=jax python benchmarks/perception_from_scratch.py \
-        --task shape --patch-size 8 --steps 1500
+        --task shape --steps 2000
 
-Prints one line: task, patch size, steps, test accuracy and the time.
+The task is drawn on the grid of the given image and patch size (by
+default the tiny base's, 64x64 in 16x16 patches), as the base would see
+it. Prints one line: task, sizes, steps, test accuracy and the time.
 """
 
 import argparse
@@ -21,10 +23,11 @@ import keras
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="shape")
-    parser.add_argument("--patch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2.5e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--num-train", type=int, default=16000)
     parser.add_argument("--num-test", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -39,13 +42,14 @@ def main():
     from keras_pam.scoring import Scorer
 
     keras.utils.set_random_seed(args.seed)
-    config = {"patch_size": args.patch_size}
+    size = args.image_size or tiny_base.TINY_BASE_CONFIG["image_size"]
+    patch = args.patch_size or tiny_base.TINY_BASE_CONFIG["patch_size"]
+    config = {"image_size": size, "patch_size": patch}
     causal_lm = tiny_base.build_tiny_base_model(
         datasets.vocabulary_texts(), config
     )
-    size = tiny_base.TINY_BASE_CONFIG["image_size"]
     task = datasets.make_task(
-        args.task, args.num_train, args.num_test, size, args.seed
+        args.task, args.num_train, args.num_test, size, args.seed, patch
     )
     columns = ("images", "prompts", "responses")
     dataset = (
@@ -69,7 +73,7 @@ def main():
     causal_lm.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0)
     accuracy = Scorer(causal_lm).score(task.test)
     print(
-        f"{args.task}: patch {args.patch_size}, {args.steps} steps of "
+        f"{args.task}: image {size}, patch {patch}, {args.steps} steps of "
         f"{args.batch_size}, test accuracy {accuracy:.3f} "
         f"({time.time() - start:.0f} s)"
     )

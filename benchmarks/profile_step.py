@@ -72,11 +72,8 @@ def main():
 
     from keras_pam import ContinualLearner
 
-    size = train_step_vs_peft.SIZES[args.size]
     causal_lm = train_step_vs_peft.build_causal_lm(args.size, 0)
-    batch = train_step_vs_peft.make_batch(
-        causal_lm, args.batch_size, size["image_size"]
-    )
+    batch = train_step_vs_peft.make_batch(causal_lm, args.batch_size)
     learner = ContinualLearner(causal_lm, rank=args.rank)
     learner.compile(optimizer=keras.optimizers.Adam(5e-4))
     x, y, sample_weight = common.tile(batch, args.steps)

@@ -140,13 +140,14 @@ def main():
         np.asarray(t).nbytes for t in AdapterState.from_model(learner).values()
     )
     sampler.phase("learner")
-    image_size = causal_lm.backbone.image_size
+    grid = common.model_grid(causal_lm)
+    image_size = grid["image_size"]
     task = datasets.make_task(
         "color",
         num_train=args.examples,
         num_test=args.examples,
-        image_size=image_size,
         seed=0,
+        **grid,
     )
     batch = args.batch_size * image_size * image_size * 3 * 4
     print(

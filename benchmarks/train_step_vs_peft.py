@@ -49,8 +49,9 @@ divided by the step time, as a fraction of the machine's measured float32
 matmul rate.
 
 Sizes: `tiny` is the test model (`tests/conftest.py`: hidden 32, 2+2
-layers, image 32); `small` has 4 decoder and 4 image layers, hidden 256,
-image 64.
+layers, image 32, patch 8); `small` has 4 decoder and 4 image layers,
+hidden 256, image 64, patch 8. The batch is a generated task drawn on the
+model's patch grid.
 """
 
 import argparse
@@ -116,12 +117,16 @@ def build_causal_lm(size, seed):
     )
 
 
-def make_batch(causal_lm, batch_size, image_size):
-    """One preprocessed training batch `(x, y, sample_weight)` as numpy."""
+def make_batch(causal_lm, batch_size):
+    """One preprocessed training batch `(x, y, sample_weight)` as numpy,
+    of a generated task drawn on the model's patch grid."""
     from keras_pam import datasets
 
     task = datasets.make_task(
-        "color", num_train=batch_size, num_test=1, image_size=image_size
+        "color",
+        num_train=batch_size,
+        num_test=1,
+        **common.model_grid(causal_lm),
     )
     raw = {k: task.train[k] for k in ("images", "prompts", "responses")}
     return common.preprocessed_batch(causal_lm, raw)
@@ -331,7 +336,7 @@ def benchmark_size(size, args, matmul_rate):
         steps = max(2, steps // 4)
     rounds = args.rounds or (2 if args.quick else 3)
     reference = build_causal_lm(size, 0)
-    batch = make_batch(reference, args.batch_size, SIZES[size]["image_size"])
+    batch = make_batch(reference, args.batch_size)
     vocabulary_size = reference.backbone.vocabulary_size
     num_image_tokens = reference.backbone.image_sequence_length
 

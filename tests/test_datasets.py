@@ -404,9 +404,9 @@ def test_make_suite_explicit_tasks():
 
 
 def test_pretraining_mixture_and_vocabulary():
-    data = datasets.pretraining_mixture(600, seed=0)
-    assert datasets.validate_split(data) == 600
-    again = datasets.pretraining_mixture(600, seed=0)
+    data = datasets.pretraining_mixture(1000, seed=0)
+    assert datasets.validate_split(data) == 1000
+    again = datasets.pretraining_mixture(1000, seed=0)
     np.testing.assert_array_equal(data["images"], again["images"])
     np.testing.assert_array_equal(data["responses"], again["responses"])
     prompts = list(data["prompts"])
@@ -444,13 +444,28 @@ def test_pretraining_mixture_and_vocabulary():
         assert len(phrasings) >= 1
         assert {f"answer en {q}\n" for q in phrasings} <= questions, kind
     # Where a named object lies, in other words than `position`'s, and
-    # answered with its words; which of two named shapes is larger.
+    # answered with its words (of one object alone, or of two in opposite
+    # halves); the other way round, which colour lies in a named half;
+    # which of 2-3 named shapes is the larger (smaller, largest, smallest);
+    # and multiple choice in generic words, answered with a letter.
     sides = {
         "left half or the right half": {"left", "right"},
         "top half or the bottom half": {"top", "bottom"},
     }
+    color_at_side = re.compile(
+        r"answer en what colour is the object in the "
+        r"(left|right|top|bottom) half\n"
+    )
     larger = re.compile(
-        r"answer en which is larger the (\w+) shape or the (\w+) shape\n"
+        r"answer en which is (larger|smaller) the (\w+) shape or the (\w+) "
+        r"shape\n"
+        r"|answer en which is the (largest|smallest) the (\w+) shape the "
+        r"(\w+) shape or the (\w+) shape\n"
+    )
+    options = re.compile(
+        r"answer en choose the (colour of the object|shape of the object"
+        r"|larger one|smaller one|largest one|smallest one) "
+        r"a: (\w+) b: (\w+)(?: c: (\w+))?\n"
     )
     asked = collections.Counter()
     for prompt, response in zip(prompts, responses, strict=True):
@@ -458,11 +473,52 @@ def test_pretraining_mixture_and_vocabulary():
             if prompt.endswith(f"object in the {phrase}\n"):
                 assert response in answers, (prompt, response)
                 asked[phrase] += 1
+        if color_at_side.fullmatch(prompt):
+            assert response in generated.COLOR_NAMES, (prompt, response)
+            asked["color at side"] += 1
         if match := larger.fullmatch(prompt):
-            assert match[1] != match[2] and response in match.groups()
-            asked["larger"] += 1
-    assert set(asked) == set(sides) | {"larger"}
-    assert 0.3 < 1 - len(captions) / len(prompts) < 0.8
+            word, *named = (g for g in match.groups() if g)
+            assert len(set(named)) == len(named), prompt
+            assert set(named) <= set(generated.COLOR_NAMES), prompt
+            assert response in named, (prompt, response)
+            asked[word] += 1
+        if match := options.fullmatch(prompt):
+            question, *named = (g for g in match.groups() if g)
+            assert len(set(named)) == len(named), prompt
+            # Colours or shapes; the sized ones are named either way.
+            if question.startswith("colour"):
+                assert set(named) <= set(generated.COLOR_NAMES), prompt
+            elif question.startswith("shape"):
+                assert set(named) <= set(generated.SHAPES), prompt
+            else:
+                assert set(named) <= set(generated.SHAPES) or set(named) <= set(
+                    generated.COLOR_NAMES
+                ), prompt
+            assert response in generated.OPTION_LETTERS[: len(named)]
+            asked[question, len(named)] += 1
+    choose = {"colour of the object", "shape of the object"}
+    assert set(asked) == set(sides) | {
+        "color at side",
+        "larger",
+        "smaller",
+        "largest",
+        "smallest",
+        *((q, n) for q in choose for n in (2, 3)),
+        ("larger one", 2),
+        ("smaller one", 2),
+        ("largest one", 3),
+        ("smallest one", 3),
+    }, dict(asked)
+    # Captions and questions alike (about a fifth captions: multiple
+    # choices are never captioned); the answers of a multiple choice
+    # spread over its letters.
+    assert 0.1 < len(captions) / len(prompts) < 0.35
+    letters = collections.Counter(
+        r
+        for p, r in zip(prompts, responses, strict=True)
+        if options.fullmatch(p)
+    )
+    assert set(letters) == set(generated.OPTION_LETTERS), letters
     task_prompts = set()
     for name in datasets.ALL_TASK_NAMES:
         task_prompts |= set(datasets.make_task(name, 30, 0).train["prompts"])

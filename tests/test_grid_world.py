@@ -301,9 +301,7 @@ def test_check_tasks_fit_model():
     wrong_size = datasets.make_task("shape", 1, 1, image_size=64, patch_size=8)
     with pytest.raises(ValueError, match="'shape' was drawn for 64x64"):
         check([fits, wrong_size], backbone)
-    wrong_patch = datasets.make_task(
-        "color", 1, 1, image_size=32, patch_size=8
-    )
+    wrong_patch = datasets.make_task("color", 1, 1, image_size=32, patch_size=8)
     backbone = types.SimpleNamespace(image_size=32, vit_patch_size=16)
     with pytest.raises(ValueError, match="8-pixel patches"):
         check([wrong_patch], backbone)
@@ -420,14 +418,30 @@ _QUESTION_KINDS = {
 }
 _SIDE_QUESTION = re.compile(
     r"answer en is the (\w+) object in the "
-    r"(?:left half or the right half|top half or the bottom half)\n"
+    r"(left half or the right half|top half or the bottom half)\n"
 )
+_COLOR_AT_SIDE_QUESTION = re.compile(
+    r"answer en what colour is the object in the (left|right|top|bottom) "
+    r"half\n"
+)
+# Which named colour is the larger (smaller) of two, the largest
+# (smallest) of three.
 _LARGER_QUESTION = re.compile(
-    r"answer en which is larger the (\w+) shape or the (\w+) shape\n"
+    r"answer en which is (larger|smaller) the (\w+) shape or the (\w+) "
+    r"shape\n"
+    r"|answer en which is the (largest|smallest) the (\w+) shape the (\w+) "
+    r"shape or the (\w+) shape\n"
+)
+# Multiple choice in generic words, answered with an option's letter.
+_OPTIONS_QUESTION = re.compile(
+    r"answer en choose the (colour of the object|shape of the object"
+    r"|larger one|smaller one|largest one|smallest one) "
+    r"a: (\w+) b: (\w+)(?: c: (\w+))?\n"
 )
 _BIGGER_CAPTION = re.compile(r"the (\w+) shape is bigger than the (\w+) shape")
 _PLACED = re.compile(r"(an?) (\w+) (\w+) (on|at) the (\w+)")
 _SINGLE_CAPTION = re.compile(r"(an?) (?:(small|big) )?(\w+) (\w+)")
+_EXTREMES = {"larger": max, "largest": max, "smaller": min, "smallest": min}
 
 
 def _check_article(article, word):
@@ -435,18 +449,18 @@ def _check_article(article, word):
 
 
 def _check_caption(image, caption, patch):
-    """Checks a caption against the pixels; returns its number of objects."""
+    """Checks a caption against the pixels: `(objects, what it tells)`."""
     words = caption.split()
     if words[0] in ("digit", "handwritten"):
         assert len(words) == 2 and words[1] in generated.NUMBER_WORDS
-        return 1
+        return 1, words[0]
     if words[0] in generated.NUMBER_WORDS:
         count = generated.NUMBER_WORDS.index(words[0])
         assert words[1:] == ["shape" if count == 1 else "shapes"], caption
-        return count
+        return count, "count"
     if match := _BIGGER_CAPTION.fullmatch(caption):
         _check_larger(image, *match.groups())
-        return 2
+        return 2, "bigger"
     if " and " in caption:
         sides = []
         for phrase in caption.split(" and "):
@@ -460,7 +474,7 @@ def _check_caption(image, caption, patch):
             assert _in_half(mask, side), caption
             sides.append(side)
         assert OPPOSITE[sides[0]] == sides[1], caption
-        return 2
+        return 2, "placed"
     match = _SINGLE_CAPTION.fullmatch(caption)
     assert match, caption
     article, size_word, color, shape = match.groups()
@@ -468,32 +482,130 @@ def _check_caption(image, caption, patch):
     r = _check_single(image, color, shape)
     if size_word:
         _check_size_word(size_word, r, patch)
-    return 1
+    return 1, "single"
+
+
+def _sized_objects(image, patch):
+    """`{colour: (radius, pixels)}` of 2-3 shapes of clearly different
+    sizes, one colour each and all the foreground."""
+    colors = _pictured_colors(image)
+    # Three sizes far enough apart fit only a cell of 16 pixels or more.
+    assert len(colors) in ((2, 3) if patch >= 16 else (2,)), colors
+    mask = np.zeros(image.shape[:2], bool)
+    sizes = {}
+    for color in colors:
+        own = _color_mask(image, color)
+        sizes[color] = _radius(own), int(own.sum())
+        mask |= own
+    assert np.array_equal(mask, _foreground(image))
+    # Every shape is larger than the next by its radius and its pixels, so
+    # "larger" means one thing whatever the shapes are.
+    radii = sorted(r for r, _ in sizes.values())
+    assert len(set(radii)) == len(radii), sizes
+    assert sorted(sizes.values()) == sorted(
+        sizes.values(), key=lambda size: size[1]
+    ), sizes
+    assert len({pixels for _, pixels in sizes.values()}) == len(sizes), sizes
+    return sizes
+
+
+def _extreme(sizes, word):
+    """The colour `word` ("larger", "smallest", ...) names in `sizes`."""
+    return _EXTREMES[word](sizes, key=lambda color: sizes[color][0])
+
+
+def _check_larger_question(image, match, answer, patch):
+    """A larger/smaller question on two named colours, largest/smallest
+    on three: the answer is the named colour of that size."""
+    groups = [g for g in match.groups() if g is not None]
+    word, named = groups[0], groups[1:]
+    assert len(named) == (2 if word in ("larger", "smaller") else 3), groups
+    assert len(set(named)) == len(named), named
+    sizes = _sized_objects(image, patch)
+    assert set(sizes) == set(named), (named, sizes)
+    assert answer == _extreme(sizes, word), (word, named, answer, sizes)
+    return len(named), word
+
+
+def _check_options_question(image, match, answer, patch):
+    """A multiple choice: `answer` is the letter of the option that names
+    the object's colour or shape, or the larger (...) of 2-3 shapes."""
+    question, *options = match.groups()
+    options = [o for o in options if o is not None]
+    assert len(set(options)) == len(options) in (2, 3), options
+    letters = generated.OPTION_LETTERS[: len(options)]
+    assert answer in letters, (answer, letters)
+    chosen = options[letters.index(answer)]
+    if question == "colour of the object":
+        assert set(options) <= set(generated.COLOR_NAMES), options
+        _check_single(image, chosen)
+        return 1, "color"
+    if question == "shape of the object":
+        assert set(options) <= set(generated.SHAPES), options
+        (color,) = _pictured_colors(image)
+        _check_single(image, color, chosen)
+        # No other option is also the picture: one right answer.
+        found = _shapes_matching(_color_mask(image, color))
+        assert not found & (set(options) - {chosen}), (options, found)
+        return 1, "shape"
+    word = question.split()[0]
+    assert len(options) == (2 if word in ("larger", "smaller") else 3)
+    sizes = _sized_objects(image, patch)
+    target = _extreme(sizes, word)
+    if set(options) <= set(generated.COLOR_NAMES):
+        assert set(options) == set(sizes), (options, sizes)
+        assert chosen == target, (word, options, answer, sizes)
+        return len(options), "size by color"
+    assert set(options) <= set(generated.SHAPES), options
+    # Options named by shape: every way of matching the options to the
+    # pictured shapes gives the chosen one the size asked for.
+    found = {c: _shapes_matching(_color_mask(image, c)) for c in sizes}
+    matchings = [
+        dict(zip(options, colors, strict=True))
+        for colors in itertools.permutations(sizes)
+        if all(o in found[c] for o, c in zip(options, colors, strict=True))
+    ]
+    assert matchings, (options, found)
+    for matching in matchings:
+        assert matching[chosen] == target, (word, options, answer, found)
+    return len(options), "size by shape"
 
 
 def _check_pretraining_example(image, prompt, answer, patch):
-    """Checks one example of the mixture or a probe against its pixels."""
+    """Checks one example of the mixture or a probe against its pixels:
+    `(kind, variant)`, what it asks."""
     cells = _occupied_cells(image, patch)
     if prompt == generated.CAPTION_PROMPT:
-        expected = _check_caption(image, answer, patch)
+        expected, variant = _check_caption(image, answer, patch)
         kind = "caption"
     elif match := _SIDE_QUESTION.fullmatch(prompt):
-        (color,) = match.groups()
-        horizontal = "left half" in prompt
+        color, halves = match.groups()
+        horizontal = halves.startswith("left")
         assert answer in (
             ("left", "right") if horizontal else ("top", "bottom")
         )
-        _check_sides(image, color, answer)
-        expected, kind = 2, "relation"
+        if len(_pictured_colors(image)) == 1:
+            # Where the only object lies.
+            _check_single(image, color)
+            assert _in_half(_color_mask(image, color), answer), (color, answer)
+            expected, kind, variant = 1, "side", "single"
+        else:
+            _check_sides(image, color, answer)
+            expected, kind, variant = 2, "relation", "side"
+    elif match := _COLOR_AT_SIDE_QUESTION.fullmatch(prompt):
+        (side,) = match.groups()
+        assert answer in generated.COLOR_NAMES, answer
+        _check_sides(image, answer, side)
+        expected, kind, variant = 2, "relation", "color"
     elif match := _LARGER_QUESTION.fullmatch(prompt):
-        first, second = match.groups()
-        assert answer in (first, second)
-        smaller = second if answer == first else first
-        _check_larger(image, answer, smaller)
-        expected, kind = 2, "larger"
+        expected, variant = _check_larger_question(image, match, answer, patch)
+        kind = "larger"
+    elif match := _OPTIONS_QUESTION.fullmatch(prompt):
+        expected, variant = _check_options_question(image, match, answer, patch)
+        kind = "options"
     else:
         kind = _QUESTION_KINDS[prompt]
-        expected = 1
+        expected, variant = 1, None
         if kind == "count":
             expected = generated.NUMBER_WORDS.index(answer)
         elif kind == "color":
@@ -506,7 +618,13 @@ def _check_pretraining_example(image, prompt, answer, patch):
         else:
             assert kind == "digit" and answer in generated.NUMBER_WORDS
     assert len(cells) == expected, (prompt, answer)
-    return kind
+    return kind, variant
+
+
+def _sizes_asked(patch):
+    """What a larger question asks: of three only where three fit."""
+    words = {"larger", "smaller"}
+    return words | ({"largest", "smallest"} if patch >= 16 else set())
 
 
 @pytest.mark.parametrize("image_size, patch_size", GRIDS)
@@ -517,15 +635,26 @@ def test_pretraining_mixture_lies_in_cells_and_tells_the_truth(
         300, image_size, seed=4, patch_size=patch_size
     )
     assert data["images"].shape == (300, image_size, image_size, 3)
-    kinds = collections.Counter(
+    asked = collections.Counter(
         _check_pretraining_example(image, prompt, answer, patch_size)
         for image, prompt, answer in zip(
             data["images"], data["prompts"], data["responses"], strict=True
         )
     )
-    assert set(kinds) == {"caption", "relation", "larger"} | set(
-        generated.PRETRAINING_QUESTIONS
-    )
+    # Every kind of question and caption of the design, and nothing else.
+    expected = {(kind, None) for kind in generated.PRETRAINING_QUESTIONS}
+    expected |= {
+        ("caption", told)
+        for told in ("digit", "handwritten", "count", "bigger", "placed")
+    }
+    expected |= {("caption", "single"), ("side", "single")}
+    expected |= {("relation", "side"), ("relation", "color")}
+    expected |= {("larger", word) for word in _sizes_asked(patch_size)}
+    expected |= {
+        ("options", what)
+        for what in ("color", "shape", "size by color", "size by shape")
+    }
+    assert set(asked) == expected, dict(asked)
 
 
 @pytest.mark.parametrize("image_size, patch_size", GRIDS)
@@ -535,14 +664,22 @@ def test_perception_probe_lies_in_cells(perception, image_size, patch_size):
         perception, 30, image_size, seed=5, patch_size=patch_size
     )
     assert probe["images"].shape == (30, image_size, image_size, 3)
-    kinds = {
+    asked = {
         _check_pretraining_example(image, prompt, answer, patch_size)
         for image, prompt, answer in zip(
             probe["images"], probe["prompts"], probe["responses"], strict=True
         )
     }
-    # Questions only, of the probe's one perception.
-    assert kinds == {"digit" if "digit" in perception else perception}
+    # Questions only, of the probe's one perception: "relation" where a
+    # named colour of two lies, "larger" which named colour is the larger
+    # (...), "options" the letter of the larger (...) shape.
+    kind = "digit" if "digit" in perception else perception
+    variants = {
+        "relation": {"side"},
+        "larger": _sizes_asked(patch_size),
+        "options": {"size by color", "size by shape"},
+    }.get(kind, {None})
+    assert asked == {(kind, variant) for variant in variants}
     again = generated.perception_probe(
         perception, 30, image_size, seed=5, patch_size=patch_size
     )

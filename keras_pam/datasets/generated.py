@@ -191,7 +191,8 @@ def _objects_in_cells(rng, grid, cells, radius=_SCENE_RADIUS, colors=None):
 
 
 def _single_object(rng, grid, color=None, shapes=SHAPES, radius=None):
-    """One shape whole inside a random cell: `(image, shape, color, r)`."""
+    """One shape whole inside a random cell: `(image, shape, color, r,
+    cell)`."""
     shape = shapes[rng.integers(len(shapes))]
     if color is None:
         color = COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
@@ -201,16 +202,16 @@ def _single_object(rng, grid, color=None, shapes=SHAPES, radius=None):
     image = _render(
         grid.image_size, _background(rng), [(shape, color, cx, cy, r)]
     )
-    return image, shape, color, r
+    return image, shape, color, r, cell
 
 
 def _gen_color(rng, grid):
-    image, _, color, _ = _single_object(rng, grid)
+    image, _, color, _, _ = _single_object(rng, grid)
     return image, COLOR_PROMPT, color
 
 
 def _gen_shape(rng, grid):
-    image, shape, _, _ = _single_object(rng, grid)
+    image, shape, _, _, _ = _single_object(rng, grid)
     return image, SHAPE_PROMPT, shape
 
 
@@ -500,7 +501,7 @@ def _options_prompt(question, options):
 
 def _one_shape(rng, grid, color, shapes=SHAPES):
     """A single shape of the given colour whole inside a random cell."""
-    image, shape, _, _ = _single_object(rng, grid, color, shapes)
+    image, shape, _, _, _ = _single_object(rng, grid, color, shapes)
     return image, shape
 
 
@@ -1094,13 +1095,41 @@ _SIDE_QUESTIONS = {
     True: "is the {} object in the left half or the right half",
     False: "is the {} object in the top half or the bottom half",
 }
-_LARGER_QUESTION = "which is larger the {} shape or the {} shape"
+# The other way round: which object lies in a half.
+_COLOR_AT_SIDE_QUESTION = "what colour is the object in the {} half"
+_LARGER_QUESTIONS = {
+    (2, True): "which is larger the {} shape or the {} shape",
+    (2, False): "which is smaller the {} shape or the {} shape",
+    (3, True): "which is the largest the {} shape the {} shape or the {} shape",
+    (3, False): (
+        "which is the smallest the {} shape the {} shape or the {} shape"
+    ),
+}
+# Multiple choice in the pretraining's own words: the base learns to answer
+# with the letter of the option that names what it perceives.
+_OPTIONS_QUESTIONS = {
+    "color": "choose the colour of the object",
+    "shape": "choose the shape of the object",
+    (2, True): "choose the larger one",
+    (2, False): "choose the smaller one",
+    (3, True): "choose the largest one",
+    (3, False): "choose the smallest one",
+}
 
-# The perceptions of the base (`PERCEPTIONS`), each drawn by one kind of
-# pretraining example, and their shares of the mixture. Binding a name to a
-# place ("relation") costs a small ViT the most steps, so it gets the
-# largest share.
-PERCEPTIONS = ("color", "shape", "size", "count", "relation", "digit", "larger")
+# The perceptions of the base (`PERCEPTIONS`), each probed on fresh generic
+# questions: "relation" is where a named object of two lies, "options"
+# which option names the larger (smaller) of 2-3 shapes, answered with its
+# letter.
+PERCEPTIONS = (
+    "color",
+    "shape",
+    "size",
+    "count",
+    "relation",
+    "digit",
+    "larger",
+    "options",
+)
 # The two kinds of digit images, probed apart: `digits` reads rendered
 # glyphs, `sklearn_digits` handwritten ones.
 _DIGIT_SOURCES = {
@@ -1115,14 +1144,18 @@ TASK_PERCEPTIONS = {
     "position": "relation",
     "digits": "rendered digit",
     "sklearn_digits": "handwritten digit",
-    "choice": "larger",
+    "choice": "options",
 }
+# The kinds of pretraining examples and their shares of the mixture.
+# Binding a name to a place ("relation") costs a small ViT the most steps,
+# so it gets the largest share.
 _MIXTURE_SHARES = {
-    "single": 0.25,  # Colour, shape and size of one object.
-    "count": 0.12,
-    "digit": 0.20,  # Rendered and handwritten.
-    "relation": 0.25,
-    "larger": 0.18,
+    "single": 0.16,  # Colour, shape, size and side of one object.
+    "count": 0.10,
+    "digit": 0.16,  # Rendered and handwritten.
+    "relation": 0.28,
+    "larger": 0.12,
+    "options": 0.18,
 }
 
 
@@ -1142,17 +1175,19 @@ def _size_word(r, grid):
 
 def _single_example(rng, grid, kind=None):
     r = grid.radius(rng, 0.19, 0.5)
-    image, shape, color, _ = _single_object(rng, grid, radius=r)
+    image, shape, color, _, cell = _single_object(rng, grid, radius=r)
     size_word = _size_word(r, grid)
     if kind is None:
         draw = rng.random()
         kind = (
             "caption"
-            if draw < 0.3
+            if draw < 0.25
             else "color"
-            if draw < 0.5
+            if draw < 0.42
             else "shape"
-            if draw < 0.85 or size_word is None
+            if draw < 0.75
+            else "side"
+            if draw < 0.87 or size_word is None
             else "size"
         )
     if kind == "caption":
@@ -1160,6 +1195,16 @@ def _single_example(rng, grid, kind=None):
         return image, CAPTION_PROMPT, " ".join(w for w in words if w)
     if kind == "size" and size_word is None:
         return _single_example(rng, grid, kind)
+    if kind == "side":
+        # Where the only object lies: the place without the binding.
+        horizontal = bool(rng.random() < 0.5)
+        index = grid.row_column(cell)[1 if horizontal else 0]
+        if abs(index - (grid.cells - 1) / 2) < 0.5:
+            kind = "shape"  # The middle row or column of an odd grid.
+        else:
+            question = _SIDE_QUESTIONS[horizontal].format(color)
+            side = grid.side(cell, horizontal)
+            return image, VQA_PREFIX + question + "\n", side
     answer = {"color": color, "shape": shape, "size": size_word}[kind]
     return image, _question(rng, kind), answer
 
@@ -1198,17 +1243,19 @@ def _digit_example(rng, grid, handwritten_pool, caption=None, source=None):
     return image, _question(rng, "digit"), NUMBER_WORDS[digit]
 
 
-def _relation_example(rng, grid, caption=None):
-    """Two objects in opposite halves: where the named one lies."""
+def _relation_example(rng, grid, kind=None):
+    """Two objects in opposite halves: where the named one lies, or which
+    one lies in a named half."""
     horizontal = bool(rng.random() < 0.5)
     cells = grid.distinct_cells(rng, 2, _opposite_halves(grid, horizontal))
     colors = [COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 2, False)]
     objects = _objects_in_cells(rng, grid, cells, colors=colors)
     image = _render(grid.image_size, _background(rng), objects)
     sides = [grid.side(cell, horizontal) for cell in cells]
-    if caption is None:
-        caption = rng.random() < 0.3
-    if caption:
+    if kind is None:
+        draw = rng.random()
+        kind = "caption" if draw < 0.25 else "side" if draw < 0.75 else "color"
+    if kind == "caption":
         where = "on the" if horizontal else "at the"
         phrases = [
             f"{_object_phrase(shape, color)} {where} {side}"
@@ -1216,33 +1263,81 @@ def _relation_example(rng, grid, caption=None):
         ]
         return image, CAPTION_PROMPT, " and ".join(phrases)
     named = int(rng.integers(2))
+    if kind == "color":
+        question = _COLOR_AT_SIDE_QUESTION.format(sides[named])
+        return image, VQA_PREFIX + question + "\n", colors[named]
     question = _SIDE_QUESTIONS[horizontal].format(colors[named])
     return image, VQA_PREFIX + question + "\n", sides[named]
 
 
-def _larger_example(rng, grid, caption=None):
-    """Two shapes of clearly different sizes: which colour is larger."""
-    radii = [int(r) for r in rng.permutation(_size_levels(grid, 2))]
-    cells = grid.distinct_cells(rng, 2)
-    colors = [COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), 2, False)]
+def _sized_objects(rng, grid, n):
+    """`n` shapes of clearly different sizes (`_size_levels`), each in a
+    cell of its own, in distinct colours and kinds."""
+    radii = [int(r) for r in rng.permutation(_size_levels(grid, n))]
+    cells = grid.distinct_cells(rng, n)
+    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), n, replace=False)]
+    colors = [COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), n, False)]
     objects = [
-        (SHAPES[rng.integers(len(SHAPES))], c, *grid.centre(rng, cell, r), r)
-        for c, cell, r in zip(colors, cells, radii, strict=True)
+        (s, c, *grid.centre(rng, cell, r), r)
+        for s, c, cell, r in zip(shapes, colors, cells, radii, strict=True)
     ]
     image = _render(grid.image_size, _background(rng), objects)
-    larger = colors[int(np.argmax(radii))]
+    return image, shapes, colors, radii
+
+
+def _num_sized(rng, grid):
+    # Three sizes 1.75 times apart do not fit a cell under 16 pixels.
+    return 2 if grid.patch_size < 16 or rng.random() < 0.5 else 3
+
+
+def _larger_example(rng, grid, caption=None):
+    """2-3 shapes of clearly different sizes: which colour is the larger
+    (the smaller, the largest, the smallest)."""
+    n = _num_sized(rng, grid)
+    image, _, colors, radii = _sized_objects(rng, grid, n)
+    larger = bool(rng.random() < 0.5)
     if caption is None:
-        caption = rng.random() < 0.3
+        caption = n == 2 and rng.random() < 0.3
     if caption:
-        smaller = colors[int(np.argmin(radii))]
-        return (
-            image,
-            CAPTION_PROMPT,
-            f"the {larger} shape is bigger than the {smaller} shape",
+        big, small = (
+            colors[int(np.argmax(radii))],
+            colors[int(np.argmin(radii))],
         )
-    order = [int(i) for i in rng.permutation(2)]
-    question = _LARGER_QUESTION.format(colors[order[0]], colors[order[1]])
-    return image, VQA_PREFIX + question + "\n", larger
+        text = f"the {big} shape is bigger than the {small} shape"
+        return image, CAPTION_PROMPT, text
+    target = int(np.argmax(radii) if larger else np.argmin(radii))
+    order = [int(i) for i in rng.permutation(n)]
+    question = _LARGER_QUESTIONS[n, larger].format(*[colors[i] for i in order])
+    return image, VQA_PREFIX + question + "\n", colors[target]
+
+
+def _options_example(rng, grid, kind=None):
+    """Multiple choice in generic words, answered with an option letter:
+    the colour or the shape of one object, or the larger (smaller) of 2-3."""
+    if kind is None:
+        kind = ("color", "shape", "size")[rng.integers(3)]
+    if kind == "size":
+        n = _num_sized(rng, grid)
+        _, shapes, colors, radii = sized = _sized_objects(rng, grid, n)
+        image = sized[0]
+        larger = bool(rng.random() < 0.5)
+        target = int(np.argmax(radii) if larger else np.argmin(radii))
+        names = shapes if rng.random() < 0.5 else colors
+        order = [int(i) for i in rng.permutation(n)]
+        options = [names[i] for i in order]
+        question = _OPTIONS_QUESTIONS[n, larger]
+        answer = OPTION_LETTERS[order.index(target)]
+        return image, _options_prompt(question, options), answer
+    image, shape, color, _, _ = _single_object(rng, grid)
+    names, right = (COLOR_NAMES, color) if kind == "color" else (SHAPES, shape)
+    others = [name for name in names if name != right]
+    n = int(rng.integers(2, 4))
+    picks = [others[i] for i in rng.choice(len(others), n - 1, False)]
+    options = [right] + picks
+    order = [int(i) for i in rng.permutation(n)]
+    options = [options[i] for i in order]
+    answer = OPTION_LETTERS[order.index(0)]
+    return image, _options_prompt(_OPTIONS_QUESTIONS[kind], options), answer
 
 
 def _article(word):
@@ -1311,8 +1406,10 @@ def pretraining_mixture(
             example = _digit_example(rng, grid, train_pool)
         elif kind == "relation":
             example = _relation_example(rng, grid)
-        else:
+        elif kind == "larger":
             example = _larger_example(rng, grid)
+        else:
+            example = _options_example(rng, grid)
         images[i], prompt, response = example
         prompts.append(prompt)
         responses.append(response)
@@ -1335,11 +1432,14 @@ def perception_probe(
     Args:
         perception: str. One of `PERCEPTIONS`: `"color"`, `"shape"`,
             `"size"`, `"count"`, `"relation"` (where a named object of two
-            lies), `"digit"` (rendered and handwritten) or `"larger"`
-            (which of two named shapes is larger); or
+            lies), `"digit"` (rendered and handwritten), `"larger"`
+            (which of 2-3 named shapes is larger or smaller) or
+            `"options"` (the same, as multiple choice answered with the
+            option's letter); or
             `"rendered digit"` / `"handwritten digit"`, the two halves of
             `"digit"` apart (the perceptions of `digits` and
-            `sklearn_digits`).
+            `sklearn_digits`), or `"color at side"`, the colour of the one
+            of two objects that lies in a named half.
         num_examples: int. Number of examples.
         image_size: int. Image side. Defaults to `64`.
         seed: int. Random seed. Defaults to `0`.
@@ -1357,7 +1457,7 @@ def perception_probe(
     print(probe["prompts"][0], probe["responses"][0])
     ```
     """
-    known = PERCEPTIONS + tuple(_DIGIT_SOURCES)
+    known = PERCEPTIONS + tuple(_DIGIT_SOURCES) + ("color at side",)
     if perception not in known:
         raise ValueError(
             f"Unknown perception {perception!r}. Known: {', '.join(known)}."
@@ -1381,9 +1481,13 @@ def perception_probe(
                 rng, grid, test_pool, False, _DIGIT_SOURCES[perception]
             )
         elif perception == "relation":
-            example = _relation_example(rng, grid, caption=False)
-        else:
+            example = _relation_example(rng, grid, "side")
+        elif perception == "color at side":
+            example = _relation_example(rng, grid, "color")
+        elif perception == "larger":
             example = _larger_example(rng, grid, caption=False)
+        else:
+            example = _options_example(rng, grid, "size")
         images[i], prompt, response = example
         prompts.append(prompt)
         responses.append(response)
@@ -1431,8 +1535,13 @@ def vocabulary_texts():
             question = _SIDE_QUESTIONS[horizontal].format(color)
             texts.append(VQA_PREFIX + question + "\n")
         texts.append(VQA_PREFIX + MIX_QUESTION.format(color))
+    for side in SIDES:
+        question = _COLOR_AT_SIDE_QUESTION.format(side)
+        texts.append(VQA_PREFIX + question + "\n")
+    for question in _LARGER_QUESTIONS.values():
+        texts.append(VQA_PREFIX + question.format(*COLOR_NAMES[:3]) + "\n")
+    texts.extend(VQA_PREFIX + q for q in _OPTIONS_QUESTIONS.values())
     for a, b in itertools.permutations(COLOR_NAMES, 2):
-        texts.append(VQA_PREFIX + _LARGER_QUESTION.format(a, b) + "\n")
         texts.append(f"the {a} shape is bigger than the {b} shape")
     for names in (SHAPES, COLOR_NAMES):
         for n in (2, 3):
