@@ -39,6 +39,7 @@ from keras_pam.lora import lora_variables  # noqa: E402
 from keras_pam.models import build_tiny_pali_gemma  # noqa: E402
 
 IMAGE_SIZE = 32
+PATCH_SIZE = 8
 # Relative tolerance of the distributed global adapters: only the order of
 # float32 reductions differs from the single-device run.
 RELATIVE_TOLERANCE = 1e-4
@@ -119,7 +120,12 @@ def main():
     assert len(devices) == 8, devices
     tasks = [
         datasets.make_task(
-            name, num_train=16, num_test=8, image_size=IMAGE_SIZE, seed=i
+            name,
+            num_train=16,
+            num_test=8,
+            image_size=IMAGE_SIZE,
+            seed=i,
+            patch_size=PATCH_SIZE,
         )
         for i, name in enumerate(["color", "shape"])
     ]
@@ -127,6 +133,7 @@ def main():
     causal_lm = build_tiny_pali_gemma(
         texts=datasets.vocabulary_texts(),
         image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
         sequence_length=24,
         # One block per tower has every kind of layer and halves the
         # compilation, which dominates on 2 cores.

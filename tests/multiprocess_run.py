@@ -84,12 +84,17 @@ def main(argv=None):
         keras.distribution.DataParallel(devices=devices)
     )
     preset = shipped_base_preset()
-    image_size = keras_hub.models.PaliGemmaBackbone.from_preset(
+    backbone = keras_hub.models.PaliGemmaBackbone.from_preset(
         preset, load_weights=False
-    ).image_size
+    )
     tasks = [
         datasets.make_task(
-            name, num_train=32, num_test=16, image_size=image_size, seed=i
+            name,
+            num_train=32,
+            num_test=16,
+            image_size=backbone.image_size,
+            seed=i,
+            patch_size=backbone.vit_patch_size,
         )
         for i, name in enumerate(TASK_NAMES)
     ]

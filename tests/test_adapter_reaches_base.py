@@ -29,7 +29,7 @@ def learner():
     return learner
 
 
-@pytest.mark.parametrize("name", ["digits", "choice"])
+@pytest.mark.parametrize("name", ["digits"])
 def test_adapter_reaches_the_base_perception(learner, name):
     backbone = learner.causal_lm.backbone
     grid = dict(

@@ -26,7 +26,7 @@ def small_tasks():
     """Two tasks of one batch each, scored in one batch each."""
     return [
         datasets.make_task(
-            name, num_train=16, num_test=8, image_size=32, seed=i
+            name, num_train=16, num_test=8, image_size=32, seed=i, patch_size=8
         )
         for i, name in enumerate(["color", "shape"])
     ]

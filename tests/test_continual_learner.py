@@ -219,7 +219,9 @@ def test_pam_learns_a_task_above_chance(tiny_preset):
     from keras_pam import datasets
 
     keras.utils.set_random_seed(0)
-    task = datasets.make_task("color", num_train=192, num_test=48, seed=3)
+    task = datasets.make_task(
+        "color", 192, 48, image_size=32, seed=3, patch_size=8
+    )
     learner = ContinualLearner.from_preset(tiny_preset, rank=8, align_every=4)
     learner.compile(optimizer=keras.optimizers.Adam(5e-3))
     report = learner.learn_task(

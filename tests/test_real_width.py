@@ -40,7 +40,7 @@ SEQUENCE_LENGTH = 24
 
 def _task(seed=0, name="color"):
     return datasets.make_task(
-        name, num_train=4, num_test=4, image_size=224, seed=seed
+        name, num_train=4, num_test=4, image_size=224, seed=seed, patch_size=14
     )
 
 

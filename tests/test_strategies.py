@@ -490,7 +490,7 @@ def test_multitask_trains_once_on_the_union_of_all_tasks(
     tiny_preset, two_tasks
 ):
     third = keras_pam.datasets.make_task(
-        "count", num_train=16, num_test=16, image_size=32, seed=2
+        "count", num_train=16, num_test=16, image_size=32, seed=2, patch_size=8
     )
     tasks = [*two_tasks, third]
     strategy = RecordingMultitask(num_tasks=3)
