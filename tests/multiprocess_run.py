@@ -23,7 +23,9 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "jax"
 
-TASK_NAMES = ("color", "count")
+# Tasks the shipped base does not answer yet: their gradients are far
+# above float32's rounding, so two processes' sums of them agree closely.
+TASK_NAMES = ("position", "choice")
 
 
 def parse_args(argv):

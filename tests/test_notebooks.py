@@ -45,7 +45,7 @@ SMOKE_TASKS = {name: None for name in IMAGE_NOTEBOOKS}
 SMOKE_TASKS[VIDEO_NOTEBOOK] = ["MSVD-QA", "MSRVTT-QA", "ActivityNet-QA"]
 # What each notebook prints in smoke mode besides the common lines.
 SMOKE_PRINTS = {name: () for name in IMAGE_NOTEBOOKS}
-SMOKE_PRINTS[VIDEO_NOTEBOOK] = ("clips of 2 frames", "(2, 32, 32, 3)")
+SMOKE_PRINTS[VIDEO_NOTEBOOK] = ("clips of 2 frames", "(2, 64, 64, 3)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 jax_only = pytest.mark.skipif(
