@@ -102,13 +102,25 @@ def _settings(
     }
 
 
-def _chunking(steps, batch_size, num_examples, chunk_steps):
-    """`(num_examples, chunk_steps)` of a build, defaults filled in."""
+def _build_settings(
+    steps, batch_size, learning_rate, num_examples, seed, config, chunk_steps
+):
+    """A build's checked settings, the chunking's defaults filled in."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"`steps` must be an int >= 1. Received: {steps!r}")
     if chunk_steps is None:
         chunk_steps = min(DEFAULT_CHUNK_STEPS, steps)
     if num_examples is None:
         num_examples = chunk_steps * batch_size
-    return num_examples, chunk_steps
+    return _settings(
+        steps,
+        batch_size,
+        learning_rate,
+        num_examples,
+        seed,
+        config,
+        chunk_steps,
+    )
 
 
 def _read_metadata(directory):
@@ -494,12 +506,7 @@ def pretrain_tiny_base(
 
     from keras_pam import datasets
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an int >= 1. Received: {steps!r}")
-    num_examples, chunk_steps = _chunking(
-        steps, batch_size, num_examples, chunk_steps
-    )
-    settings = _settings(
+    settings = _build_settings(
         steps,
         batch_size,
         learning_rate,
@@ -507,6 +514,10 @@ def pretrain_tiny_base(
         seed,
         config,
         chunk_steps,
+    )
+    num_examples, chunk_steps = (
+        settings["num_examples"],
+        settings["chunk_steps"],
     )
     checkpoint = (
         None if checkpoint_dir is None else _BuildCheckpoint(checkpoint_dir)
@@ -716,12 +727,7 @@ def tiny_base_preset(
     """
     if not isinstance(name, str) or not name or os.sep in name:
         raise ValueError(f"`name` must be a folder name. Received: {name!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an int >= 1. Received: {steps!r}")
-    num_examples, chunk_steps = _chunking(
-        steps, batch_size, num_examples, chunk_steps
-    )
-    settings = _settings(
+    settings = _build_settings(
         steps,
         batch_size,
         learning_rate,
@@ -729,6 +735,10 @@ def tiny_base_preset(
         seed,
         config,
         chunk_steps,
+    )
+    num_examples, chunk_steps = (
+        settings["num_examples"],
+        settings["chunk_steps"],
     )
     if output is None:
         output = os.path.join(keras_pam_home(home), "presets", name)
