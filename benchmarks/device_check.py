@@ -1,22 +1,21 @@
-"""The GPU check of issue 19 (item 6) in one command, under a time budget.
+"""The GPU figures in one command, under a time budget.
 
-Run on a GPU machine (the device tool's `run`, from the repository root;
-its image has JAX, PyTorch, transformers and peft but no Keras, KerasHub
-or TensorFlow, so Keras and KerasHub travel as wheels in `.whl`, see
-"Wheels" below):
+On a GPU machine with the project installed, from the repository root:
+
+    KERAS_BACKEND=jax python benchmarks/device_check.py
+    KERAS_BACKEND=jax python benchmarks/device_check.py --smoke \\
+        --output /tmp/device_check     # reduced, on a CPU, ~5 minutes
+
+On a GPU image that has JAX, PyTorch, transformers and peft but no Keras,
+KerasHub or TensorFlow, install Keras and KerasHub from wheels made
+beforehand in `.whl` (see "Wheels" below; TensorFlow is not needed, see
+"TensorFlow" below), then run it on a budget of 8 minutes:
 
     python3 -m pip install -q --no-index --no-deps --no-compile \\
         --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \\
         && export PYTHONPATH=/tmp/site || exit
     KERAS_BACKEND=jax PYTHONUNBUFFERED=1 python3 benchmarks/device_check.py \\
         --budget-seconds 480
-
-with `timeout_s` 600 and `carry` [".whl"]. Anywhere else (a GPU machine
-with the project installed):
-
-    KERAS_BACKEND=jax python benchmarks/device_check.py
-    KERAS_BACKEND=jax python benchmarks/device_check.py --smoke \\
-        --output /tmp/device_check     # reduced, on a CPU, ~5 minutes
 
 Phases, each in its own child process (so each has its own device-memory
 peak and host peak RSS, and a hung phase is killed at its time limit):
@@ -55,9 +54,9 @@ not preallocate here: `XLA_PYTHON_CLIENT_PREALLOCATE=false`) and
 (`ru_maxrss`). On a CPU, JAX reports no device memory.
 
 TensorFlow: `keras_pam` imports it at module level (`run_folder.py` and
-`checkpoint.py`, for `tf.io.gfile`), KerasHub and the code timed here do
-not need it, and its wheel (~600 MB) cannot travel to the device machine
-(64 MiB). Where it is not installed, this script imports `keras_pam`
+`checkpoint.py`, for `tf.io.gfile`), but KerasHub and the code timed here
+do not need it, so a GPU image need not install its wheel (~600 MB).
+Where it is not installed, this script imports `keras_pam`
 with a placeholder `tensorflow` module (after Keras and KerasHub, which
 then see no TensorFlow), removed right after; any use of it raises. Run
 folders and tf.data inputs are therefore not exercised there.
@@ -367,6 +366,7 @@ def time_fits(model, batch, args, callbacks_fn):
 
 
 def phase_keras_pam(args):
+    import common
     import keras
     import numpy as np
 
@@ -396,7 +396,9 @@ def phase_keras_pam(args):
         ]
 
     try:
-        info.update(time_fits(learner, batch, args, callbacks))
+        info.update(
+            time_fits(common.plain_fit(learner), batch, args, callbacks)
+        )
     finally:
         if learner.in_step_update is not None:
             learner.in_step_update.stop()

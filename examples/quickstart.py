@@ -6,9 +6,10 @@ Run it with:
 
 Nothing is downloaded: the tiny pretrained PaliGemma ships with keras_pam
 (a KerasHub preset directory, `keras_pam.models.shipped_base_preset()`),
-and the two tasks are generated. It takes under a minute on two CPU cores
-and prints each task's line, the accuracy matrix and the paper's five
-metrics, and saves the matrix as a heatmap.
+and the two tasks are generated. It prints each task's line, the accuracy
+matrix and the paper's five metrics, and saves the matrix as a heatmap.
+Most of its time goes to compiling the first task's step; docs/quickstart.md
+shows a run's output with each task's time.
 """
 
 import keras

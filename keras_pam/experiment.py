@@ -88,16 +88,29 @@ def _format_metric(value):
 def format_table(metrics_by_method):
     """The side-by-side table of the paper's metrics, in percent.
 
+    `ContinualReport.metrics` holds fractions in [0, 1] (BWT and FWT as
+    fraction differences); the table multiplies every value by 100, so
+    ACC 0.586 reads 58.60 and BWT -0.041 reads -4.10 (points), and its
+    header says `(%)`. Also `keras_pam.format_table`.
+
     Args:
         metrics_by_method: dict. Method name to its metrics dict (`acc`,
-            `bwt`, `fwt`, `a_t`, `a_m`; a missing metric is left blank).
+            `bwt`, `fwt`, `a_t`, `a_m`, as fractions; a missing metric is
+            left blank).
 
     Returns:
         The table as str.
+
+    Example:
+    ```python
+    report = learner.evaluate_all()
+    print(keras_pam.format_table({"pam": report.metrics}))
+    ```
     """
-    width = max([6] + [len(m) for m in metrics_by_method]) + 2
+    label = "method (%)"
+    width = max([len(label)] + [len(m) for m in metrics_by_method]) + 2
     lines = [
-        "method".ljust(width) + "".join(h.rjust(8) for _, h in METRIC_COLUMNS)
+        label.ljust(width) + "".join(h.rjust(8) for _, h in METRIC_COLUMNS)
     ]
     for method, metrics in metrics_by_method.items():
         metrics = metrics or {}

@@ -153,8 +153,19 @@ class ContinualReport:
         pre_merge: np.ndarray. Accuracy on each learned task before its
             merge (NaN without eval data).
         metrics: dict. `acc`, `bwt`, `fwt`, `a_t`, `a_m` over the learned
-            tasks, or `None` when a learned task has no eval data.
+            tasks, or `None` when a learned task has no eval data. All are
+            fractions in [0, 1]; BWT/FWT as fraction differences (in
+            [-1, 1], `-0.041` is 4.1 points of forgetting). The CLI's
+            tables and `keras_pam.format_table` print them x 100, in
+            upper case (`ACC`, `A_t`, ...).
         task_reports: list of `TaskReport`.
+
+    Example:
+    ```python
+    report = learner.evaluate_all()
+    report.metrics["acc"]  # 0.586: a fraction, 58.6 %.
+    print(keras_pam.format_table({"pam": report.metrics}))  # In percent.
+    ```
     """
 
     task_names: list
