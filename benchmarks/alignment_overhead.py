@@ -83,6 +83,7 @@ def fitter(learner, batch, steps, batch_size, every, cpu_seconds):
     x = {k: np.concatenate([v] * steps) for k, v in x.items()}
     y = np.concatenate([y] * steps)
     sample_weight = np.concatenate([sample_weight] * steps)
+    fitted = common.plain_fit(learner)
     aligners = []
 
     def run():
@@ -102,7 +103,7 @@ def fitter(learner, batch, steps, batch_size, every, cpu_seconds):
             callbacks.insert(0, aligner)
         cpu_start = time.process_time()
         seconds = common.timed_fit(
-            learner, x, y, sample_weight, batch_size, callbacks
+            fitted, x, y, sample_weight, batch_size, callbacks
         )
         cpu_seconds.append(time.process_time() - cpu_start)
         return seconds

@@ -83,6 +83,19 @@ def timed(fn, *args, **kwargs):
     return time.perf_counter() - start, result
 
 
+def plain_fit(learner):
+    """What a benchmark fits for a `keras_pam.ContinualLearner`: Keras's
+    plain `fit` of it (`LoRAModel.fit`, the one `learn_task` runs), as an
+    object with that `fit`. The learner's own `fit` refuses (it points to
+    `learn_task`); the benchmarks time the train step alone."""
+    import functools
+    import types
+
+    from keras_pam.lora_model import LoRAModel
+
+    return types.SimpleNamespace(fit=functools.partial(LoRAModel.fit, learner))
+
+
 def timed_fit(model, x, y, sample_weight, batch_size, callbacks=None):
     """Seconds taken by one epoch of `model.fit` over preprocessed arrays,
     in order and silently, as every Keras variant is timed."""

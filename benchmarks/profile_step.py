@@ -79,7 +79,7 @@ def main():
     x, y, sample_weight = common.tile(batch, args.steps)
 
     def fit():
-        learner.fit(
+        common.plain_fit(learner).fit(
             x,
             y,
             sample_weight=sample_weight,

@@ -1,31 +1,35 @@
 """`ContinualLearner`: continual learning of PaliGemma by aligned merging."""
 
+import collections.abc
 import math
 import time
 
 import keras
 
 from keras_pam import training
-from keras_pam.alignment_config import DEFAULT_ALIGNMENT
 from keras_pam.alignment_config import LEARNER_ARGUMENTS
-from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.evaluation_tasks import EvaluationTasks
 from keras_pam.learner_adapters import LearnerAdaptersMixin
+from keras_pam.learner_preset import LearnerPresetMixin
 from keras_pam.lora import AdapterState
 from keras_pam.lora_model import LoRAModel
 from keras_pam.report import TaskReport
 from keras_pam.run_folder import RunFolderMixin
 from keras_pam.run_record import RunRecord
 from keras_pam.scoring import Scorer
+from keras_pam.strategies import Strategy
 from keras_pam.strategies import TaskContext
 from keras_pam.strategies import strategy_from_arguments
+from keras_pam.strategies import strategy_from_config
 from keras_pam.training import NonFiniteLossError  # noqa: F401 (public)
 from keras_pam.training import initial_adapter
 from keras_pam.training import train_step_key
 
 
 @keras.saving.register_keras_serializable(package="keras_pam")
-class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
+class ContinualLearner(
+    LearnerPresetMixin, LearnerAdaptersMixin, RunFolderMixin, LoRAModel
+):
     """Teach a PaliGemma a sequence of tasks by aligned LoRA merging (PAM).
 
     The learner wraps a `keras_hub.models.PaliGemmaCausalLM` with LoRA on
@@ -41,6 +45,25 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
     trains under `keras.distribution` (JAX), on an int8 base
     (`quantize="int8"`) or a bfloat16 one: see the README's "Bigger models".
 
+    A task is learned with `learn_task`, not with Keras's `fit`: `fit`
+    would train the adapter the model holds with no alignment, merge or
+    row of the accuracy matrix, so the learner's `fit` raises a
+    `TypeError` that names `learn_task`. `learn_task` runs Keras's `fit`
+    itself (`keras_pam.lora_model.LoRAModel.fit`, the parent's); a plain
+    Keras `fit` of the held adapter, e.g. to time the train step, is
+    `LoRAModel.fit(learner, x, y, ...)`.
+
+    Every evaluation task is registered before the first `learn_task`
+    (`eval_tasks=`, as Keras takes `validation_data`, or `add_eval_task`):
+    the accuracy matrix needs each task's accuracy before it is learned
+    (FWT), so a task registered later is refused.
+
+    `save_to_preset(preset_dir)` writes the base as a KerasHub preset
+    with the global adapter and the learner's settings, and
+    `ContinualLearner.from_preset(preset_dir)` gives the learner back (see
+    `keras_pam.learner_preset`); `run_dir` checkpoints a whole run for
+    `resume`.
+
     Args:
         causal_lm: `keras_hub.models.PaliGemmaCausalLM`. The model, with its
             preprocessor. LoRA is enabled on it unless it already is.
@@ -51,8 +74,12 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
             `merge="average"` the Average baseline. Defaults to `True`.
         p, align_every, reinit, scope, align_first_task, reset_moments:
             PAM's settings: `keras_pam.AlignmentConfig`'s `p`, `every`,
-            `reinit`, `scope`, `align_first_task`, `reset_moments`, with
-            its defaults.
+            `reinit`, `scope`, `align_first_task`, `reset_moments`. With a
+            `Strategy` object, set them on the object: one given here that
+            the object sets otherwise raises a `ValueError` (it would be
+            ignored). Default to `None`: a strategy object's own, else
+            `AlignmentConfig`'s defaults (`0.5`, `100`, `"global"`,
+            `"tensor"`, `True`, `False`).
         merge: str or callable. Without `strategy`: a name of
             `keras_pam.merging.MERGE_FUNCTIONS` or a function of
             `[global, temporary]`; `None` keeps the temporary adapter
@@ -61,6 +88,16 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
             name (`keras_pam.strategies.STRATEGY_NAMES`, or composed, as
             `"er+pam"`) or as an object; `align` and `merge` must then keep
             their defaults. Defaults to `None`: from `align` and `merge`.
+        num_tasks: int. The length of the task sequence, for a named
+            method that needs it (`"olora"`: room for that many LoRAs;
+            `"multitask"`: the task at which it trains); with a strategy
+            object, set it on the object (`OLoRA(num_tasks=6)`). Defaults
+            to `None`.
+        eval_tasks: dict of task name to test split (dict,
+            `tf.data.Dataset` or generator). The tasks scored after every
+            learned task, registered before anything trains, in order
+            (`add_eval_task` each). Like Keras's `validation_data`, data,
+            not a setting: `get_config` leaves it out. Defaults to `None`.
         target_layer_names: list of str. Layers to adapt. Defaults to
             `None`: `keras_pam.lora.PALI_GEMMA_LORA_TARGETS`.
         eval_batch_size: int. Batch size of scoring. Defaults to `32`.
@@ -80,10 +117,16 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
     Example:
     ```python
     causal_lm = keras_pam.models.build_tiny_pali_gemma()
-    learner = keras_pam.ContinualLearner(causal_lm, rank=4, align_every=5)
-    learner.add_eval_task("colour", colour_test)
-    report = learner.learn_task(colour_train, name="colour", epochs=2)
+    learner = keras_pam.ContinualLearner(
+        causal_lm,
+        rank=4,
+        align_every=5,
+        eval_tasks={"colour": colour_test, "shape": shape_test},
+    )
+    learner.learn_task(colour_train, name="colour", epochs=2)
+    learner.learn_task(shape_train, name="shape", epochs=2)
     learner.evaluate_all().metrics
+    learner.save_to_preset("pam_learner")
     ```
     """
 
@@ -93,14 +136,16 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         rank=32,
         alpha=None,
         align=True,
-        p=DEFAULT_ALIGNMENT.p,
-        align_every=DEFAULT_ALIGNMENT.every,
-        reinit=DEFAULT_ALIGNMENT.reinit,
-        scope=DEFAULT_ALIGNMENT.scope,
-        align_first_task=DEFAULT_ALIGNMENT.align_first_task,
-        reset_moments=DEFAULT_ALIGNMENT.reset_moments,
+        p=None,
+        align_every=None,
+        reinit=None,
+        scope=None,
+        align_first_task=None,
+        reset_moments=None,
         merge="average",
         strategy=None,
+        num_tasks=None,
+        eval_tasks=None,
         target_layer_names=None,
         eval_batch_size=32,
         max_answer_tokens=None,
@@ -110,7 +155,7 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         **kwargs,
     ):
         # Checked before the model changes.
-        alignment = AlignmentConfig.from_learner_arguments(
+        settings = _given(
             p=p,
             align_every=align_every,
             reinit=reinit,
@@ -118,11 +163,15 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
             align_first_task=align_first_task,
             reset_moments=reset_moments,
         )
-        built = strategy_from_arguments(strategy, alignment, align, merge)
+        built, alignment = strategy_from_arguments(
+            strategy, settings, align, merge, num_tasks
+        )
+        eval_tasks = _check_eval_tasks(eval_tasks)
         super().__init__(
             causal_lm, rank, alpha, target_layer_names, quantize, **kwargs
         )
         self._set_strategy(built, strategy, align, merge, alignment)
+        self.num_tasks = num_tasks
         self.eval_batch_size = eval_batch_size
         self.max_answer_tokens = max_answer_tokens
         self._enabled_state = AdapterState.from_model(causal_lm)
@@ -133,6 +182,7 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         # the learner cannot be `reset` for another run.
         self._strategy_changed_model = len(causal_lm.weights) != num_weights
         self.compile()
+        self._add_eval_tasks(eval_tasks)
         self.open_run_dir(run_dir)
 
     def _set_strategy(self, built, strategy, align, merge, alignment):
@@ -143,6 +193,11 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         for name, value in alignment.to_learner_arguments().items():
             setattr(self, name, value)
         self.strategy_name = strategy if isinstance(strategy, str) else None
+        self._strategy_is_object = isinstance(strategy, Strategy)
+
+    def _add_eval_tasks(self, eval_tasks):
+        for name, eval_data in eval_tasks.items():
+            self.add_eval_task(name, eval_data)
 
     def _start_run(self, seed):
         """A fresh run: the initial adapter of `seed`, no tasks or records,
@@ -168,6 +223,8 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         optimizer=None,
         align=True,
         merge="average",
+        num_tasks=None,
+        eval_tasks=None,
         **alignment,
     ):
         """Start a new run on this learner's model, keeping what it compiled.
@@ -180,11 +237,12 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         depend on the runs before it.
 
         Args:
-            strategy, align, merge, seed, run_dir: as in the constructor.
+            strategy, align, merge, num_tasks, eval_tasks, seed, run_dir:
+                as in the constructor.
             optimizer: `keras.optimizers.Optimizer`. One with other settings
                 than the current one recompiles. Defaults to `None` (keep).
             **alignment: the constructor's alignment settings; those not
-                given take the defaults.
+                given take a strategy object's own, or the defaults.
 
         Example:
         ```python
@@ -194,14 +252,17 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
             ...  # add_eval_task, learn_task, evaluate_all
         ```
         """
-        alignment = AlignmentConfig.from_learner_arguments(**alignment)
+        # Checked before anything changes.
+        built, alignment = strategy_from_arguments(
+            strategy, _given(**alignment), align, merge, num_tasks
+        )
+        eval_tasks = _check_eval_tasks(eval_tasks)
         if self._strategy_changed_model:
             raise ValueError(
                 f"The learner's strategy {self.strategy.name!r} added "
                 "weights to the model: build a new learner instead of "
                 "resetting this one."
             )
-        built = strategy_from_arguments(strategy, alignment, align, merge)
         if built.adds_weights:
             raise ValueError(
                 f"The strategy {built.name!r} adds weights to the model (as "
@@ -209,6 +270,7 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
                 "`reset`ting this one."
             )
         self._set_strategy(built, strategy, align, merge, alignment)
+        self.num_tasks = num_tasks
         if optimizer is not None and not training.same_optimizer(
             self.optimizer, optimizer
         ):
@@ -217,8 +279,31 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         training.refresh_tokenizer(self.causal_lm)
         training.reset_optimizer(self.optimizer, self.trainable_variables)
         self._start_run(seed)
+        self._add_eval_tasks(eval_tasks)
         self.open_run_dir(run_dir)
         return self
+
+    def fit(self, *args, **kwargs):
+        """Refused: a continual learner learns a task with `learn_task`.
+
+        Keras's `fit` on the learner would train the adapter the model
+        holds with no alignment, merge or row of the accuracy matrix.
+        `learn_task` calls the parent's `fit` itself; call that,
+        `keras_pam.lora_model.LoRAModel.fit(learner, ...)`, for a plain
+        Keras `fit` (e.g. to time the train step).
+
+        Raises:
+            TypeError: always.
+        """
+        raise TypeError(
+            "`ContinualLearner.fit` is not how a continual learner "
+            "trains: it would fit the adapter the model holds with no "
+            "alignment, merge or row of the accuracy matrix. Call "
+            "`learner.learn_task(train_data, name=..., epochs=..., "
+            "batch_size=...)` for each task of the stream. (A plain Keras "
+            "`fit` of the held adapter, e.g. to time the train step, is "
+            "`keras_pam.lora_model.LoRAModel.fit(learner, ...)`.)"
+        )
 
     def extra_loss(self, x, y, y_pred, sample_weight):
         return self.strategy.extra_loss(x, y, y_pred, sample_weight)
@@ -231,20 +316,44 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
     def add_eval_task(self, name, eval_data):
         """Register a task to evaluate after every learned task.
 
-        Register tasks before learning them to measure forward transfer:
-        FWT needs each task's accuracy before it is learned.
+        Every evaluation task is registered before the first `learn_task`
+        (or given as the constructor's `eval_tasks`): the accuracy matrix
+        needs each task's accuracy after every learned task, the ones
+        before it is learned included (FWT). A task registered after a
+        task was learned is refused. `resume` registers a run's tasks
+        again before it restores the run's state.
 
         Args:
             name: str. The task's name; the same name in `learn_task` makes
                 its row and column line up.
             eval_data: dict, `tf.data.Dataset` or generator. Its test split
                 (a dataset is streamed at every scoring).
+
+        Raises:
+            ValueError: the name is registered already, or a task has been
+                learned.
+
+        Example:
+        ```python
+        for task in tasks:  # All of them, before the first task.
+            learner.add_eval_task(task.name, task.test)
+        ```
         """
+        if name in self.eval_tasks:
+            # A name given twice is that error, before or after learning.
+            self.eval_tasks.add(name, eval_data)
+        learned = self.record.learned
+        if learned:
+            raise ValueError(
+                f"The evaluation task {name!r} is registered after "
+                f"{len(learned)} learned task(s) {learned}: the rows of "
+                "the accuracy matrix before it would miss it, and FWT its "
+                "accuracy before it is learned. Register every evaluation "
+                "task before the first `learn_task`: "
+                "`ContinualLearner(..., eval_tasks={name: test_split, "
+                "...})` or `learner.add_eval_task(name, test_split)`."
+            )
         self.eval_tasks.add(name, eval_data)
-        if self.record.learned:
-            # The zero-shot accuracy is the initial adapter's.
-            zero_shot = self.eval_tasks.score(name, self.initial_state)
-            self.record.zero_shot[name] = zero_shot
 
     def _evaluate_zero_shot(self):
         missing = [n for n in self.eval_tasks if n not in self.record.zero_shot]
@@ -281,8 +390,9 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
                 never read into memory.
             name: str. The task's name. Defaults to `"task_<t>"`.
             eval_data: The task's test split, registered with
-                `add_eval_task` unless the name already is. Defaults to
-                `None`.
+                `add_eval_task` unless the name already is: only before
+                the first task is learned (register later tasks' test
+                splits up front, with `eval_tasks=`). Defaults to `None`.
             epochs: int. Training epochs. Defaults to `None`: `1`, or the
                 recipe's.
             batch_size: int. Training batch size. Defaults to `None`: `8`,
@@ -302,7 +412,8 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
             verbose: passed to `fit`. Defaults to `"auto"`.
             relearn: bool. Allow a learned name (a new row). Defaults to
                 `False`.
-            **fit_kwargs: passed to `fit`.
+            **fit_kwargs: passed to Keras's `fit`, which `learn_task` runs
+                (the learner's own `fit` is refused).
 
         Returns:
             A `TaskReport`.
@@ -412,11 +523,19 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
         merge = self.merge
         if merge is not None and not isinstance(merge, str):
             merge = keras.saving.serialize_keras_object(merge)
+        strategy = self.strategy_name
+        if self._strategy_is_object:
+            # As a run folder records it; the registry rebuilds it.
+            strategy = {
+                "name": self.strategy.name,
+                "config": self.strategy.get_config(),
+            }
         config.update(
             {
                 "align": self.align,
                 **{name: getattr(self, name) for name in LEARNER_ARGUMENTS},
-                "strategy": self.strategy_name,
+                "strategy": strategy,
+                "num_tasks": self.num_tasks,
                 "merge": merge,
                 "eval_batch_size": self.eval_batch_size,
                 "max_answer_tokens": self.max_answer_tokens,
@@ -432,4 +551,26 @@ class ContinualLearner(LearnerAdaptersMixin, RunFolderMixin, LoRAModel):
             config["merge"] = keras.saving.deserialize_keras_object(
                 config["merge"]
             )
+        if isinstance(config.get("strategy"), dict):
+            config["strategy"] = strategy_from_config(config["strategy"])
         return super().from_config(config)
+
+
+def _given(**settings):
+    """The settings given, those left at `None` dropped."""
+    return {
+        name: value for name, value in settings.items() if value is not None
+    }
+
+
+def _check_eval_tasks(eval_tasks):
+    """`eval_tasks` as a dict, checked to be a mapping of names."""
+    if eval_tasks is None:
+        return {}
+    if not isinstance(eval_tasks, collections.abc.Mapping):
+        raise TypeError(
+            "`eval_tasks` must be a dict of task name to test split, e.g. "
+            "`{'color': color_test, 'shape': shape_test}`. Received: "
+            f"{type(eval_tasks).__name__}."
+        )
+    return dict(eval_tasks)

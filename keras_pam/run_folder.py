@@ -30,8 +30,10 @@ import tensorflow as tf
 
 from keras_pam import checkpoint
 from keras_pam import processes
+from keras_pam.alignment_config import LEARNER_ARGUMENTS
 from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.run_record import RunRecord
+from keras_pam.strategies import Strategy
 from keras_pam.strategies import parse_name
 from keras_pam.strategies import strategy_from_config
 from keras_pam.task_backup import TaskBackup
@@ -324,6 +326,27 @@ def learner_arguments(config, strategy=None):
     return kwargs, preset
 
 
+def split_recorded_alignment(kwargs):
+    """Pop the alignment settings from `kwargs` when they go with a
+    strategy object, and return them.
+
+    A learner takes a strategy object's own alignment settings and
+    refuses others given beside it; a run folder written before it did
+    may record others than its strategy's. `resume` builds the learner
+    without them and then sets them as recorded, so that its configuration
+    is the folder's.
+
+    Args:
+        kwargs: dict. The learner's keyword arguments (`learner_arguments`).
+
+    Returns:
+        A dict of the popped settings, by the learner's argument names.
+    """
+    if not isinstance(kwargs.get("strategy"), Strategy):
+        return {}
+    return {k: kwargs.pop(k) for k in LEARNER_ARGUMENTS if k in kwargs}
+
+
 def check_same_model(kwargs, preset, learner_config, learner_preset, path):
     """Refuse to continue a run on a learner of another model; pops the
     model settings from `kwargs`."""
@@ -446,6 +469,7 @@ class RunFolderMixin:
                 f"`eval_tasks` lacks the run's evaluation tasks {missing}."
             )
         kwargs, preset = learner_arguments(config, strategy)
+        recorded = split_recorded_alignment(kwargs)
         if learner is not None:
             check_same_model(
                 kwargs,
@@ -466,6 +490,8 @@ class RunFolderMixin:
             kwargs.pop("num_frames", None)  # The given model's own.
             learner = cls(causal_lm, **kwargs)
             learner.preset = preset
+        for name, value in recorded.items():
+            setattr(learner, name, value)
         learner.open_run_dir(run_dir)
         for name in names + [n for n in eval_tasks if n not in names]:
             learner.add_eval_task(name, eval_tasks[name])

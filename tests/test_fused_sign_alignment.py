@@ -9,6 +9,7 @@ from keras_pam.alignment import importance_mask
 from keras_pam.fused_sign_alignment import FusedSignAlignment
 from keras_pam.fused_sign_alignment import align_to_targets
 from keras_pam.lora import AdapterState
+from keras_pam.lora_model import LoRAModel
 
 KEYS = ("images", "prompts", "responses")
 
@@ -103,7 +104,9 @@ def test_learner_aligns_in_its_train_step_like_the_callback(
             reset_moments=True,
             fused_alignment=fused if use_fused else None,
         )
-        learner.fit(
+        # Keras's plain `fit`, as `learn_task` runs it.
+        LoRAModel.fit(
+            learner,
             x,
             y,
             sample_weight=sample_weight,
@@ -149,7 +152,9 @@ def test_plain_fit_of_the_learner_does_not_align(tiny_preset, two_tasks):
     )
     fused.stop()
     before = AdapterState.from_model(learner)
-    learner.fit(x, y, sample_weight=sample_weight, batch_size=2, verbose=0)
+    LoRAModel.fit(
+        learner, x, y, sample_weight=sample_weight, batch_size=2, verbose=0
+    )
     after = AdapterState.from_model(learner)
     for path in before:
         np.testing.assert_array_equal(after[path], before[path])

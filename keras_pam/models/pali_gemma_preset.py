@@ -25,6 +25,17 @@ def _check_preset_class(preset):
         )
 
 
+def _names_a_missing_folder(preset):
+    """Whether `preset` reads as a local path (no URL scheme, a separator
+    or a leading dot) where nothing exists: KerasHub names have neither."""
+    if not isinstance(preset, (str, os.PathLike)):
+        return False
+    preset = os.fspath(preset)
+    if "://" in preset or os.path.exists(preset):
+        return False
+    return preset.startswith(".") or "/" in preset or os.sep in preset
+
+
 def load_pali_gemma(preset, load_weights=True, dtype=None, num_frames=None):
     """A `keras_hub.models.PaliGemmaCausalLM` from a preset.
 
@@ -61,8 +72,14 @@ def load_pali_gemma(preset, load_weights=True, dtype=None, num_frames=None):
     except Exception as error:
         if isinstance(preset, str) and os.path.isdir(preset):
             raise
+        missing = ""
+        if _names_a_missing_folder(preset):
+            missing = (
+                f"No folder exists at {preset!r}: a local preset is the "
+                "folder that `save_to_preset` wrote.\n"
+            )
         raise ValueError(
-            f"Could not load the preset {preset!r}: {error}\n"
+            f"{missing}Could not load the preset {preset!r}: {error}\n"
             "A KerasHub preset name is downloaded from Kaggle: accept the "
             "model's licence on kaggle.com, then set the environment "
             "variables KAGGLE_USERNAME and KAGGLE_KEY (or "

@@ -7,6 +7,7 @@ A base method is known by its class's `name` (`"pam"`, `"ties"`, ...); a
 and one entry in `BASE_STRATEGIES` or `WRAPPERS`.
 """
 
+from keras_pam.alignment_config import LEARNER_ARGUMENTS
 from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.strategies.average import Average
 from keras_pam.strategies.experience_replay import ExperienceReplay
@@ -216,41 +217,134 @@ def adds_weights(strategy):
     return strategy.adds_weights
 
 
-def strategy_from_arguments(strategy, alignment, align=True, merge="average"):
-    """The strategy of `ContinualLearner`'s arguments.
+def strategy_settings(strategy):
+    """The learner settings a strategy object carries, by the learner's
+    argument names.
+
+    The alignment settings of its aligning part (`PAM`: all six;
+    `PostAlign`: `p`, `reinit` and `scope`) and the `num_tasks` of a
+    method that has one (O-LoRA, Multitask). A wrapper carries those of
+    the strategies it wraps.
+
+    Args:
+        strategy: `Strategy`. The method.
+
+    Returns:
+        A dict, e.g. `{"p": 0.5, "align_every": 100, ...}` for `PAM()`.
+
+    Example:
+    ```python
+    strategy_settings(LwF(PAM(p=0.3)))["p"]  # 0.3
+    ```
+    """
+    settings = {}
+    for part in reversed(strategy.chain()):
+        if isinstance(part, PAM):
+            settings.update(part.config.to_learner_arguments())
+        elif isinstance(part, PostAlign):
+            settings.update(p=part.p, reinit=part.reinit, scope=part.scope)
+        if getattr(part, "num_tasks", None) is not None:
+            settings["num_tasks"] = part.num_tasks
+    return settings
+
+
+def _refuse_conflicts(strategy, given):
+    """Refuse learner settings that a strategy object already sets
+    otherwise: the object's would win, and the learner's be ignored."""
+    carried = strategy_settings(strategy)
+    conflicts = sorted(
+        name
+        for name, value in given.items()
+        if name in carried and carried[name] != value
+    )
+    if not conflicts:
+        return
+    given_text = ", ".join(f"`{n}`={given[n]!r}" for n in conflicts)
+    carried_text = ", ".join(f"{n}={carried[n]!r}" for n in conflicts)
+    raise ValueError(
+        f"The strategy object {strategy.name!r} sets {carried_text} "
+        f"itself; the learner's {given_text} would be ignored. Set them on "
+        "the strategy (e.g. `strategy=keras_pam.strategies.PAM(p=0.3, "
+        "every=20)`, `OLoRA(num_tasks=6)`) and leave them out of the "
+        "learner's arguments, or name the strategy "
+        '(`strategy="pam", p=0.3`).'
+    )
+
+
+def strategy_from_arguments(
+    strategy, settings=None, align=True, merge="average", num_tasks=None
+):
+    """The strategy of `ContinualLearner`'s arguments, and its alignment.
+
+    No argument is silently ignored: `align` and `merge` build a strategy
+    only without `strategy`; with a `Strategy` object, an alignment
+    setting or `num_tasks` that the object sets otherwise is refused (a
+    setting it does not have, as `p` for TIES, is recorded unused, as
+    for a named method); `num_tasks` without `strategy` is refused (no
+    method of `align` and `merge` uses it).
 
     Args:
         strategy: str, `Strategy` or `None`. The method, by name or as an
             object; `None` builds it from `align` and `merge`.
-        alignment: `keras_pam.AlignmentConfig`. The alignment settings of
-            a named method that aligns, or of the PAM that `align` builds.
+        settings: dict. The alignment settings given to the learner, by
+            its argument names (`p`, `align_every`, ...); those left out
+            take the strategy's own, or the defaults. Defaults to `None`
+            (none given).
         align: bool. Without `strategy`: `True` is PAM with `merge`,
             `False` is `Average(merge)`. Defaults to `True`.
         merge: str, callable or `None`. Without `strategy`: the merge;
             `None` with `align=False` is sequential fine-tuning. Defaults
             to `"average"`.
+        num_tasks: int. The sequence's length, for a named method that
+            needs it (`"olora"`, `"multitask"`; see `get_strategy`).
+            Defaults to `None`.
 
     Returns:
-        A `Strategy`.
+        A tuple `(strategy, alignment)`: the `Strategy`, and the learner's
+        `AlignmentConfig` (a strategy object's own settings where it has
+        them, else `settings` over the defaults).
+
+    Example:
+    ```python
+    strategy, alignment = strategy_from_arguments(PAM(p=0.3))
+    alignment.p  # 0.3
+    ```
     """
-    if strategy is not None:
-        if align is not True or merge != "average":
-            label = repr(strategy) if isinstance(strategy, str) else None
-            merge_label = (
-                repr(merge)
-                if merge is None or isinstance(merge, str)
-                else "<fn>"
-            )
+    settings = dict(settings or {})
+    alignment = AlignmentConfig.from_learner_arguments(**settings)
+    if strategy is None:
+        if num_tasks is not None:
             raise ValueError(
-                f"`strategy`={label or strategy.name} sets the method; "
-                f"it cannot be combined with `align`={align!r} or "
-                f"`merge`={merge_label}. Pass the strategy alone "
-                "(e.g. `strategy=PAM(merge='ties')`), or `align` and "
-                "`merge` without a strategy."
+                f"`num_tasks`={num_tasks!r} is used only by a named method "
+                'that needs it (`strategy="olora"` or '
+                '`"multitask"`); the method of `align` and `merge` '
+                "would ignore it."
             )
-        return get_strategy(strategy, alignment)
-    if align:
-        return PAM(alignment, merge=merge)
-    if merge is not None:
-        return Average(merge)
-    return Finetune()
+        if align:
+            return PAM(alignment, merge=merge), alignment
+        if merge is not None:
+            return Average(merge), alignment
+        return Finetune(), alignment
+    if align is not True or merge != "average":
+        label = repr(strategy) if isinstance(strategy, str) else None
+        merge_label = (
+            repr(merge) if merge is None or isinstance(merge, str) else "<fn>"
+        )
+        raise ValueError(
+            f"`strategy`={label or strategy.name} sets the method; "
+            f"it cannot be combined with `align`={align!r} or "
+            f"`merge`={merge_label}. Pass the strategy alone "
+            "(e.g. `strategy=PAM(merge='ties')`), or `align` and "
+            "`merge` without a strategy."
+        )
+    if isinstance(strategy, Strategy):
+        if num_tasks is not None:
+            settings["num_tasks"] = num_tasks
+        _refuse_conflicts(strategy, settings)
+        carried = {
+            LEARNER_ARGUMENTS[name]: value
+            for name, value in strategy_settings(strategy).items()
+            if name in LEARNER_ARGUMENTS
+        }
+        return strategy, alignment.replace(**carried)
+    return get_strategy(strategy, alignment, num_tasks=num_tasks), alignment
