@@ -564,6 +564,15 @@ def build_parser():
         help="peak learning rate of Adam (default: the shipped base's)",
     )
     pretrain.add_argument(
+        "--places-first",
+        type=float,
+        default=None,
+        help=(
+            "share of the steps that trains on places before the whole "
+            "mixture (default: the shipped base's)"
+        ),
+    )
+    pretrain.add_argument(
         "--chunk-steps",
         type=_positive_int,
         default=None,
@@ -806,12 +815,20 @@ def pretrain(args, argv=()):
         raise ValueError(
             f"`--learning-rate` must be > 0, got {args.learning_rate}."
         )
+    places_first = args.places_first
+    if places_first is None:
+        places_first = tiny_base.DEFAULT_PLACES_FIRST
+    if not 0 <= places_first < 1:
+        raise ValueError(
+            f"`--places-first` must be in [0, 1), got {args.places_first}."
+        )
     command = " ".join(["keras-pam"] + [shlex.quote(a) for a in argv])
     directory = tiny_base.tiny_base_preset(
         home=args.home,
         steps=steps,
         learning_rate=learning_rate,
         chunk_steps=args.chunk_steps,
+        places_first=places_first,
         seed=args.seed,
         overwrite=args.overwrite,
         output=args.output,

@@ -434,10 +434,23 @@ _LARGER_QUESTION = re.compile(
 )
 # Multiple choice in generic words, answered with an option's letter.
 _OPTIONS_QUESTION = re.compile(
-    r"answer en choose the (colour of the object|shape of the object"
-    r"|larger one|smaller one|largest one|smallest one) "
-    r"a: (\w+) b: (\w+)(?: c: (\w+))?\n"
+    r"answer en (.+?) a: (\w+) b: (\w+)(?: c: (\w+))?\n"
 )
+# What each phrasing of a multiple choice asks.
+_OPTIONS_ASKED = {
+    "choose the colour of the object": "color",
+    "which colour is it?": "color",
+    "choose the shape of the object": "shape",
+    "which shape is it?": "shape",
+    "choose the larger one": "larger",
+    "which one of the two is bigger?": "larger",
+    "choose the smaller one": "smaller",
+    "which one of the two is smaller?": "smaller",
+    "choose the largest one": "largest",
+    "which one is the biggest?": "largest",
+    "choose the smallest one": "smallest",
+    "which one is the smallest?": "smallest",
+}
 _BIGGER_CAPTION = re.compile(r"the (\w+) shape is bigger than the (\w+) shape")
 _PLACED = re.compile(r"(an?) (\w+) (\w+) (on|at) the (\w+)")
 _SINGLE_CAPTION = re.compile(r"(an?) (?:(small|big) )?(\w+) (\w+)")
@@ -536,11 +549,12 @@ def _check_options_question(image, match, answer, patch):
     letters = generated.OPTION_LETTERS[: len(options)]
     assert answer in letters, (answer, letters)
     chosen = options[letters.index(answer)]
-    if question == "colour of the object":
+    asked = _OPTIONS_ASKED[question]
+    if asked == "color":
         assert set(options) <= set(generated.COLOR_NAMES), options
         _check_single(image, chosen)
         return 1, "color"
-    if question == "shape of the object":
+    if asked == "shape":
         assert set(options) <= set(generated.SHAPES), options
         (color,) = _pictured_colors(image)
         _check_single(image, color, chosen)
@@ -548,7 +562,7 @@ def _check_options_question(image, match, answer, patch):
         found = _shapes_matching(_color_mask(image, color))
         assert not found & (set(options) - {chosen}), (options, found)
         return 1, "shape"
-    word = question.split()[0]
+    word = asked
     assert len(options) == (2 if word in ("larger", "smaller") else 3)
     sizes = _sized_objects(image, patch)
     target = _extreme(sizes, word)
@@ -584,14 +598,20 @@ def _check_pretraining_example(image, prompt, answer, patch):
         assert answer in (
             ("left", "right") if horizontal else ("top", "bottom")
         )
+        named = _color_mask(image, color)
         if len(_pictured_colors(image)) == 1:
             # Where the only object lies.
             _check_single(image, color)
-            assert _in_half(_color_mask(image, color), answer), (color, answer)
+            assert _in_half(named, answer), (color, answer)
             expected, kind, variant = 1, "side", "single"
-        else:
+        elif _in_half(_foreground(image) & ~named, OPPOSITE[answer]):
             _check_sides(image, color, answer)
             expected, kind, variant = 2, "relation", "side"
+        else:
+            # Two objects in the same half: where the named one lies.
+            assert _in_half(named, answer), (color, answer)
+            assert len(_pictured_colors(image)) == 2
+            expected, kind, variant = 2, "place", "same half"
     elif match := _COLOR_AT_SIDE_QUESTION.fullmatch(prompt):
         (side,) = match.groups()
         assert answer in generated.COLOR_NAMES, answer
@@ -649,12 +669,53 @@ def test_pretraining_mixture_lies_in_cells_and_tells_the_truth(
     }
     expected |= {("caption", "single"), ("side", "single")}
     expected |= {("relation", "side"), ("relation", "color")}
+    expected |= {("place", "same half")}
     expected |= {("larger", word) for word in _sizes_asked(patch_size)}
     expected |= {
         ("options", what)
         for what in ("color", "shape", "size by color", "size by shape")
     }
     assert set(asked) == expected, dict(asked)
+
+
+def test_places_first_shares_draw_places_only():
+    data = datasets.pretraining_mixture(
+        200, seed=2, shares=generated.PLACES_FIRST_SHARES
+    )
+    asked = collections.Counter(
+        _check_pretraining_example(image, prompt, answer, 16)[0]
+        for image, prompt, answer in zip(
+            data["images"], data["prompts"], data["responses"], strict=True
+        )
+    )
+    # Single objects (what and where), relations and places, no digits,
+    # counts or sizes compared.
+    assert set(asked) <= {"caption", "color", "shape", "size", "side"} | {
+        "relation",
+        "place",
+    }, dict(asked)
+    assert asked["relation"] + asked["place"] + asked["side"] > 100
+
+
+@pytest.mark.parametrize(
+    "shares, message",
+    [
+        ({"single": 0.5, "smell": 0.5}, "Unknown mixture kinds"),
+        ({"single": 0.5, "count": 0.4}, "sum to 1"),
+        ({"single": 1.5, "count": -0.5}, ">= 0"),
+        ({}, "non-empty dict"),
+    ],
+)
+def test_pretraining_mixture_rejects_bad_shares(shares, message):
+    with pytest.raises(ValueError, match=message):
+        datasets.pretraining_mixture(4, shares=shares)
+
+
+def test_default_shares_cover_every_kind():
+    shares = generated.mixture_shares()
+    assert set(shares) == set(generated.MIXTURE_KINDS)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert set(generated.PLACES_FIRST_SHARES) <= set(shares)
 
 
 @pytest.mark.parametrize("image_size, patch_size", GRIDS)

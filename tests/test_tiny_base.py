@@ -197,12 +197,13 @@ def test_pretrain_command_rebuilds_a_checked_preset(tmp_path):
     from keras_pam import cli
 
     output = str(tmp_path / "base")
-    argv = ["pretrain", "--steps", "3", "--chunk-steps", "2"]
-    argv += ["--output", output]
+    argv = ["pretrain", "--steps", "3", "--chunk-steps", "1"]
+    argv += ["--places-first", "0.4", "--output", output]
     assert cli.main(argv) == 0
     metadata = tiny_base.check_base_preset(output)
     assert metadata["command"] == "keras-pam " + " ".join(argv)
     assert metadata["settings"]["steps"] == 3
+    assert metadata["settings"]["places_first"] == 0.4
     assert metadata["settings"]["architecture"] == tiny_base.TINY_BASE_CONFIG
     causal_lm = keras_hub.models.PaliGemmaCausalLM.from_preset(output)
     assert (
@@ -211,6 +212,8 @@ def test_pretrain_command_rebuilds_a_checked_preset(tmp_path):
     )
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--seed", "-1", "--output", output])
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--places-first", "1", "--output", output])
 
 
 def _killed_after_first_chunk(monkeypatch):
@@ -272,6 +275,55 @@ def test_resumed_build_with_other_settings_is_refused(tmp_path, monkeypatch):
     assert "batch_size" not in message
     after = json.load(open(os.path.join(checkpoint, "state.json")))
     assert after == before
+
+
+@pytest.mark.parametrize("places_first", [1.0, -0.1, True, "0.2"])
+def test_invalid_places_first(places_first):
+    with pytest.raises(ValueError, match="places_first"):
+        tiny_base.pretrain_tiny_base(steps=2, places_first=places_first)
+
+
+def test_places_first_chunks_draw_places_only(monkeypatch):
+    from keras_pam import datasets
+    from keras_pam.datasets.generated import PLACES_FIRST_SHARES
+
+    drawn = []
+    mixture = datasets.pretraining_mixture
+
+    def recording(*args, shares=None, **kwargs):
+        drawn.append(shares)
+        return mixture(*args, shares=shares, **kwargs)
+
+    monkeypatch.setattr(datasets, "pretraining_mixture", recording)
+    tiny_base.pretrain_tiny_base(
+        steps=5,
+        chunk_steps=1,
+        num_examples=8,
+        verbose=0,
+        probe_examples=0,
+        places_first=0.4,
+    )
+    # The chunks that end within the first 40 % of the steps.
+    assert drawn == [PLACES_FIRST_SHARES] * 2 + [None] * 3
+
+
+def test_resumed_build_with_other_places_first_is_refused(
+    tmp_path, monkeypatch
+):
+    checkpoint = str(tmp_path / "build")
+    with monkeypatch.context() as patch:
+        _killed_after_first_chunk(patch)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_base.pretrain_tiny_base(
+                probe_examples=0, checkpoint_dir=checkpoint, **BUILD
+            )
+    with pytest.raises(ValueError, match="places_first"):
+        tiny_base.pretrain_tiny_base(
+            probe_examples=0,
+            checkpoint_dir=checkpoint,
+            places_first=0.5,
+            **BUILD,
+        )
 
 
 def test_build_logs_each_perception_into_the_metadata(tmp_path):

@@ -1074,19 +1074,23 @@ PRETRAINING_QUESTIONS = {
         "what colour is the object",
         "which color does it have",
         "name the colour",
+        "what colour does the object have?",
     ),
     "shape": (
         "what kind of shape is this",
         "which shape do you see",
         "name the shape",
+        "what shape is shown?",
     ),
     "count": (
         "how many objects are in the image",
         "count the shapes",
+        "how many objects are there?",
     ),
     "digit": (
         "which number is shown",
         "read the digit",
+        "what number is written here?",
     ),
     "size": ("is the object small or big",),
 }
@@ -1107,13 +1111,14 @@ _LARGER_QUESTIONS = {
 }
 # Multiple choice in the pretraining's own words: the base learns to answer
 # with the letter of the option that names what it perceives.
+# Several phrasings each, as a language model has met many ways to ask.
 _OPTIONS_QUESTIONS = {
-    "color": "choose the colour of the object",
-    "shape": "choose the shape of the object",
-    (2, True): "choose the larger one",
-    (2, False): "choose the smaller one",
-    (3, True): "choose the largest one",
-    (3, False): "choose the smallest one",
+    "color": ("choose the colour of the object", "which colour is it?"),
+    "shape": ("choose the shape of the object", "which shape is it?"),
+    (2, True): ("choose the larger one", "which one of the two is bigger?"),
+    (2, False): ("choose the smaller one", "which one of the two is smaller?"),
+    (3, True): ("choose the largest one", "which one is the biggest?"),
+    (3, False): ("choose the smallest one", "which one is the smallest?"),
 }
 
 # The perceptions of the base (`PERCEPTIONS`), each probed on fresh generic
@@ -1148,15 +1153,63 @@ TASK_PERCEPTIONS = {
 }
 # The kinds of pretraining examples and their shares of the mixture.
 # Binding a name to a place ("relation") costs a small ViT the most steps,
-# so it gets the largest share.
+# so it gets the largest share. "place" asks where a named object lies
+# among one or two anywhere: when both lie in the same half, reading
+# places alone answers it, which gives binding a gradient to start from.
 _MIXTURE_SHARES = {
-    "single": 0.16,  # Colour, shape, size and side of one object.
+    "single": 0.14,  # Colour, shape, size and side of one object.
     "count": 0.10,
     "digit": 0.16,  # Rendered and handwritten.
-    "relation": 0.28,
+    "place": 0.08,
+    "relation": 0.22,
     "larger": 0.12,
     "options": 0.18,
 }
+# The shares of a build's first chunks (`places_first` of the steps): a
+# ViT trained on the whole mixture from the start answers every place
+# question with one side, while one trained on places alone first learns
+# to bind names to places.
+PLACES_FIRST_SHARES = {
+    "single": 0.20,
+    "place": 0.45,
+    "relation": 0.35,
+}
+MIXTURE_KINDS = tuple(_MIXTURE_SHARES)
+
+
+def mixture_shares():
+    """The default shares of each kind of example in `pretraining_mixture`.
+
+    Returns:
+        A dict from kind (`MIXTURE_KINDS`) to its share, summing to 1.
+    """
+    return dict(_MIXTURE_SHARES)
+
+
+def _check_shares(shares):
+    if not isinstance(shares, dict) or not shares:
+        raise ValueError(
+            f"`shares` must be a non-empty dict. Received: {shares!r}"
+        )
+    unknown = sorted(set(shares) - set(MIXTURE_KINDS))
+    if unknown:
+        raise ValueError(
+            f"Unknown mixture kinds {unknown}. Known: "
+            f"{', '.join(MIXTURE_KINDS)}."
+        )
+    values = np.array([shares[k] for k in shares], dtype=float)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"Mixture shares must be >= 0. Received: {shares}")
+    if abs(values.sum() - 1.0) > 1e-6:
+        raise ValueError(
+            f"Mixture shares must sum to 1. Received: {shares} "
+            f"(sum {values.sum():.4f})."
+        )
+    return shares
+
+
+def _pick(rng, phrasings):
+    return phrasings[rng.integers(len(phrasings))]
 
 
 def _question(rng, kind):
@@ -1270,6 +1323,31 @@ def _relation_example(rng, grid, kind=None):
     return image, VQA_PREFIX + question + "\n", sides[named]
 
 
+def _place_example(rng, grid):
+    """Where a named object lies among one or two anywhere in the image.
+
+    Unlike `_relation_example` the two may share a half, so a model that
+    reads where objects lie is right more often than chance before it
+    binds the name to its object.
+    """
+    horizontal = bool(rng.random() < 0.5)
+    middle = (grid.cells - 1) / 2
+
+    def off_middle(cells):
+        index = grid.row_column(cells[0])[1 if horizontal else 0]
+        return abs(index - middle) >= 0.5
+
+    count = int(rng.integers(1, 3))
+    cells = grid.distinct_cells(rng, count, off_middle)
+    colors = [
+        COLOR_NAMES[i] for i in rng.choice(len(COLOR_NAMES), count, False)
+    ]
+    objects = _objects_in_cells(rng, grid, cells, colors=colors)
+    image = _render(grid.image_size, _background(rng), objects)
+    question = _SIDE_QUESTIONS[horizontal].format(colors[0])
+    return image, VQA_PREFIX + question + "\n", grid.side(cells[0], horizontal)
+
+
 def _sized_objects(rng, grid, n):
     """`n` shapes of clearly different sizes (`_size_levels`), each in a
     cell of its own, in distinct colours and kinds."""
@@ -1325,7 +1403,7 @@ def _options_example(rng, grid, kind=None):
         names = shapes if rng.random() < 0.5 else colors
         order = [int(i) for i in rng.permutation(n)]
         options = [names[i] for i in order]
-        question = _OPTIONS_QUESTIONS[n, larger]
+        question = _pick(rng, _OPTIONS_QUESTIONS[n, larger])
         answer = OPTION_LETTERS[order.index(target)]
         return image, _options_prompt(question, options), answer
     image, shape, color, _, _ = _single_object(rng, grid)
@@ -1337,7 +1415,8 @@ def _options_example(rng, grid, kind=None):
     order = [int(i) for i in rng.permutation(n)]
     options = [options[i] for i in order]
     answer = OPTION_LETTERS[order.index(0)]
-    return image, _options_prompt(_OPTIONS_QUESTIONS[kind], options), answer
+    question = _pick(rng, _OPTIONS_QUESTIONS[kind])
+    return image, _options_prompt(question, options), answer
 
 
 def _article(word):
@@ -1353,6 +1432,7 @@ def pretraining_mixture(
     image_size=DEFAULT_IMAGE_SIZE,
     seed=0,
     patch_size=DEFAULT_PATCH_SIZE,
+    shares=None,
 ):
     """Generates the broad pretraining mixture of the generated world.
 
@@ -1374,6 +1454,9 @@ def pretraining_mixture(
         image_size: int. Image side. Defaults to `64`.
         seed: int. Random seed. Defaults to `0`.
         patch_size: int. The ViT patch side. Defaults to `16`.
+        shares: dict. The share of each kind of example (`MIXTURE_KINDS`;
+            kinds left out get none), summing to 1. Defaults to `None`:
+            `mixture_shares()`.
 
     Returns:
         A split dict with `"images"`, `"prompts"` and `"responses"`.
@@ -1388,10 +1471,11 @@ def pretraining_mixture(
     ```
     """
     grid = _check_sizes(image_size, patch_size, num_examples=num_examples)
+    shares = _check_shares(_MIXTURE_SHARES if shares is None else shares)
     rng = _rng(seed, "pretraining", "pretraining")
     _, train_pool = _sklearn_pools()
-    kinds = tuple(_MIXTURE_SHARES)
-    shares = np.array([_MIXTURE_SHARES[k] for k in kinds])
+    kinds = tuple(shares)
+    shares = np.array([shares[k] for k in kinds], dtype=float)
     draws = np.searchsorted(np.cumsum(shares), rng.random(num_examples))
     size = grid.image_size
     images = np.empty((num_examples, size, size, 3), np.uint8)
@@ -1404,6 +1488,8 @@ def pretraining_mixture(
             example = _count_example(rng, grid)
         elif kind == "digit":
             example = _digit_example(rng, grid, train_pool)
+        elif kind == "place":
+            example = _place_example(rng, grid)
         elif kind == "relation":
             example = _relation_example(rng, grid)
         elif kind == "larger":
@@ -1540,7 +1626,8 @@ def vocabulary_texts():
         texts.append(VQA_PREFIX + question + "\n")
     for question in _LARGER_QUESTIONS.values():
         texts.append(VQA_PREFIX + question.format(*COLOR_NAMES[:3]) + "\n")
-    texts.extend(VQA_PREFIX + q for q in _OPTIONS_QUESTIONS.values())
+    for phrasings in _OPTIONS_QUESTIONS.values():
+        texts.extend(VQA_PREFIX + q for q in phrasings)
     for a, b in itertools.permutations(COLOR_NAMES, 2):
         texts.append(f"the {a} shape is bigger than the {b} shape")
     for names in (SHAPES, COLOR_NAMES):

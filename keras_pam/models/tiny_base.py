@@ -28,12 +28,16 @@ import numpy as np
 
 DEFAULT_NAME = "tiny_pali_gemma"
 DEFAULT_STEPS = 40000
-# At 2.5e-3 a name is never bound to its object; 1e-3 learns it (README,
-# "The tiny base").
+# At 2.5e-3 a name is never bound to its object; 1e-3 learns it
+# (docs/testbed.md, "The base").
 DEFAULT_LEARNING_RATE = 1e-3
 WARMUP_STEPS = 100
 # Steps between a build's checkpoints and perception probes.
 DEFAULT_CHUNK_STEPS = 2000
+# The share of a build's steps that pretrains on places first
+# (`keras_pam.datasets.generated.PLACES_FIRST_SHARES`) before the whole
+# mixture: without it the base never binds a name to its place.
+DEFAULT_PLACES_FIRST = 0.2
 PROBE_EXAMPLES = 64
 # The quick tiny base of smoke tests (`keras-pam run --quick`, the notebooks'
 # smoke mode): the same model, pretrained only briefly.
@@ -46,10 +50,10 @@ SHIPPED_PRESET = os.path.join(
 # Files `save_to_preset` writes; a preset directory missing one is not used.
 _PRESET_FILES = ("config.json", "metadata.json", "model.weights.h5")
 
-# The architecture of the tiny base, chosen by measurement (README, "The
-# tiny base"): hidden 96, 3 SigLIP and 3 Gemma layers, 64x64 images in
-# 16x16 patches, so 16 image tokens and a patch that holds a whole shape or
-# digit (`keras_pam.datasets.grid_world`).
+# The architecture of the tiny base, chosen by measurement
+# (docs/testbed.md, "The base"): hidden 96, 3 SigLIP and 3 Gemma layers,
+# 64x64 images in 16x16 patches, so 16 image tokens and a patch that holds
+# a whole shape or digit (`keras_pam.datasets.grid_world`).
 TINY_BASE_CONFIG = {
     "image_size": 64,
     "patch_size": 16,
@@ -88,7 +92,14 @@ def keras_pam_home(home=None):
 
 
 def _settings(
-    steps, batch_size, learning_rate, num_examples, seed, config, chunk_steps
+    steps,
+    batch_size,
+    learning_rate,
+    num_examples,
+    seed,
+    config,
+    chunk_steps,
+    places_first,
 ):
     return {
         "architecture": dict(TINY_BASE_CONFIG, **(config or {})),
@@ -98,16 +109,33 @@ def _settings(
         "num_examples": int(num_examples),
         "seed": int(seed),
         "chunk_steps": int(chunk_steps),
+        "places_first": float(places_first),
         "backend": keras.backend.backend(),
     }
 
 
 def _build_settings(
-    steps, batch_size, learning_rate, num_examples, seed, config, chunk_steps
+    steps,
+    batch_size,
+    learning_rate,
+    num_examples,
+    seed,
+    config,
+    chunk_steps,
+    places_first,
 ):
     """A build's checked settings, the chunking's defaults filled in."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an int >= 1. Received: {steps!r}")
+    if (
+        isinstance(places_first, bool)
+        or not isinstance(places_first, (int, float))
+        or not 0 <= places_first < 1
+    ):
+        raise ValueError(
+            "`places_first` must be a fraction in [0, 1). "
+            f"Received: {places_first!r}"
+        )
     if chunk_steps is None:
         chunk_steps = min(DEFAULT_CHUNK_STEPS, steps)
     if num_examples is None:
@@ -120,6 +148,7 @@ def _build_settings(
         seed,
         config,
         chunk_steps,
+        places_first,
     )
 
 
@@ -453,6 +482,7 @@ def pretrain_tiny_base(
     checkpoint_dir=None,
     chunk_steps=None,
     probe_examples=PROBE_EXAMPLES,
+    places_first=DEFAULT_PLACES_FIRST,
 ):
     """Build the tiny PaliGemma and pretrain all its weights.
 
@@ -460,7 +490,9 @@ def pretrain_tiny_base(
     trained on `keras_pam.datasets.vocabulary_texts()`). It is fitted,
     every weight trainable, on `pretraining_mixture` with Adam and a cosine
     decay of the learning rate, in chunks of `chunk_steps` steps, each on
-    fresh examples drawn from the chunk's own seed. After every chunk it
+    fresh examples drawn from the chunk's own seed. The chunks that end
+    within the first `places_first` of the steps draw places only
+    (`PLACES_FIRST_SHARES`): where named objects lie. After every chunk it
     scores each perception (`probe_perceptions`), prints a progress line
     with the time left, and, with `checkpoint_dir`, saves the weights and
     the optimizer state there: a killed build called again with the same
@@ -484,6 +516,9 @@ def pretrain_tiny_base(
             Defaults to `None`: `min(2000, steps)`.
         probe_examples: int. Examples per perception in each probe; `0`
             skips the probes. Defaults to `64`.
+        places_first: float. The share of the steps, in whole chunks,
+            that trains on places before the whole mixture. Defaults to
+            `DEFAULT_PLACES_FIRST`.
 
     Returns:
         A pretrained `keras_hub.models.PaliGemmaCausalLM` with its
@@ -491,7 +526,8 @@ def pretrain_tiny_base(
         step, loss, seconds and perception accuracies).
 
     Raises:
-        ValueError: `steps` is not a positive int, or `checkpoint_dir`
+        ValueError: `steps` is not a positive int, `places_first` not a
+            fraction in [0, 1), or `checkpoint_dir`
             holds a build started with other settings (the message names
             them).
 
@@ -505,6 +541,7 @@ def pretrain_tiny_base(
     import tensorflow as tf
 
     from keras_pam import datasets
+    from keras_pam.datasets.generated import PLACES_FIRST_SHARES
 
     settings = _build_settings(
         steps,
@@ -514,6 +551,7 @@ def pretrain_tiny_base(
         seed,
         config,
         chunk_steps,
+        places_first,
     )
     num_examples, chunk_steps = (
         settings["num_examples"],
@@ -552,11 +590,13 @@ def pretrain_tiny_base(
     for chunk in range(done, num_chunks):
         started = time.time()
         chunk_length = min(chunk_steps, steps - chunk * chunk_steps)
+        places_only = (chunk + 1) * chunk_steps <= places_first * steps
         examples = datasets.pretraining_mixture(
             num_examples,
             image_size=config["image_size"],
             seed=_chunk_seed(seed, chunk),
             patch_size=config["patch_size"],
+            shares=PLACES_FIRST_SHARES if places_only else None,
         )
         # `fit` of a KerasHub task runs its preprocessor on the raw batches.
         dataset = (
@@ -672,6 +712,7 @@ def tiny_base_preset(
     command=None,
     chunk_steps=None,
     probe_examples=PROBE_EXAMPLES,
+    places_first=DEFAULT_PLACES_FIRST,
 ):
     """A tiny pretrained PaliGemma preset, built once and cached.
 
@@ -713,6 +754,8 @@ def tiny_base_preset(
             Defaults to `None` (see `pretrain_tiny_base`).
         probe_examples: int. Examples per perception in each probe.
             Defaults to `64`.
+        places_first: float. The share of the steps that trains on places
+            before the whole mixture. Defaults to `DEFAULT_PLACES_FIRST`.
 
     Returns:
         The preset directory, a str to pass to
@@ -735,6 +778,7 @@ def tiny_base_preset(
         seed,
         config,
         chunk_steps,
+        places_first,
     )
     num_examples, chunk_steps = (
         settings["num_examples"],
@@ -765,6 +809,7 @@ def tiny_base_preset(
         checkpoint_dir=checkpoint_dir,
         chunk_steps=chunk_steps,
         probe_examples=probe_examples,
+        places_first=places_first,
     )
     write_base_preset(causal_lm, directory, settings, command=command)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
