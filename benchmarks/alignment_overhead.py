@@ -96,7 +96,7 @@ def fitter(learner, batch, steps, batch_size, every, cpu_seconds):
             aligner = SignAlignmentCallback(
                 learner.global_state,
                 p=0.5,
-                every=every,
+                align_every=every,
                 fused_alignment=learner.in_step_update,
             )
             aligners.append(aligner)

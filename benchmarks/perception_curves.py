@@ -30,7 +30,13 @@ def main():
         f"Tiny base: {settings['steps']} steps of {settings['batch_size']}, "
         f"peak lr {settings['learning_rate']:g} ({minutes:.0f} min)"
     )
-    plot_perception_log(metadata["perception_log"], title, args.output)
+    # The chunks that end within the places-first share of the steps.
+    chunk = settings["chunk_steps"]
+    places_first = settings.get("places_first", 0) * settings["steps"]
+    places_first_steps = int(places_first // chunk * chunk)
+    plot_perception_log(
+        metadata["perception_log"], title, args.output, places_first_steps
+    )
     last = metadata["perception_log"][-1]
     print(f"Wrote {args.output}; at step {last['step']}: {last['accuracy']}")
 

@@ -29,8 +29,8 @@ weights (nothing downloaded):
 - `keras_pam`: a `ContinualLearner` (PAM; LoRA on the attention and
   feed-forward projections of both towers) fitted with the callbacks
   `learn_task` gives `fit` on a second task: the strategy's (PAM's
-  `SignAlignmentCallback`, `every=100`, which on JAX drives the alignment
-  inside the train step) and the non-finite-loss stop;
+  `SignAlignmentCallback`, `align_every=100`, which on JAX drives the
+  alignment inside the train step) and the non-finite-loss stop;
 - `keras_pam_step_alone`: the same learner's `fit` with no callbacks;
 - `kerashub`: the same `PaliGemmaCausalLM` with KerasHub's own
   `backbone.enable_lora` and a plain `fit`, no keras_pam code in the step;

@@ -32,5 +32,8 @@ from keras_pam.streaming_split import StreamingSplit
 from keras_pam.task_learning_rate import TaskLearningRate
 from keras_pam.task_recipe import TaskRecipe
 from keras_pam.training import NonFiniteLossError
+from keras_pam.training_settings import PAPER
+from keras_pam.training_settings import TESTBED
+from keras_pam.training_settings import TrainingSettings
 
 __version__ = "0.1.0"

@@ -2,9 +2,9 @@
 
 The rule (PAM_SPEC, Algorithm 1): an entry of the global adapter `G` is
 *important* if it is non-zero and its magnitude is among the top `p` of its
-scope. Every `every` steps, a temporary entry whose sign is strictly opposite
-to an important global entry is re-initialised to the global value (or to
-zero).
+scope. Every `align_every` optimizer updates, a temporary entry whose sign
+is strictly opposite to an important global entry is re-initialised to the
+global value (or to zero).
 """
 
 import math
@@ -18,8 +18,10 @@ from keras_pam.alignment_config import SCOPES
 from keras_pam.alignment_config import AlignmentConfig
 from keras_pam.alignment_config import check_choice
 from keras_pam.alignment_config import check_p
+from keras_pam.alignment_config import warn_renamed
 from keras_pam.lora import AdapterState
 from keras_pam.lora_batch_callback import LoRABatchCallback
+from keras_pam.training_settings import PAPER
 from keras_pam.utils import compile_function
 
 
@@ -380,7 +382,7 @@ def optimizer_slots(optimizer, variable):
 class SignAlignmentCallback(LoRABatchCallback):
     """Align the temporary adapter's signs to the global one during `fit`.
 
-    Every `every` optimizer updates (training batches, or under gradient
+    Every `align_every` optimizer updates (training batches, or under gradient
     accumulation that many updates' batches) it applies `align` to all
     LoRA factors of the model in one compiled update, with the importance
     mask of `global_state` computed once when training begins. It records
@@ -398,9 +400,11 @@ class SignAlignmentCallback(LoRABatchCallback):
         global_state: `AdapterState`. The frozen global adapter `G_{t-1}`,
             with the same paths as the model's LoRA factors.
         p: float. Fraction of important global entries, in (0, 1]. Defaults
-            to `0.5`.
-        every: int. Align after every `every` optimizer updates. Defaults
-            to `100`.
+            to `0.5`, the paper's (`keras_pam.PAPER`).
+        align_every: int. Align after every `align_every` optimizer
+            updates. Defaults to `100`, the paper's interval for its tasks
+            of thousands of updates (`keras_pam.PAPER`); the tiny base's
+            short tasks use `keras_pam.TESTBED.align_every`.
         reinit: str. `"global"` copies the global value into a conflicting
             entry, `"zero"` zeroes it. Defaults to `"global"`.
         scope: str. `"tensor"` or `"global"`, see `importance_mask`.
@@ -412,10 +416,14 @@ class SignAlignmentCallback(LoRABatchCallback):
             in-step alignment to drive instead of writing between batches;
             ignored when it belongs to another model or is already in use.
             Defaults to `None`.
+        every: int. The old name of `align_every`: accepted with a
+            `DeprecationWarning`. Defaults to `None`.
 
     Example:
     ```python
-    callback = SignAlignmentCallback(AdapterState.from_model(model), every=10)
+    callback = SignAlignmentCallback(
+        AdapterState.from_model(model), align_every=10
+    )
     model.fit(data, callbacks=[callback])
     callback.num_reinitialised
     ```
@@ -424,26 +432,43 @@ class SignAlignmentCallback(LoRABatchCallback):
     def __init__(
         self,
         global_state,
-        p=0.5,
-        every=100,
+        p=PAPER.p,
+        align_every=PAPER.align_every,
         reinit="global",
         scope="tensor",
         reset_moments=False,
         fused_alignment=None,
+        every=None,
     ):
         super().__init__()
-        AlignmentConfig(p=p, every=every, reinit=reinit, scope=scope)
+        if every is not None:
+            if align_every != PAPER.align_every:
+                raise TypeError(
+                    "`SignAlignmentCallback` got both `align_every` and its "
+                    "deprecated name `every`; give `align_every` only."
+                )
+            warn_renamed("every", "SignAlignmentCallback")
+            align_every = every
+        AlignmentConfig(
+            p=p, align_every=align_every, reinit=reinit, scope=scope
+        )
         if not isinstance(global_state, AdapterState):
             global_state = AdapterState(global_state)
         self.global_state = global_state
         self.p = p
-        self.every = every
+        self.align_every = align_every
         self.reinit = reinit
         self.scope = scope
         self.reset_moments = reset_moments
         self.fused_alignment = fused_alignment
         self.reinitialised_counts = []
         self.num_reinitialised = 0
+
+    @property
+    def every(self):
+        """Deprecated: `align_every`."""
+        warn_renamed("every", "SignAlignmentCallback.every")
+        return self.align_every
 
     @property
     def num_entries(self):
@@ -454,16 +479,17 @@ class SignAlignmentCallback(LoRABatchCallback):
         # Alignment goes with optimizer updates: under gradient
         # accumulation an update is `accumulation` batches.
         accumulation = self.accumulation_steps()
-        self._interval = self.every * accumulation
+        self._interval = self.align_every * accumulation
         steps = (self.params or {}).get("steps")
         epochs = (self.params or {}).get("epochs")
         if steps and epochs and steps * epochs < self._interval:
             updates = steps * epochs // accumulation
             warnings.warn(
-                f"Sign alignment runs every {self.every} optimizer updates, "
+                f"Sign alignment runs every {self.align_every} optimizer "
+                "updates, "
                 f"but this `fit` makes {updates} ({epochs} epochs of "
                 f"{steps} batches, {accumulation} per update): it never "
-                "aligns. Lower `every` (`align_every`) or train longer.",
+                "aligns. Lower `align_every` or train longer.",
                 stacklevel=2,
             )
         variables = self.lora_variables()

@@ -24,6 +24,7 @@ from keras_pam.strategies import strategy_from_config
 from keras_pam.training import NonFiniteLossError  # noqa: F401 (public)
 from keras_pam.training import initial_adapter
 from keras_pam.training import train_step_key
+from keras_pam.training_settings import PAPER
 
 
 @keras.saving.register_keras_serializable(package="keras_pam")
@@ -58,6 +59,20 @@ class ContinualLearner(
     the accuracy matrix needs each task's accuracy before it is learned
     (FWT), so a task registered later is refused.
 
+    The constructor compiles the learner: Adam at the paper's learning
+    rate `5e-4` (`keras_pam.PAPER.optimizer()`), the answer tokens'
+    cross-entropy and token accuracy (`LoRAModel.compile`). Calling
+    `learner.compile(...)` is optional: only to change the optimizer, e.g.
+    `learner.compile(optimizer=keras_pam.TESTBED.optimizer())` for the
+    tiny base (Adam at `2e-3`: its tasks are a few hundred updates). A
+    task's `TaskRecipe` may set its own learning rate and schedule.
+
+    The defaults are the paper's for a real PaliGemma, `keras_pam.PAPER`
+    (rank 32, `p=0.5`, `align_every=100`, Adam at `5e-4`; its `reasons`
+    say why). The tiny base that ships with keras_pam is taught with
+    `keras_pam.TESTBED`, whose `learner_kwargs()` and `optimizer()` give
+    the constructor's arguments and the optimizer.
+
     `save_to_preset(preset_dir)` writes the base as a KerasHub preset
     with the global adapter and the learner's settings, and
     `ContinualLearner.from_preset(preset_dir)` gives the learner back (see
@@ -67,19 +82,21 @@ class ContinualLearner(
     Args:
         causal_lm: `keras_hub.models.PaliGemmaCausalLM`. The model, with its
             preprocessor. LoRA is enabled on it unless it already is.
-        rank: int. LoRA rank. Defaults to `32` (the paper's).
+        rank: int. LoRA rank. Defaults to `32`, the paper's for a real
+            PaliGemma (`keras_pam.PAPER.reasons["rank"]`); the tiny base
+            uses `keras_pam.TESTBED.rank`.
         alpha: float. LoRA scale numerator, the update is
             `(alpha / rank) A B`. Defaults to `None` (equal to `rank`).
         align: bool. Without `strategy`: `True` is PAM, `False` with
             `merge="average"` the Average baseline. Defaults to `True`.
         p, align_every, reinit, scope, align_first_task, reset_moments:
-            PAM's settings: `keras_pam.AlignmentConfig`'s `p`, `every`,
-            `reinit`, `scope`, `align_first_task`, `reset_moments`. With a
-            `Strategy` object, set them on the object: one given here that
-            the object sets otherwise raises a `ValueError` (it would be
-            ignored). Default to `None`: a strategy object's own, else
-            `AlignmentConfig`'s defaults (`0.5`, `100`, `"global"`,
-            `"tensor"`, `True`, `False`).
+            PAM's settings: the fields of `keras_pam.AlignmentConfig` of
+            the same names. With a `Strategy` object, set them on the
+            object: one given here that the object sets otherwise raises
+            a `ValueError` (it would be ignored). Default to `None`: a
+            strategy object's own, else `AlignmentConfig`'s defaults
+            (`0.5`, `100`, `"global"`, `"tensor"`, `True`, `False`; `p`
+            and `align_every` the paper's, see `keras_pam.PAPER`).
         merge: str or callable. Without `strategy`: a name of
             `keras_pam.merging.MERGE_FUNCTIONS` or a function of
             `[global, temporary]`; `None` keeps the temporary adapter
@@ -116,15 +133,20 @@ class ContinualLearner(
 
     Example:
     ```python
-    causal_lm = keras_pam.models.build_tiny_pali_gemma()
-    learner = keras_pam.ContinualLearner(
-        causal_lm,
-        rank=4,
-        align_every=5,
+    settings = keras_pam.TESTBED  # The tiny base's; the defaults: PAPER.
+    learner = keras_pam.ContinualLearner.from_preset(
+        keras_pam.models.shipped_base_preset(),
         eval_tasks={"colour": colour_test, "shape": shape_test},
+        **settings.learner_kwargs(),
     )
-    learner.learn_task(colour_train, name="colour", epochs=2)
-    learner.learn_task(shape_train, name="shape", epochs=2)
+    learner.compile(optimizer=settings.optimizer())  # Optional.
+    for name, train in (("colour", colour_train), ("shape", shape_train)):
+        learner.learn_task(
+            train,
+            name=name,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+        )
     learner.evaluate_all().metrics
     learner.save_to_preset("pam_learner")
     ```
@@ -133,7 +155,7 @@ class ContinualLearner(
     def __init__(
         self,
         causal_lm,
-        rank=32,
+        rank=PAPER.rank,
         alpha=None,
         align=True,
         p=None,

@@ -365,9 +365,9 @@ def paper_task(task_name):
 def _make_strategy(name, settings, num_tasks):
     """The strategy `name` of a cell, with the study's settings.
 
-    `get_strategy` gives the alignment settings (`p`, `every`, `reinit`,
-    `scope`) to the methods that align and `num_tasks` to O-LoRA; the
-    other methods leave them unused.
+    `get_strategy` gives the alignment settings (`p`, `align_every`,
+    `reinit`, `scope`) to the methods that align and `num_tasks` to
+    O-LoRA; the other methods leave them unused.
     """
     from keras_pam.strategies import get_strategy
 
@@ -375,7 +375,7 @@ def _make_strategy(name, settings, num_tasks):
         name,
         num_tasks=num_tasks,
         p=settings["p"],
-        every=settings["every"],
+        align_every=settings["align_every"],
         reinit=settings["reinit"],
         scope=settings["scope"],
     )
@@ -433,7 +433,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
             learning_rate=settings["learning_rate"]
         ),
         p=settings["p"],
-        align_every=settings["every"],
+        align_every=settings["align_every"],
         reinit=settings["reinit"],
         scope=settings["scope"],
     )
@@ -520,6 +520,24 @@ def _safe_name(method):
     return "".join(c if c.isalnum() else "_" for c in method)
 
 
+def upgrade_settings(settings):
+    """A study's settings under today's names.
+
+    A run folder whose `run.json` was written before a setting was renamed
+    (`every`, now `align_every`) resumes: its settings are read under the
+    new names, and the file is kept as it is.
+
+    Args:
+        settings: dict. A study's settings, as a `run.json` holds them.
+
+    Returns:
+        A new dict.
+    """
+    from keras_pam.alignment_config import upgrade_recorded
+
+    return upgrade_recorded(settings)
+
+
 def check_settings(settings):
     """Raise `ValueError` on an unknown order or task, or on a method that
     cannot run with the study's settings, before any work.
@@ -568,7 +586,7 @@ def check_settings(settings):
             raise ValueError(f"Task {name!r}'s recipe: {e}") from e
     alignment = {
         key: settings[key]
-        for key in ("p", "every", "reinit", "scope")
+        for key in ("p", "align_every", "reinit", "scope")
         if key in settings
     }
     for method in settings.get("methods") or ():
@@ -1218,6 +1236,7 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
         (see `study_regime`), `seconds`.
     """
     start = time.time()
+    settings = upgrade_settings(settings)
 
     from keras_pam import checkpoint
 

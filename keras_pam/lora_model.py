@@ -15,6 +15,7 @@ from keras_pam.lora import quantize_base
 from keras_pam.losses import label_smoothing_loss
 from keras_pam.models.check_pali_gemma import check_pali_gemma
 from keras_pam.models.pali_gemma_preset import load_pali_gemma
+from keras_pam.training_settings import PAPER
 
 # The inputs of the causal LM; other keys of `x` feed extra losses.
 MODEL_INPUTS = ("images", "token_ids", "padding_mask", "response_mask")
@@ -41,7 +42,8 @@ class LoRAModel(keras.Model):
             model that has LoRA (e.g. from KerasHub's `enable_lora` or
             `load_lora_weights`) must have `rank` and `alpha`, and its
             biases are frozen (`keras_pam.lora.adopt_lora`).
-        rank: int. LoRA rank. Defaults to `32` (the paper's).
+        rank: int. LoRA rank. Defaults to `32`, the paper's for a real
+            PaliGemma (`keras_pam.PAPER.reasons["rank"]`).
         alpha: float. LoRA scale numerator, the update is
             `(alpha / rank) A B`. Defaults to `None` (equal to `rank`).
         target_layer_names: list of str. Layers to adapt. Defaults to
@@ -61,7 +63,7 @@ class LoRAModel(keras.Model):
     def __init__(
         self,
         causal_lm,
-        rank=32,
+        rank=PAPER.rank,
         alpha=None,
         target_layer_names=None,
         quantize=None,
@@ -239,8 +241,10 @@ class LoRAModel(keras.Model):
 
         Args:
             optimizer: `"auto"` or a `keras.optimizers.Optimizer`. `"auto"` is
-                Adam with the paper's learning rate `5e-4`. Defaults to
-                `"auto"`.
+                Adam at the paper's learning rate `5e-4`
+                (`keras_pam.PAPER.optimizer()`: the paper's rate for LoRA
+                on PaliGemma, with the Adam of PaliGemma's transfer
+                recipes). Defaults to `"auto"`.
             loss: `"auto"` or a loss. `"auto"` is sparse categorical
                 cross-entropy on the logits, on the answer tokens (the
                 preprocessor's sample weights). Defaults to `"auto"`.
@@ -249,7 +253,7 @@ class LoRAModel(keras.Model):
             **kwargs: passed to `keras.Model.compile`.
         """
         if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(learning_rate=5e-4)
+            optimizer = PAPER.optimizer()
         # Label smoothing is added to the default loss only.
         self.default_loss = loss == "auto"
         if loss == "auto":

@@ -325,7 +325,7 @@ def plot_task_gallery(tasks, examples_per_task=4, path=None, title=None):
     return _save(figure, path, rect=(0, 0, 1, 1 - band / height))
 
 
-def plot_perception_log(log, title=None, path=None):
+def plot_perception_log(log, title=None, path=None, places_first_steps=0):
     """Each perception's accuracy against pretraining steps.
 
     Args:
@@ -333,6 +333,8 @@ def plot_perception_log(log, title=None, path=None):
             or `pretrain_tiny_base(...).pretraining_log`): per chunk,
             `"step"` and `"accuracy"`, a dict of perception to accuracy.
         title: str. The figure title. Defaults to `None`.
+        places_first_steps: int. The steps that trained on places only,
+            shaded. Defaults to `0` (none).
         path: str. Where to save the PNG. Defaults to `None` (not saved).
 
     Returns:
@@ -363,6 +365,16 @@ def plot_perception_log(log, title=None, path=None):
             marker="o",
             markersize=3,
             label=name,
+        )
+    if places_first_steps:
+        axes.axvspan(0, places_first_steps, color="0.9", zorder=0)
+        axes.text(
+            places_first_steps / 2,
+            0.03,
+            "places\nfirst",
+            ha="center",
+            fontsize=8,
+            color="0.35",
         )
     axes.set_xlabel("pretraining step")
     axes.set_ylabel("accuracy on fresh generic questions")

@@ -32,6 +32,7 @@ from keras_pam import checkpoint
 from keras_pam import processes
 from keras_pam.alignment_config import LEARNER_ARGUMENTS
 from keras_pam.alignment_config import AlignmentConfig
+from keras_pam.alignment_config import upgrade_recorded
 from keras_pam.run_record import RunRecord
 from keras_pam.strategies import Strategy
 from keras_pam.strategies import parse_name
@@ -105,11 +106,37 @@ def _reach(path, make):
 
 
 def read_config(path):
-    """A run folder's `config.json`, or `None` if it has none."""
+    """A run folder's `config.json`, or `None` if it has none, under
+    today's setting names (`upgrade_config`)."""
     path = os.path.join(path, CONFIG)
     if not checkpoint.exists(path):
         return None
-    return json.loads(checkpoint.read_bytes(path))
+    return upgrade_config(json.loads(checkpoint.read_bytes(path)))
+
+
+def upgrade_config(config):
+    """A recorded run configuration under today's setting names.
+
+    A folder written before a setting was renamed (PAM's `every`, now
+    `align_every`, in its recorded strategy config) resumes as it is: the
+    file is not rewritten, and the settings are compared and rebuilt
+    under their new names.
+    """
+    config = upgrade_recorded(config)
+    if isinstance(config.get("strategy"), dict):
+        config["strategy"] = _upgrade_strategy_entry(config["strategy"])
+    return config
+
+
+def _upgrade_strategy_entry(entry):
+    """A recorded `{"name": ..., "config": ...}` strategy entry, and the
+    inner one a wrapper's config holds, under today's setting names."""
+    if not isinstance(entry.get("config"), dict):
+        return entry
+    config = upgrade_recorded(entry["config"])
+    if isinstance(config.get("inner"), dict):
+        config["inner"] = _upgrade_strategy_entry(config["inner"])
+    return {**entry, "config": config}
 
 
 def save_adapter(state, path, backbone):
@@ -286,7 +313,7 @@ def _saved_strategy(config):
         ) from None
     alignment = AlignmentConfig(
         p=config["p"],
-        every=config["align_every"],
+        align_every=config["align_every"],
         reinit=config["reinit"],
         scope=config["scope"],
         align_first_task=config["align_first_task"],

@@ -215,8 +215,8 @@ def test_align_rejects_mismatched_states():
         ({"p": 0.0}, "`p`"),
         ({"p": 1.5}, "`p`"),
         ({"p": "half"}, "`p`"),
-        ({"every": 0}, "`every`"),
-        ({"every": 2.5}, "`every`"),
+        ({"align_every": 0}, "`align_every`"),
+        ({"align_every": 2.5}, "`align_every`"),
         ({"reinit": "random"}, "`reinit`"),
         ({"scope": "layer"}, "`scope`"),
     ],
@@ -255,7 +255,7 @@ def test_callback_changes_weights_inside_fit():
     start = AdapterState.from_model(model)
     # A global state of opposite sign everywhere, all important (p = 1).
     global_state = start.map(lambda t: -2.0 * t - 1.0 * (t == 0))
-    callback = SignAlignmentCallback(global_state, p=1.0, every=2)
+    callback = SignAlignmentCallback(global_state, p=1.0, align_every=2)
     x = np.ones((8, 4), "float32")
     y = np.zeros((8, 3), "float32")
     model.fit(x, y, batch_size=2, epochs=1, callbacks=[callback], verbose=0)
@@ -279,7 +279,7 @@ def test_callback_with_zero_reinit_and_moment_reset():
     start = AdapterState.from_model(model)
     global_state = start.map(lambda t: -t)
     callback = SignAlignmentCallback(
-        global_state, p=1.0, every=1, reinit="zero", reset_moments=True
+        global_state, p=1.0, align_every=1, reinit="zero", reset_moments=True
     )
     x = np.ones((2, 4), "float32")
     y = np.ones((2, 3), "float32")
@@ -334,7 +334,7 @@ def test_callback_warns_when_a_fit_never_aligns():
             y,
             batch_size=2,
             epochs=2,
-            callbacks=[SignAlignmentCallback(state, every=9)],
+            callbacks=[SignAlignmentCallback(state, align_every=9)],
             verbose=0,
         )
     with warnings.catch_warnings():
@@ -344,7 +344,7 @@ def test_callback_warns_when_a_fit_never_aligns():
             y,
             batch_size=2,
             epochs=2,
-            callbacks=[SignAlignmentCallback(state, every=8)],
+            callbacks=[SignAlignmentCallback(state, align_every=8)],
             verbose=0,
         )
     # Under gradient accumulation the interval counts optimizer updates:
@@ -359,10 +359,10 @@ def test_callback_warns_when_a_fit_never_aligns():
             y,
             batch_size=2,
             epochs=2,
-            callbacks=[SignAlignmentCallback(state, every=5)],
+            callbacks=[SignAlignmentCallback(state, align_every=5)],
             verbose=0,
         )
-    aligning = SignAlignmentCallback(state, every=4)
+    aligning = SignAlignmentCallback(state, align_every=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         model.fit(x, y, batch_size=2, epochs=2, callbacks=[aligning], verbose=0)

@@ -367,7 +367,7 @@ def test_every_method_is_built_with_the_study_settings():
     from keras_pam import strategies
 
     settings = parse(
-        ["run", "--methods", "all", "--p", "0.3", "--every", "7"]
+        ["run", "--methods", "all", "--p", "0.3", "--align-every", "7"]
         + ["--reinit", "zero", "--scope", "global"]
     )
     assert settings["methods"] == list(cli._strategy_names())
@@ -375,7 +375,7 @@ def test_every_method_is_built_with_the_study_settings():
     # The settings each base method takes; the others take none.
     checks = {
         strategies.PAM: lambda s: (
-            (s.config.p, s.config.every, s.config.reinit, s.config.scope)
+            (s.config.p, s.config.align_every, s.config.reinit, s.config.scope)
             == aligned
         ),
         strategies.PostAlign: lambda s: (

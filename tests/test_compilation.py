@@ -18,7 +18,7 @@ from keras_pam.shared_model import SharedModel
 from keras_pam.strategies import get_strategy
 
 JAX = keras.backend.backend() == "jax"
-SETTINGS = dict(p=0.5, every=1, reinit="global", scope="tensor")
+SETTINGS = dict(p=0.5, align_every=1, reinit="global", scope="tensor")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def run_cell(shared, method, seed, suite, run_dir=None, stop_after=None):
             eval_tasks=tests,
             optimizer=keras.optimizers.Adam(learning_rate=5e-3),
             p=SETTINGS["p"],
-            align_every=SETTINGS["every"],
+            align_every=SETTINGS["align_every"],
             reinit=SETTINGS["reinit"],
             scope=SETTINGS["scope"],
         )
@@ -144,7 +144,7 @@ def test_train_step_keys_and_refusals(tiny_preset):
     # for PAM whatever wraps it, unless the wrapper adds a loss.
     assert keys["pam"] == keys["tall+pam"] == keys["er+pam"]
     assert keys["pam"] not in (None, "plain")
-    assert keys["pam"] == train_step_key(strategies.PAM(p=0.3, every=7))
+    assert keys["pam"] == train_step_key(strategies.PAM(p=0.3, align_every=7))
     assert keys["lwf+pam"] not in (None, "plain", keys["pam"])
     learner = ContinualLearner.from_preset(tiny_preset, rank=4)
     with pytest.raises(ValueError, match="MoELoRA"):

@@ -143,7 +143,7 @@ def test_learn_task_errors_leave_state_unchanged(learned, two_tasks):
 def test_constructor_errors(tiny_preset):
     for kwargs, message in [
         ({"p": 0.0}, "`p`"),
-        ({"align_every": 0}, "`every`"),
+        ({"align_every": 0}, "`align_every`"),
         ({"reinit": "noise"}, "`reinit`"),
         ({"scope": "row"}, "`scope`"),
         ({"merge": "mean"}, "Unknown merge"),

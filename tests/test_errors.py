@@ -134,10 +134,10 @@ def test_p_outside_zero_one(learned, p):
 
 @pytest.mark.parametrize("every", [0, -3])
 def test_every_below_one(learned, every):
-    with pytest.raises(ValueError, match=r"`every` must be .*>= 1"):
-        SignAlignmentCallback(learned.global_state, every=every)
-    with pytest.raises(ValueError, match=r"`every` must be .*>= 1"):
-        strategies.get_strategy("er+pam", every=every)
+    with pytest.raises(ValueError, match=r"`align_every` must be .*>= 1"):
+        SignAlignmentCallback(learned.global_state, align_every=every)
+    with pytest.raises(ValueError, match=r"`align_every` must be .*>= 1"):
+        strategies.get_strategy("er+pam", align_every=every)
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_learner_aligns_in_its_train_step_like_the_callback(
         callback = SignAlignmentCallback(
             global_state,
             p=0.5,
-            every=every,
+            align_every=every,
             reset_moments=True,
             fused_alignment=fused if use_fused else None,
         )

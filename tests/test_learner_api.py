@@ -123,7 +123,7 @@ def test_num_tasks_without_a_named_method_is_refused(tiny_preset):
 def test_the_learner_reports_a_strategy_objects_own_settings(tiny_preset):
     model = causal_lm(tiny_preset)
     learner = ContinualLearner(
-        model, rank=4, strategy=strategies.PAM(p=0.3, every=7)
+        model, rank=4, strategy=strategies.PAM(p=0.3, align_every=7)
     )
     assert (learner.p, learner.align_every) == (0.3, 7)
     assert learner.get_config()["p"] == 0.3

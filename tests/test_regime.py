@@ -279,3 +279,6 @@ def test_perception_curves_are_drawn(tmp_path):
     np.testing.assert_allclose(axes.get_lines()[0].get_ydata(), [0.2, 0.4, 0.6])
     with pytest.raises(ValueError, match="no perception accuracies"):
         plotting.plot_perception_log([{"step": 1, "loss": 0.5}])
+    shaded = plotting.plot_perception_log(log, places_first_steps=200)
+    (patch,) = shaded.axes[0].patches
+    assert patch.get_x() == 0 and patch.get_width() == 200

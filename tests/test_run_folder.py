@@ -124,7 +124,7 @@ def test_a_run_folder_of_the_first_format_resumes(
     assert learner.eval_task_names == ["color", "shape"]
     assert learner.optimizer.learning_rate.numpy() == pytest.approx(1e-2)
     assert learner.strategy.name == "pam"
-    assert learner.strategy.get_config()["every"] == 3
+    assert learner.strategy.get_config()["align_every"] == 3
     for key, value in _old_arrays(folder, "global").items():
         np.testing.assert_array_equal(learner.global_state[key], value)
     for key, value in _old_arrays(folder, "initial").items():

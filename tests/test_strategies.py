@@ -63,7 +63,7 @@ def run_two_tasks(tiny_preset, two_tasks, strategy, rank=4, snapshots=None):
 @pytest.mark.parametrize("name", strategies.STRATEGY_NAMES)
 def test_every_strategy_learns_two_tasks(tiny_preset, two_tasks, name):
     strategy = strategies.get_strategy(
-        name, every=2, num_tasks=2, num_experts=2
+        name, align_every=2, num_tasks=2, num_experts=2
     )
     learner = run_two_tasks(tiny_preset, two_tasks, strategy)
     report = learner.evaluate_all()

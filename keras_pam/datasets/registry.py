@@ -12,9 +12,11 @@ import dataclasses
 import numpy as np
 
 from keras_pam.data import as_examples
+from keras_pam.training_settings import PAPER
 
-PAPER_LEARNING_RATE = 5e-4
-PAPER_LORA_RANK = 32
+# The paper's settings for a real PaliGemma (`keras_pam.PAPER`).
+PAPER_LEARNING_RATE = PAPER.learning_rate
+PAPER_LORA_RANK = PAPER.rank
 
 METRICS = ("vqa", "exact")
 

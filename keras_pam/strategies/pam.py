@@ -4,6 +4,8 @@ import keras
 
 from keras_pam import alignment
 from keras_pam.alignment_config import AlignmentConfig
+from keras_pam.alignment_config import renamed_settings
+from keras_pam.alignment_config import upgrade_recorded
 from keras_pam.fused_sign_alignment import FusedSignAlignment
 from keras_pam.lora import lora_variables
 from keras_pam.strategies.average import Average
@@ -20,32 +22,39 @@ def split_settings(kwargs):
 class PAM(Average):
     """Parameter Alignment for Merging (the paper's Algorithm 1).
 
-    Clone the global adapter, train it while every `every` batches the
-    entries whose sign opposes an important (top-`p` magnitude, non-zero)
-    global entry are re-initialised, then average. On the JAX backend the
-    alignment runs inside the compiled train step (a
-    `keras_pam.FusedSignAlignment`, this strategy's in-step update); on the
-    other backends `SignAlignmentCallback` writes the factors between
+    Clone the global adapter, train it while every `align_every` optimizer
+    updates the entries whose sign opposes an important (top-`p`
+    magnitude, non-zero) global entry are re-initialised, then average.
+    On the JAX backend the alignment runs inside the compiled train step
+    (a `keras_pam.FusedSignAlignment`, this strategy's in-step update); on
+    the other backends `SignAlignmentCallback` writes the factors between
     batches.
 
     Args:
         alignment: `keras_pam.AlignmentConfig`. The alignment settings.
-            Defaults to `None` (the defaults, with `**kwargs`).
+            Defaults to `None`: `AlignmentConfig`'s defaults, the paper's
+            (`p=0.5`, `align_every=100`), with `**kwargs`.
         merge: str or callable. The merge. Defaults to `"average"`.
         **kwargs: alignment settings replacing those of `alignment` (`p`,
-            `every`, `reinit`, `scope`, `align_first_task`,
+            `align_every`, `reinit`, `scope`, `align_first_task`,
             `reset_moments`, see `AlignmentConfig`); any other keyword is
-            bound to the merge function.
+            bound to the merge function. The old name `every` of
+            `align_every` is accepted with a `DeprecationWarning`.
 
     Example:
     ```python
-    learner = ContinualLearner(causal_lm, strategy=PAM(p=0.5, every=100))
+    learner = ContinualLearner(
+        causal_lm, strategy=PAM(p=0.5, align_every=100)
+    )
+    # The tiny base's settings (its tasks are short):
+    PAM(keras_pam.TESTBED.alignment())
     ```
     """
 
     name = "pam"
 
     def __init__(self, alignment=None, merge="average", **kwargs):
+        kwargs = renamed_settings(kwargs, "PAM")
         settings, merge_kwargs = split_settings(kwargs)
         super().__init__(merge, **merge_kwargs)
         self.config = AlignmentConfig.make(alignment, **settings)
@@ -97,6 +106,12 @@ class PAM(Average):
 
     def get_config(self):
         return {**super().get_config(), **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        # A config recorded before `every` became `align_every` (a run
+        # folder's, a preset's) loads without a warning.
+        return cls(**upgrade_recorded(config))
 
     @classmethod
     def from_settings(cls, alignment, num_tasks=None, num_experts=8):

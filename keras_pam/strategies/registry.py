@@ -9,6 +9,7 @@ and one entry in `BASE_STRATEGIES` or `WRAPPERS`.
 
 from keras_pam.alignment_config import LEARNER_ARGUMENTS
 from keras_pam.alignment_config import AlignmentConfig
+from keras_pam.alignment_config import renamed_settings
 from keras_pam.strategies.average import Average
 from keras_pam.strategies.experience_replay import ExperienceReplay
 from keras_pam.strategies.finetune import Finetune
@@ -120,8 +121,8 @@ def get_strategy(
         num_experts: int. The number of LoRA experts of `"moelora"`; the
             learner's rank must be a multiple of it. Defaults to `8`.
         **settings: alignment settings replacing those of `alignment`
-            (`p`, `every`, `reinit`, `scope`, `align_first_task`,
-            `reset_moments`).
+            (`p`, `align_every`, `reinit`, `scope`, `align_first_task`,
+            `reset_moments`; the old name `every` warns).
 
     Returns:
         A `Strategy`.
@@ -135,6 +136,7 @@ def get_strategy(
     if isinstance(name, Strategy):
         return name
     wrappers, base = parse_name(name)
+    settings = renamed_settings(settings, "get_strategy")
     alignment = AlignmentConfig.make(alignment, **settings)
     strategy = base.from_settings(alignment, num_tasks, num_experts)
     for wrapper in reversed(wrappers):
@@ -265,7 +267,7 @@ def _refuse_conflicts(strategy, given):
         f"The strategy object {strategy.name!r} sets {carried_text} "
         f"itself; the learner's {given_text} would be ignored. Set them on "
         "the strategy (e.g. `strategy=keras_pam.strategies.PAM(p=0.3, "
-        "every=20)`, `OLoRA(num_tasks=6)`) and leave them out of the "
+        "align_every=20)`, `OLoRA(num_tasks=6)`) and leave them out of the "
         "learner's arguments, or name the strategy "
         '(`strategy="pam", p=0.3`).'
     )
