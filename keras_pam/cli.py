@@ -14,7 +14,7 @@ keras-pam run                                # 3 seeds of finetune, average, pam
 keras-pam run --seeds 0,1,2,3 --orders order1,order2,order3
 keras-pam run --methods all --order order2   # every method, one order
 keras-pam run --pairs pam:average,ties:pam   # the differences to report
-keras-pam run --quick                        # under a minute
+keras-pam run --quick                        # a smoke test
 keras-pam run --resume runs/20261123-101500  # continue a killed run
 keras-pam pretrain --output DIR             # rebuild the tiny base
 python -m keras_pam run --help
@@ -77,8 +77,9 @@ CUSTOM_ORDER = "custom"
 # `keras_pam.TESTBED`, whose `reasons` say why), on this grid of orders
 # and seeds with tasks of these sizes. Three orders x two seeds give six
 # paired cells, enough for the 95 % interval of a paired difference of
-# ACC or BWT to be a few points wide; 800 examples x 3 epochs keep the run
-# within 15 minutes on two CPU cores.
+# ACC or BWT to be a few points wide; 800 examples x 3 epochs (150
+# updates a task) keep six cells affordable on two CPU cores (the README
+# has the run's time).
 DEFAULTS = {
     "orders": ["order1", "order2", "order3"],
     "seeds": [0, 1],
@@ -98,7 +99,7 @@ DEFAULTS = {
     "benchmark": "coin",
     "num_frames": 4,
 }
-# `--quick`: small enough that the whole run takes < 1 min.
+# `--quick`: tiny sizes, a smoke test of the whole pipeline.
 QUICK = {
     "seeds": [0],
     "tasks": "color,shape",
@@ -549,7 +550,7 @@ def build_parser():
     run.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes, for a smoke test: the whole run takes < 1 minute",
+        help="tiny sizes, for a smoke test of the whole pipeline",
     )
     run.add_argument(
         "--resume",
