@@ -299,8 +299,10 @@ def parse(argv):
 
 def test_grid_settings_defaults_and_aliases():
     settings = parse(["run"])
-    assert settings["seeds"] == [0, 1, 2]
-    assert settings["orders"] == ["order1"]
+    # Six paired cells: the paper's three orders, two seeds each.
+    assert settings["seeds"] == [0, 1]
+    assert settings["orders"] == ["order1", "order2", "order3"]
+    assert (settings["num_train"], settings["epochs"]) == (800, 3)
     assert settings["methods"] == list(cli.DEFAULT_METHODS)
     assert "seed" not in settings and "order" not in settings
     assert parse(["run", "--seed", "3"])["seeds"] == [3]
