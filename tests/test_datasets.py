@@ -13,6 +13,7 @@ from PIL import Image
 from keras_pam import data as data_lib
 from keras_pam import datasets
 from keras_pam.datasets import generated
+from keras_pam.datasets.grid_world import Grid
 
 NUM_TRAIN = 300
 NUM_TEST = 100
@@ -357,11 +358,8 @@ def test_choice_answer_is_the_extreme_size(grid):
             sizes,
         )
         checked[len(sizes)] += 1
-    if grid:
-        # Three sizes 1.75 times apart do not fit an 8-pixel cell.
-        assert checked[2] >= 15 and checked[3] == 0
-    else:
-        assert checked[2] >= 15 and checked[3] >= 15
+    # Two options on every grid (`CHOICE_OPTIONS`).
+    assert checked[2] >= 30 and set(checked) == {2}
 
 
 @pytest.mark.parametrize("grid", [{}, SMALL], ids=["64-16", "32-8"])
@@ -1210,3 +1208,14 @@ def test_load_tfds_streams_the_same_split(tfds):
             assert stream.num_examples == len(split["prompts"])  # Counted.
             with pytest.raises(ValueError, match="'nope' not found"):
                 datasets.load_tfds(*arguments[:3], "nope", "x", stream=True)
+
+
+def test_choice_num_options_is_checked():
+    grid = Grid(64, 16)
+    rng = np.random.default_rng(0)
+    _, prompt, answer = generated._gen_choice(rng, grid, num_options=3)
+    assert " c: " in prompt and answer in ("a", "b", "c")
+    with pytest.raises(ValueError, match="2 or 3"):
+        generated._gen_choice(rng, grid, num_options=4)
+    with pytest.raises(ValueError, match="16"):
+        generated._gen_choice(rng, Grid(32, 8), num_options=3)
