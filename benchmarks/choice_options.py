@@ -56,7 +56,7 @@ def main():
 
     import keras_pam
     from keras_pam.models import shipped_base_preset
-    from keras_pam.scoring import Scorer
+    from keras_pam.evaluation.scoring import Scorer
 
     settings = keras_pam.TESTBED
     print(

@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_pam.cli import main
+from keras_pam.experiment.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

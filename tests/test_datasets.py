@@ -13,6 +13,7 @@ from PIL import Image
 from keras_pam import data as data_lib
 from keras_pam import datasets
 from keras_pam.datasets import generated
+from keras_pam.datasets import generated_coin
 from keras_pam.datasets.grid_world import Grid
 
 NUM_TRAIN = 300
@@ -137,16 +138,17 @@ def test_image_size_and_empty_splits():
 @pytest.fixture
 def sklearn_calls(monkeypatch):
     """The scikit-learn image indices drawn, in order, as `(index, image)`
-    pairs: a spy on `generated._sklearn_image`."""
+    pairs: a spy on `generated_coin._sklearn_image`, which the task's
+    generator calls."""
     calls = []
-    draw = generated._sklearn_image
+    draw = generated_coin._sklearn_image
 
     def spy(rng, grid, index):
         image = draw(rng, grid, index)
         calls.append((int(index), image))
         return image
 
-    monkeypatch.setattr(generated, "_sklearn_image", spy)
+    monkeypatch.setattr(generated_coin, "_sklearn_image", spy)
     return calls
 
 

@@ -272,3 +272,86 @@ def test_format_table_is_public_and_says_its_unit():
     assert "%" in header
     # `report.metrics` holds fractions; the table shows them in percent.
     assert row.split() == ["pam", "58.60", "-4.10"]
+
+
+# keras_pam 0.1.0's flat modules and the modules they are now: the old
+# path must give the module itself, so that `monkeypatch` and attribute
+# reads through it reach what the package calls.
+OLD_MODULE_PATHS = {
+    "alignment": "keras_pam.merging.alignment",
+    "alignment_config": "keras_pam.merging.training_settings",
+    "answer_accuracy": "keras_pam.evaluation.answer_accuracy",
+    "checkpoint": "keras_pam.runs.checkpoint",
+    "cli": "keras_pam.experiment.cli",
+    "compilation": "keras_pam.learner.compilation",
+    "continual_learner": "keras_pam.learner.continual_learner",
+    "data": "keras_pam.datasets.data",
+    "evaluation_tasks": "keras_pam.evaluation.evaluation_tasks",
+    "fused_sign_alignment": "keras_pam.merging.fused_sign_alignment",
+    "in_step_update": "keras_pam.merging.in_step_update",
+    "learner_adapters": "keras_pam.learner.learner_adapters",
+    "learner_preset": "keras_pam.learner.learner_preset",
+    "lora": "keras_pam.merging.lora",
+    "lora_batch_callback": "keras_pam.merging.lora_batch_callback",
+    "lora_model": "keras_pam.learner.lora_model",
+    "losses": "keras_pam.learner.losses",
+    "metrics": "keras_pam.evaluation.metrics",
+    "plotting": "keras_pam.evaluation.plotting",
+    "process_shards": "keras_pam.distribution.process_shards",
+    "processes": "keras_pam.distribution.processes",
+    "report": "keras_pam.evaluation.report",
+    "run_folder": "keras_pam.runs.run_folder",
+    "run_record": "keras_pam.runs.run_record",
+    "scoring": "keras_pam.evaluation.scoring",
+    "shared_model": "keras_pam.learner.shared_model",
+    "statistics": "keras_pam.evaluation.statistics",
+    "streaming_split": "keras_pam.datasets.streaming_split",
+    "task_backup": "keras_pam.runs.task_backup",
+    "task_learning_rate": "keras_pam.learner.task_learning_rate",
+    "task_recipe": "keras_pam.datasets.task_recipe",
+    "training": "keras_pam.learner.training",
+    "training_settings": "keras_pam.merging.training_settings",
+    "utils": "keras_pam.distribution.backend",
+}
+
+_OLD_PATHS_CHECK = """
+import importlib, json, sys
+import keras_pam
+pairs = json.loads(sys.argv[1])
+wrong = []
+for old, new in pairs.items():
+    module = importlib.import_module("keras_pam." + old)
+    exec(f"import keras_pam.{old} as spelled")
+    if not (module is spelled is getattr(keras_pam, old)
+            is importlib.import_module(new)):
+        wrong.append(old)
+print(json.dumps(wrong))
+"""
+
+
+def test_old_module_paths_are_the_modules_themselves():
+    result = subprocess.run(
+        [sys.executable, "-c", _OLD_PATHS_CHECK, json.dumps(OLD_MODULE_PATHS)],
+        cwd=REPO.parent,
+        env=dict(
+            os.environ,
+            KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "jax"),
+            TF_CPP_MIN_LOG_LEVEL="3",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_merges_keep_the_module_they_are_saved_under():
+    # A learner given a merge function records it by module and name
+    # (`get_config`, a run folder's `config.json`); a run started before
+    # the merges moved into files of their own must still resume.
+    from keras_pam import merging
+
+    for name in merging.MERGE_FUNCTIONS:
+        assert merging.get_merge(name).__module__ == "keras_pam.merging"
+    assert merging.tall.__module__ == "keras_pam.merging"

@@ -1,10 +1,6 @@
-"""Datasets: a generated VQA suite, real-data loaders and the paper's tasks.
-
-A split is a dict of numpy arrays: `"images"` (uint8, `(N, S, S, 3)`),
-`"prompts"` and `"responses"` (object arrays of str, prompts ending with
-`"\\n"`) and, for multi-annotator VQA data, `"answers"` (object array of
-lists of str). A `Task` bundles a train and a test split with its metric.
-"""
+"""Data: the split format and its checks, streamed splits, task recipes,
+the generated task suites, real-data loaders, the paper's tasks.
+May import the layers below: distribution, merging."""
 
 from keras_pam.datasets.generated import ALL_ORDERS
 from keras_pam.datasets.generated import ALL_TASK_NAMES
@@ -16,8 +12,8 @@ from keras_pam.datasets.generated import TASK_NAMES
 from keras_pam.datasets.generated import answer_vocabulary
 from keras_pam.datasets.generated import make_suite
 from keras_pam.datasets.generated import make_task
-from keras_pam.datasets.generated import pretraining_mixture
 from keras_pam.datasets.generated import vocabulary_texts
+from keras_pam.datasets.generated_pretraining import pretraining_mixture
 from keras_pam.datasets.generated_video import VIDEO_ANALOGUES
 from keras_pam.datasets.generated_video import VIDEO_ORDER
 from keras_pam.datasets.generated_video import VIDEO_ORDERS
@@ -28,7 +24,6 @@ from keras_pam.datasets.generated_video import video_answer_vocabulary
 from keras_pam.datasets.grid_world import Grid
 from keras_pam.datasets.grid_world import check_tasks_fit_model
 from keras_pam.datasets.loaders import load_llava_json
-from keras_pam.datasets.loaders import load_tfds
 from keras_pam.datasets.loaders import write_llava_json
 from keras_pam.datasets.registry import COIN_ORDERS
 from keras_pam.datasets.registry import EXTENDED_COIN_ORDER
@@ -39,6 +34,7 @@ from keras_pam.datasets.registry import TaskHyperparameters
 from keras_pam.datasets.registry import hyperparameters
 from keras_pam.datasets.registry import object_array
 from keras_pam.datasets.registry import validate_split
+from keras_pam.datasets.tfds_loaders import load_tfds
 from keras_pam.datasets.video_loaders import load_video_files
 from keras_pam.datasets.video_loaders import load_video_qa_json
 from keras_pam.datasets.video_loaders import sample_frame_indices

@@ -42,19 +42,19 @@ read alike.
 
 import numpy as np
 
-from keras_pam.datasets.generated import _SINGLE_RADIUS
-from keras_pam.datasets.generated import COLOR_NAMES
-from keras_pam.datasets.generated import MAX_COUNT
-from keras_pam.datasets.generated import NUMBER_WORDS
-from keras_pam.datasets.generated import SHAPES
-from keras_pam.datasets.generated import VQA_PREFIX
-from keras_pam.datasets.generated import _as_split
-from keras_pam.datasets.generated import _background
-from keras_pam.datasets.generated import _check_sizes
-from keras_pam.datasets.generated import _objects_in_cells
-from keras_pam.datasets.generated import _render
-from keras_pam.datasets.generated import _rng
 from keras_pam.datasets.generated import _suite_tasks
+from keras_pam.datasets.generated_scenes import _SINGLE_RADIUS
+from keras_pam.datasets.generated_scenes import COLOR_NAMES
+from keras_pam.datasets.generated_scenes import MAX_COUNT
+from keras_pam.datasets.generated_scenes import NUMBER_WORDS
+from keras_pam.datasets.generated_scenes import SHAPES
+from keras_pam.datasets.generated_scenes import VQA_PREFIX
+from keras_pam.datasets.generated_scenes import _as_split
+from keras_pam.datasets.generated_scenes import _background
+from keras_pam.datasets.generated_scenes import _check_sizes
+from keras_pam.datasets.generated_scenes import _objects_in_cells
+from keras_pam.datasets.generated_scenes import _render
+from keras_pam.datasets.generated_scenes import _rng
 from keras_pam.datasets.grid_world import DEFAULT_IMAGE_SIZE
 from keras_pam.datasets.grid_world import DEFAULT_PATCH_SIZE
 from keras_pam.datasets.registry import VIDEO_QA_ORDER

@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from keras_pam.data import as_examples
-from keras_pam.training_settings import PAPER
+from keras_pam.datasets.data import as_examples
+from keras_pam.merging.training_settings import PAPER
 
 # The paper's settings for a real PaliGemma (`keras_pam.PAPER`).
 PAPER_LEARNING_RATE = PAPER.learning_rate
@@ -218,7 +218,7 @@ class TaskHyperparameters:
         assert recipe.label_smoothing == 0.2
         ```
         """
-        from keras_pam.task_recipe import TaskRecipe
+        from keras_pam.datasets.task_recipe import TaskRecipe
 
         settings = dict(
             epochs=self.epochs,

@@ -18,12 +18,12 @@ import re
 import numpy as np
 from PIL import Image
 
-from keras_pam.datasets.loaders import _answer_list
-from keras_pam.datasets.loaders import _clean_text
-from keras_pam.datasets.loaders import _most_common
-from keras_pam.datasets.loaders import _read_json
-from keras_pam.datasets.loaders import _resize_rgb
-from keras_pam.datasets.loaders import _to_split
+from keras_pam.datasets.records import _answer_list
+from keras_pam.datasets.records import _clean_text
+from keras_pam.datasets.records import _most_common
+from keras_pam.datasets.records import _read_json
+from keras_pam.datasets.records import _resize_rgb
+from keras_pam.datasets.records import _to_split
 
 # PaliGemma's MSVD-QA transfer (big_vision's
 # `configs/proj/paligemma/transfers/msvd_qa.py`) feeds 8 frames per video;

@@ -18,6 +18,11 @@ With `num_frames=1` the backbone is the image model: it takes
 `(batch, 1, S, S, 3)`.
 """
 
+# Over 600 lines on purpose: the four classes are one model on clips (the
+# frame ViT, the backbone, the preprocessor, the causal LM), each built on
+# the one before and saved in presets by its registered name; apart, the
+# video model would be read across four files.
+
 import keras
 import numpy as np
 from keras import ops

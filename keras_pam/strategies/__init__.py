@@ -1,11 +1,6 @@
-"""Continual-learning methods as `Strategy` objects, selectable by name.
-
-`get_strategy("pam")` builds one by name; composed names (`er+pam`,
-`lwf+pam`, `tall+pam`) wrap one method in another, and
-`strategy_from_config` rebuilds one from its saved config. A new method is
-a new file with a `Strategy` subclass and one entry in the registry
-(`keras_pam.strategies.registry`).
-"""
+"""The continual-learning methods as `Strategy` objects, and their registry
+(`get_strategy`, `strategy_from_config`). May import the layers below:
+distribution, merging, datasets, evaluation, models."""
 
 from keras_pam.strategies.average import Average
 from keras_pam.strategies.experience_replay import ExperienceReplay

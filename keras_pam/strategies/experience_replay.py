@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from keras_pam.data import REQUIRED_KEYS
-from keras_pam.data import is_streamed
+from keras_pam.datasets.data import is_streamed
+from keras_pam.datasets.split_format import REQUIRED_KEYS
+from keras_pam.datasets.streaming_split import StreamingSplit
+from keras_pam.datasets.streaming_split import _as_text
 from keras_pam.strategies.strategy import StrategyWrapper
-from keras_pam.streaming_split import StreamingSplit
-from keras_pam.streaming_split import _as_text
 
 
 def reservoir_update(length, num_seen, num_new, buffer_size, rng):

@@ -2,11 +2,11 @@
 
 from keras import ops
 
-from keras_pam.lora import AdapterState
-from keras_pam.lora_batch_callback import LoRABatchCallback
+from keras_pam.distribution.backend import compile_function
+from keras_pam.merging.lora import AdapterState
+from keras_pam.merging.lora_batch_callback import LoRABatchCallback
 from keras_pam.strategies.strategy import ALL_METRICS
 from keras_pam.strategies.strategy import Strategy
-from keras_pam.utils import compile_function
 
 
 class ExponentialMovingAverage(LoRABatchCallback):

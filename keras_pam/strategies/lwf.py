@@ -3,10 +3,10 @@
 import keras
 from keras import ops
 
-from keras_pam.distribution import device_copy
-from keras_pam.distribution import is_distributed
-from keras_pam.lora import lora_variables
-from keras_pam.lora import zero_copies
+from keras_pam.distribution.layout import device_copy
+from keras_pam.distribution.layout import is_distributed
+from keras_pam.merging.lora import lora_variables
+from keras_pam.merging.lora import zero_copies
 from keras_pam.strategies.strategy import StrategyWrapper
 
 # The attribute of the learner that holds the teacher's factors.

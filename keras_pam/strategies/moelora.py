@@ -5,7 +5,7 @@ import types
 import keras
 from keras import ops
 
-from keras_pam.lora import adapted_layers
+from keras_pam.merging.lora import adapted_layers
 from keras_pam.strategies.strategy import Strategy
 
 ROUTER_NAME = "moe_router"

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from keras_pam.data import REQUIRED_KEYS
-from keras_pam.data import is_streamed
+from keras_pam.datasets.data import is_streamed
+from keras_pam.datasets.split_format import REQUIRED_KEYS
+from keras_pam.datasets.streaming_split import StreamingSplit
 from keras_pam.strategies.strategy import Strategy
-from keras_pam.streaming_split import StreamingSplit
 
 
 class Multitask(Strategy):

@@ -7,10 +7,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_pam.lora import adapted_layers
-from keras_pam.lora_batch_callback import LoRABatchCallback
+from keras_pam.distribution.backend import compile_function
+from keras_pam.merging.lora import adapted_layers
+from keras_pam.merging.lora import initial_adapter
+from keras_pam.merging.lora_batch_callback import LoRABatchCallback
 from keras_pam.strategies.strategy import Strategy
-from keras_pam.utils import compile_function
 
 PAST_A_NAME = "olora_past_a"
 PAST_B_NAME = "olora_past_b"
@@ -326,9 +327,6 @@ class OLoRA(Strategy):
             )
         if task.index == 1:
             return self.learner.initial_state
-        # `keras_pam.training` imports the strategies.
-        from keras_pam.training import initial_adapter
-
         seed = self.learner.seed if self.learner.seed is not None else 0
         # One independent stream per (run seed, task).
         task_seed = np.random.SeedSequence([int(seed), task.index])

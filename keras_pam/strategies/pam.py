@@ -2,12 +2,13 @@
 
 import keras
 
-from keras_pam import alignment
-from keras_pam.alignment_config import AlignmentConfig
-from keras_pam.alignment_config import renamed_settings
-from keras_pam.alignment_config import upgrade_recorded
-from keras_pam.fused_sign_alignment import FusedSignAlignment
-from keras_pam.lora import lora_variables
+from keras_pam.merging import alignment
+from keras_pam.merging import alignment_functions
+from keras_pam.merging.fused_sign_alignment import FusedSignAlignment
+from keras_pam.merging.lora import lora_variables
+from keras_pam.merging.training_settings import AlignmentConfig
+from keras_pam.merging.training_settings import renamed_settings
+from keras_pam.merging.training_settings import upgrade_recorded
 from keras_pam.strategies.average import Average
 
 
@@ -96,7 +97,7 @@ class PAM(Average):
             "reinitialised_counts": counts,
             # At this strategy's own `p` and `scope`, the entries its
             # alignment protects.
-            **alignment.misalignment(
+            **alignment_functions.misalignment(
                 temporary,
                 task.previous_global,
                 self.config.p,

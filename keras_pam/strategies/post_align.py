@@ -1,7 +1,7 @@
 """Post-training alignment: PAM's sign rule applied once, after training."""
 
-from keras_pam import alignment
-from keras_pam.alignment_config import DEFAULT_ALIGNMENT
+from keras_pam.merging import alignment_functions
+from keras_pam.merging.training_settings import DEFAULT_ALIGNMENT
 from keras_pam.strategies.average import Average
 
 
@@ -39,14 +39,18 @@ class PostAlign(Average):
 
     def merge(self, temporary, task):
         global_state = self.learner.global_state
-        mask = alignment.importance_mask(global_state, self.p, self.scope)
-        aligned = alignment.align(temporary, global_state, mask, self.reinit)
+        mask = alignment_functions.importance_mask(
+            global_state, self.p, self.scope
+        )
+        aligned = alignment_functions.align(
+            temporary, global_state, mask, self.reinit
+        )
         return super().merge(aligned.numpy(), task)
 
     def task_diagnostics(self, temporary, task):
         # The trained adapter before this strategy aligns it, at its own
         # `p` and `scope`.
-        return alignment.misalignment(
+        return alignment_functions.misalignment(
             temporary, task.previous_global, self.p, self.scope
         )
 

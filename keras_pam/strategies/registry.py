@@ -7,9 +7,9 @@ A base method is known by its class's `name` (`"pam"`, `"ties"`, ...); a
 and one entry in `BASE_STRATEGIES` or `WRAPPERS`.
 """
 
-from keras_pam.alignment_config import LEARNER_ARGUMENTS
-from keras_pam.alignment_config import AlignmentConfig
-from keras_pam.alignment_config import renamed_settings
+from keras_pam.merging.training_settings import LEARNER_ARGUMENTS
+from keras_pam.merging.training_settings import AlignmentConfig
+from keras_pam.merging.training_settings import renamed_settings
 from keras_pam.strategies.average import Average
 from keras_pam.strategies.experience_replay import ExperienceReplay
 from keras_pam.strategies.finetune import Finetune
@@ -205,7 +205,8 @@ def strategy_from_config(entry, alignment=None):
     if not wrappers:
         return base.from_config(config)
     if "inner" in config:
-        return wrappers[0].from_config(config)
+        inner = strategy_from_config(config.pop("inner"))
+        return wrappers[0].from_config({**config, "inner": inner})
     inner_name = name.partition("+")[2] or wrappers[0].default_inner
     inner = get_strategy(inner_name, alignment)
     return wrappers[0](inner, **config)

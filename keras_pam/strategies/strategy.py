@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from keras_pam import alignment
-from keras_pam.alignment_config import DEFAULT_ALIGNMENT
+from keras_pam.merging import alignment_functions
+from keras_pam.merging.training_settings import DEFAULT_ALIGNMENT
 
 ALL_METRICS = ("acc", "bwt", "fwt", "a_t", "a_m")
 
@@ -128,7 +128,7 @@ class Strategy:
         measured against the same entries; `PAM` and `PostAlign` use their
         own.
         """
-        return alignment.misalignment(
+        return alignment_functions.misalignment(
             temporary,
             task.previous_global,
             DEFAULT_ALIGNMENT.p,
@@ -264,8 +264,15 @@ class StrategyWrapper(Strategy):
 
     @classmethod
     def from_config(cls, config):
-        # The registry imports the strategies, this module among them.
-        from keras_pam.strategies.registry import strategy_from_config
-
+        """The wrapper `get_config` described, around `config["inner"]`:
+        the inner `Strategy` itself, which `strategy_from_config`
+        rebuilds from its saved entry first."""
         config = dict(config)
-        return cls(strategy_from_config(config.pop("inner")), **config)
+        inner = config.pop("inner")
+        if isinstance(inner, dict):
+            raise TypeError(
+                f"`{cls.__name__}.from_config` takes the inner strategy "
+                "built: rebuild a saved entry with "
+                "`keras_pam.strategies.strategy_from_config`."
+            )
+        return cls(inner, **config)

@@ -1,0 +1,272 @@
+"""`SignAlignmentCallback`: PAM's sign alignment during `fit`, every
+`align_every` optimizer updates.
+
+The rule and its pure functions (`align`, `importance_mask`,
+`misalignment`, ...) are in `keras_pam.merging.alignment_functions`; this
+module gives them too, under the path they have always had.
+"""
+
+import warnings
+
+from keras import ops
+
+from keras_pam.merging.alignment_functions import _compiled_conflict_count  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import _compiled_masks
+from keras_pam.merging.alignment_functions import _compiled_update
+from keras_pam.merging.alignment_functions import align  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import align_tensors  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import align_to_targets  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import compiled
+from keras_pam.merging.alignment_functions import importance_mask  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import importance_masks  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import masked_targets
+from keras_pam.merging.alignment_functions import misaligned_fraction_all  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import misaligned_fraction_important  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import misalignment  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import num_important  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import optimizer_slots
+from keras_pam.merging.lora import AdapterState
+from keras_pam.merging.lora_batch_callback import LoRABatchCallback
+from keras_pam.merging.training_settings import PAPER
+from keras_pam.merging.training_settings import AlignmentConfig
+from keras_pam.merging.training_settings import warn_renamed
+
+
+class SignAlignmentCallback(LoRABatchCallback):
+    """Align the temporary adapter's signs to the global one during `fit`.
+
+    Every `align_every` optimizer updates (training batches, or under gradient
+    accumulation that many updates' batches) it applies `align` to all
+    LoRA factors of the model in one compiled update, with the importance
+    mask of `global_state` computed once when training begins. It records
+    how many entries it re-initialised: `reinitialised_counts` (one int per
+    alignment) and `num_reinitialised` (their sum), available after `fit`.
+
+    Given a `fused_alignment` (a `keras_pam.FusedSignAlignment` that the
+    model's compiled train step runs, as `PAM` sets up on the JAX
+    backend), it aligns inside the train step instead: the callback hands
+    it the masks when training begins and reads its counts, and never
+    writes weights between batches, which on JAX would copy the whole
+    training state out and back.
+
+    Args:
+        global_state: `AdapterState`. The frozen global adapter `G_{t-1}`,
+            with the same paths as the model's LoRA factors.
+        p: float. Fraction of important global entries, in (0, 1]. Defaults
+            to `0.5`, the paper's (`keras_pam.PAPER`).
+        align_every: int. Align after every `align_every` optimizer
+            updates. Defaults to `100`, the paper's interval for its tasks
+            of thousands of updates (`keras_pam.PAPER`); the tiny base's
+            short tasks use `keras_pam.TESTBED.align_every`.
+        reinit: str. `"global"` copies the global value into a conflicting
+            entry, `"zero"` zeroes it. Defaults to `"global"`.
+        scope: str. `"tensor"` or `"global"`, see `importance_mask`.
+            Defaults to `"tensor"`.
+        reset_moments: bool. Also zero the optimizer's moment estimates of
+            re-initialised entries (Adam-family optimizers). Defaults to
+            `False`, which leaves them, as the paper's description does.
+        fused_alignment: `keras_pam.FusedSignAlignment`. The train step's
+            in-step alignment to drive instead of writing between batches;
+            ignored when it belongs to another model or is already in use.
+            Defaults to `None`.
+        every: int. The old name of `align_every`: accepted with a
+            `DeprecationWarning`. Defaults to `None`.
+
+    Example:
+    ```python
+    callback = SignAlignmentCallback(
+        AdapterState.from_model(model), align_every=10
+    )
+    model.fit(data, callbacks=[callback])
+    callback.num_reinitialised
+    ```
+    """
+
+    def __init__(
+        self,
+        global_state,
+        p=PAPER.p,
+        align_every=PAPER.align_every,
+        reinit="global",
+        scope="tensor",
+        reset_moments=False,
+        fused_alignment=None,
+        every=None,
+    ):
+        super().__init__()
+        if every is not None:
+            if align_every != PAPER.align_every:
+                raise TypeError(
+                    "`SignAlignmentCallback` got both `align_every` and its "
+                    "deprecated name `every`; give `align_every` only."
+                )
+            warn_renamed("every", "SignAlignmentCallback")
+            align_every = every
+        AlignmentConfig(
+            p=p, align_every=align_every, reinit=reinit, scope=scope
+        )
+        if not isinstance(global_state, AdapterState):
+            global_state = AdapterState(global_state)
+        self.global_state = global_state
+        self.p = p
+        self.align_every = align_every
+        self.reinit = reinit
+        self.scope = scope
+        self.reset_moments = reset_moments
+        self.fused_alignment = fused_alignment
+        self.reinitialised_counts = []
+        self.num_reinitialised = 0
+
+    @property
+    def every(self):
+        """Deprecated: `align_every`."""
+        warn_renamed("every", "SignAlignmentCallback.every")
+        return self.align_every
+
+    @property
+    def num_entries(self):
+        """The number of adapter entries under alignment."""
+        return self.global_state.num_entries
+
+    def on_train_begin(self, logs=None):
+        # Alignment goes with optimizer updates: under gradient
+        # accumulation an update is `accumulation` batches.
+        accumulation = self.accumulation_steps()
+        self._interval = self.align_every * accumulation
+        steps = (self.params or {}).get("steps")
+        epochs = (self.params or {}).get("epochs")
+        if steps and epochs and steps * epochs < self._interval:
+            updates = steps * epochs // accumulation
+            warnings.warn(
+                f"Sign alignment runs every {self.align_every} optimizer "
+                "updates, "
+                f"but this `fit` makes {updates} ({epochs} epochs of "
+                f"{steps} batches, {accumulation} per update): it never "
+                "aligns. Lower `align_every` or train longer.",
+                stacklevel=2,
+            )
+        variables = self.lora_variables()
+        self._paths = list(variables)
+        AdapterState(variables).check_compatible(
+            self.global_state, what="global state"
+        )
+        self._globals = [
+            ops.convert_to_tensor(self.global_state[k], "float32")
+            for k in self._paths
+        ]
+        self._masks = _compiled_masks(self.p, self.scope)(self._globals)
+        optimizer = self.model.optimizer
+        if self.reset_moments and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        if self.reset_moments and not hasattr(optimizer, "_momentums"):
+            raise ValueError(
+                "`reset_moments=True` needs an Adam-family optimizer; the "
+                f"model uses {type(optimizer).__name__}."
+            )
+        self._variables = None  # Found at the first alignment.
+        self._batches = 0  # Steps started (done, between steps).
+        self._aligned_after = 0
+        self._counts = []
+        self._fused = self.fused_alignment
+        if self._fused is not None and (
+            self._fused.paths != self._paths or self._fused.active
+        ):
+            self._fused = None  # Another model's, or already in use.
+        if self._fused is not None:
+            self._fused.start(
+                self._globals,
+                self._masks,
+                self._interval,
+                self.reinit,
+                self.reset_moments,
+            )
+            # The model holds them now, masked into one adapter-size copy.
+            self._globals = self._masks = None
+            self._num_read = 0  # Alignments whose counts were read.
+        else:
+            self._targets = compiled(
+                ("masked_targets",), lambda: masked_targets
+            )(self._globals, self._masks)
+            self._globals = self._masks = None
+            self._update = _compiled_update()
+
+    # The alignment after step `n` runs before step `n + 1` starts, or at
+    # the epoch's end: never in `on_train_batch_end`, which Keras then
+    # runs on a worker thread while the next step is dispatched (a
+    # `on_train_batch_end` makes every step wait for the host).
+    def on_train_batch_begin(self, batch, logs=None):
+        self._align_if_due()
+        self._batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._align_if_due()
+
+    def _align_if_due(self):
+        done = self._batches
+        if done == 0 or done % self._interval or done == self._aligned_after:
+            return
+        self._aligned_after = done
+        if self._fused is not None:
+            # The train step aligned; read its counts before they wrap.
+            if done // self._interval - self._num_read == self._fused.capacity:
+                self._read_fused_counts()
+            return
+        # Reaching the model through `self.model` makes Keras sync the JAX
+        # training state first and re-read it after this write.
+        model = self.model
+        if self._variables is None:
+            variables = self.lora_variables()
+            self._variables = [variables[k] for k in self._paths]
+            self._slots = [
+                optimizer_slots(model.optimizer, v)
+                if self.reset_moments
+                else []
+                for v in self._variables
+            ]
+        variables, slots = self._variables, self._slots
+        aligned, new_slots, count = self._update(
+            [v.value for v in variables],
+            self._targets,
+            1.0 if self.reinit == "global" else 0.0,
+            [[s.value for s in group] for group in slots],
+        )
+        for variable, value in zip(variables, aligned):
+            variable.assign(value)
+        for group, values in zip(slots, new_slots):
+            for slot, value in zip(group, values):
+                slot.assign(value)
+        self._counts.append(count)
+
+    def _read_fused_counts(self):
+        # Reaching `self.model` syncs the JAX training state first.
+        self.model  # noqa: B018
+        fused = self._fused
+        done = self._batches // self._interval
+        if done > self._num_read:
+            self._counts.extend(fused.read_counts(self._num_read + 1, done))
+            self._num_read = done
+
+    def backup_state(self):
+        """Its progress within a `fit`, for a task restarted mid-way."""
+        if self._fused is not None:
+            self._read_fused_counts()
+        return {
+            "batches": self._batches,
+            "counts": [int(ops.convert_to_numpy(c)) for c in self._counts],
+        }
+
+    def restore_backup_state(self, state):
+        self._batches = int(state["batches"])
+        self._aligned_after = self._batches
+        self._counts = list(state["counts"])
+        if self._fused is not None:
+            self._fused.set_step(self._batches)
+            self._num_read = self._batches // self._interval
+
+    def on_train_end(self, logs=None):
+        if self._fused is not None:
+            self._read_fused_counts()
+            self._fused.stop()
+        counts = [int(ops.convert_to_numpy(c)) for c in self._counts]
+        self.reinitialised_counts.extend(counts)
+        self.num_reinitialised += sum(counts)
