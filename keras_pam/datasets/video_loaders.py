@@ -1,9 +1,9 @@
 """Loaders that turn local video question-answering data into splits.
 
-A video split is a split (see `keras_pam.datasets`) whose `"images"` are
-uint8 clips of shape `(N, F, S, S, 3)`: `F` frames per example, sampled
-evenly over each video with `sample_frame_indices`. Two layouts of the
-usual JSON list of questions (MSVD-QA, MSRVTT-QA) are read:
+A video split is a split (see `keras_pam.datasets.split_format`) whose
+`"images"` are uint8 clips of shape `(N, F, S, S, 3)`: `F` frames per
+example, sampled evenly over each video with `sample_frame_indices`. Two
+layouts of the usual JSON list of questions (MSVD-QA, MSRVTT-QA) are read:
 
 - `load_video_qa_json`: the videos as folders of pre-extracted frames;
 - `load_video_files`: the video files themselves, decoded with PyAV
