@@ -55,8 +55,8 @@ def main():
     args = parser.parse_args()
 
     import keras_pam
-    from keras_pam.models import shipped_base_preset
     from keras_pam.evaluation.scoring import Scorer
+    from keras_pam.models import shipped_base_preset
 
     settings = keras_pam.TESTBED
     print(

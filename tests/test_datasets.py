@@ -14,6 +14,7 @@ from keras_pam import data as data_lib
 from keras_pam import datasets
 from keras_pam.datasets import generated
 from keras_pam.datasets import generated_coin
+from keras_pam.datasets import generated_pretraining
 from keras_pam.datasets.grid_world import Grid
 
 NUM_TRAIN = 300
@@ -138,8 +139,8 @@ def test_image_size_and_empty_splits():
 @pytest.fixture
 def sklearn_calls(monkeypatch):
     """The scikit-learn image indices drawn, in order, as `(index, image)`
-    pairs: a spy on `generated_coin._sklearn_image`, which the task's
-    generator calls."""
+    pairs: a spy on `_sklearn_image`, in the modules that call it (the
+    task's generator and the pretraining mixture)."""
     calls = []
     draw = generated_coin._sklearn_image
 
@@ -149,6 +150,7 @@ def sklearn_calls(monkeypatch):
         return image
 
     monkeypatch.setattr(generated_coin, "_sklearn_image", spy)
+    monkeypatch.setattr(generated_pretraining, "_sklearn_image", spy)
     return calls
 
 

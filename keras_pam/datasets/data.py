@@ -5,6 +5,7 @@ import numpy as np
 
 from keras_pam.datasets import split_format
 from keras_pam.datasets.split_format import REQUIRED_KEYS
+from keras_pam.datasets.split_format import concatenate_epochs
 from keras_pam.datasets.streaming_split import StreamingSplit
 from keras_pam.distribution import process_shards
 
@@ -77,20 +78,6 @@ def epoch_orders(num_examples, epochs, shuffle=True, seed=0, initial_epoch=0):
         else:
             orders.append(np.arange(num_examples))
     return orders
-
-
-def concatenate_epochs(epoch_datasets, initial_epoch, epochs):
-    """The datasets of epochs `initial_epoch` to `epochs - 1`, back to
-    back; a `ValueError` if there is none."""
-    ds = None
-    for epoch in epoch_datasets:
-        ds = epoch if ds is None else ds.concatenate(epoch)
-    if ds is None:
-        raise ValueError(
-            f"No epoch to run: `initial_epoch`={initial_epoch} and "
-            f"`epochs`={epochs}."
-        )
-    return ds
 
 
 def training_dataset(

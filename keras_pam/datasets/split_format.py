@@ -328,3 +328,20 @@ def as_examples(
     if sizes["images"] == 0:
         raise ValueError(f"`{name}` is empty: it has no examples.")
     return examples
+
+
+# Both kinds of split run their epochs back to back with it
+# (`keras_pam.datasets.data.training_dataset`,
+# `StreamingSplit.training_dataset`), so it lives below both.
+def concatenate_epochs(epoch_datasets, initial_epoch, epochs):
+    """The datasets of epochs `initial_epoch` to `epochs - 1`, back to
+    back; a `ValueError` if there is none."""
+    ds = None
+    for epoch in epoch_datasets:
+        ds = epoch if ds is None else ds.concatenate(epoch)
+    if ds is None:
+        raise ValueError(
+            f"No epoch to run: `initial_epoch`={initial_epoch} and "
+            f"`epochs`={epochs}."
+        )
+    return ds
