@@ -337,6 +337,78 @@ def test_recipe_settings_give_each_task_its_recipe():
     assert task_recipe("choice", faster).learning_rate == 1e-3
 
 
+def test_multitask_trains_the_union_with_the_joint_recipe(monkeypatch):
+    """Under `--recipe paper` the runner gives multitask's one training
+    (at the last task, on the union) the joint recipe of every task, each
+    weighted by its training examples; other methods get each task's."""
+    from types import SimpleNamespace
+
+    from keras_pam import TaskRecipe
+    from keras_pam.datasets import grid_world
+    from keras_pam.experiment import cell
+    from keras_pam.learner.compilation import CompileLog
+
+    settings = cli.cell_settings(
+        parse(["run", "--recipe", "paper", "--gradient-accumulation", "2"]),
+        "order1",
+        0,
+    )
+
+    def split(size):
+        return {"prompts": np.array(["question\n"] * size, dtype=object)}
+
+    # ScienceQA's, VQAv2's and RSVQA-lr's analogues: unlike recipes.
+    sizes = {"choice": 60, "color": 30, "land_cover": 10}
+    suite = [
+        SimpleNamespace(name=name, train=split(size), test=split(2))
+        for name, size in sizes.items()
+    ]
+    own = [experiment.task_recipe(task.name, settings) for task in suite]
+    joint = TaskRecipe.joint(own, list(sizes.values()))
+    # The joint recipe: 15 epochs of 128 (see `TaskRecipe.joint`'s test),
+    # not the last task's 3 epochs of 256 with smoothing 0.2.
+    assert (joint.epochs, joint.batch_size) == (15, 128)
+    assert joint.label_smoothing == pytest.approx(0.02)
+    assert (own[-1].epochs, own[-1].batch_size) == (3, 256)
+    assert experiment.suite_recipes(
+        experiment._make_strategy("multitask", settings, 3), suite, settings
+    ) == own[:-1] + [joint]
+
+    passed = []
+
+    class Learner:
+        """Records what `run_method` asks of it."""
+
+        learned_task_names = []
+        causal_lm = SimpleNamespace(backbone=None)
+
+        def learn_task(self, train, name, recipe, **kwargs):
+            passed.append((name, len(train["prompts"]), recipe))
+            return SimpleNamespace(summary=lambda: name)
+
+        def evaluate_all(self):
+            return "report"
+
+    shared = SimpleNamespace(
+        learner=lambda strategy, **kwargs: Learner(),
+        compile_log=CompileLog(),
+    )
+    monkeypatch.setattr(cell, "shared_model", lambda preset, s: shared)
+    monkeypatch.setattr(
+        grid_world, "check_tasks_fit_model", lambda suite, backbone: None
+    )
+    report = experiment.run_method("multitask", "tiny", suite, settings)
+    assert report == "report"
+    assert passed == [
+        ("choice", 60, own[0]),
+        ("color", 30, own[1]),
+        ("land_cover", 10, joint),
+    ]
+    passed.clear()
+    experiment.run_method("finetune", "tiny", suite, settings)
+    assert [recipe for _, _, recipe in passed] == own
+
+
 def test_benchmarks_choose_their_sequence():
     from keras_pam import datasets
 

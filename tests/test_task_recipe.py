@@ -54,6 +54,55 @@ def test_the_paper_recipe_is_table_4_with_the_transfer_schedule():
     assert hyperparameters("GQA").recipe(epochs=2).epochs == 2
 
 
+def test_the_joint_recipe_weighs_each_task_by_its_examples():
+    # Table 4: ScienceQA 20 epochs of 128; VQAv2 10 of 256, decay 1e-6;
+    # RSVQA-lr 3 of 256, smoothing 0.2.
+    recipes = [
+        hyperparameters(name).recipe(gradient_accumulation_steps=2)
+        for name in ("ScienceQA", "VQAv2", "RSVQA-lr")
+    ]
+    joint = TaskRecipe.joint(recipes, [60, 30, 10])
+    # 0.6 x 20 + 0.3 x 10 + 0.1 x 3 = 15.3 epochs: the union's 100
+    # examples 15 times, about the 1530 the three trainings visit.
+    assert joint.epochs == 15
+    # 0.6 x 128 + 0.4 x 256 = 179.2, to the nearest multiple of 128.
+    assert joint.batch_size == 128 and joint.micro_batch_size == 64
+    assert joint.weight_decay == pytest.approx(0.3e-6, rel=1e-12)
+    assert joint.label_smoothing == pytest.approx(0.02, rel=1e-12)
+    # Shared settings are kept as they are.
+    assert joint.learning_rate == PAPER_LEARNING_RATE
+    assert joint.schedule == "cosine" and joint.warmup_fraction == 0.05
+    assert joint.gradient_accumulation_steps == 2
+    # The plain mean would give 11 epochs of 256 and smoothing 0.067, and
+    # the last task's own recipe 3 epochs: sizes the other way round move
+    # every setting towards the larger tasks.
+    joint = TaskRecipe.joint(recipes, [10, 30, 60])
+    # 2 + 3 + 1.8 = 6.8 epochs; 12.8 + 230.4 = 243.2 examples a batch.
+    assert (joint.epochs, joint.batch_size) == (7, 256)
+    assert joint.weight_decay == pytest.approx(0.3e-6, rel=1e-12)
+    assert joint.label_smoothing == pytest.approx(0.12, rel=1e-12)
+    # Halves round up (Python's `round` would give 2).
+    halves = [TaskRecipe(epochs=1, batch_size=8), TaskRecipe(epochs=4)]
+    assert TaskRecipe.joint(halves, [1, 1]).epochs == 3
+    # Alike recipes (the testbed's) give that recipe, whatever the sizes.
+    assert TaskRecipe.joint(recipes[1:2] * 2, [5, 7]) == recipes[1]
+    science = recipes[0]
+    for other, name in (
+        (science.replace(gradient_accumulation_steps=4), "accumulation"),
+        (science.replace(schedule="constant"), "schedule"),
+        (science.replace(weight_decay=None), "weight_decay"),
+        (science.replace(learning_rate=None), "learning_rate"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            TaskRecipe.joint([science, other], [1, 1])
+    with pytest.raises(ValueError, match="num_examples"):
+        TaskRecipe.joint([science], [0])
+    with pytest.raises(ValueError, match="num_examples"):
+        TaskRecipe.joint(recipes, [1, 1])
+    with pytest.raises(ValueError, match="recipes"):
+        TaskRecipe.joint([], [])
+
+
 def test_the_schedule_is_big_vision_s_counting_updates():
     optimizer = keras.optimizers.Adam(1e-3)
     schedule = TaskLearningRate.attach(optimizer)

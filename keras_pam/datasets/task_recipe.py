@@ -1,6 +1,7 @@
 """`TaskRecipe`: how one task is trained."""
 
 import dataclasses
+import fractions
 import math
 
 SCHEDULES = ("constant", "cosine")
@@ -158,6 +159,124 @@ class TaskRecipe:
     def from_dict(cls, values):
         """The recipe of `to_dict`'s dict."""
         return cls(**values)
+
+    @classmethod
+    def joint(cls, recipes, num_examples):
+        """The recipe of one training on the union of several tasks.
+
+        A joint training (the multitask baseline) runs once on the union
+        of the tasks' training sets, which has no recipe of its own; the
+        last task's would give its settings to every task. This recipe
+        takes each setting from all the tasks' recipes instead, task `t`
+        weighted by its share of the union, `w_t = n_t / sum_j n_j` with
+        `n_t` its training examples. The union is shuffled, so each
+        update draws task `t`'s examples with probability `w_t`: `w_t` is
+        the share task `t` has in every update of the joint training,
+        and so the say it gets in the settings that act on every update.
+
+        - `epochs`: `sum_t w_t epochs_t`, rounded (at least 1). An epoch
+          of the union visits every example once, so the joint training
+          visits `sum_t epochs_t n_t` examples, as many as the tasks'
+          own trainings together: it costs what they cost.
+        - `batch_size`: `sum_t w_t batch_size_t`, rounded to the nearest
+          multiple (at least one) of the greatest common divisor of the
+          tasks' batch sizes, so that every split of the batch that
+          divided each task's (micro-batches, devices, processes) still
+          divides it.
+        - `learning_rate`, `warmup_fraction`, `weight_decay` and
+          `label_smoothing`: `sum_t w_t value_t`; a value every recipe
+          shares is kept as it is.
+        - `schedule` and `gradient_accumulation_steps` are not averaged
+          (a schedule is a kind, the accumulation the device's): they
+          must be the same in every recipe. So must it be whether
+          `learning_rate` and `weight_decay` are given: `None` (the
+          compiled optimizer's) has no value to average.
+
+        Args:
+            recipes: list of `TaskRecipe`. The tasks' own recipes.
+            num_examples: list of int. The tasks' training examples, in
+                the order of `recipes`.
+
+        Returns:
+            A `TaskRecipe`. Recipes that are all equal give that recipe.
+
+        Example:
+
+        ```python
+        from keras_pam import TaskRecipe
+
+        joint = TaskRecipe.joint(
+            [
+                TaskRecipe(epochs=20, batch_size=128),
+                TaskRecipe(epochs=2, batch_size=256, label_smoothing=0.2),
+            ],
+            num_examples=[300, 100],
+        )
+        # 20 x 3/4 + 2 x 1/4 = 15.5 epochs; batch 160, to a multiple of 128.
+        assert (joint.epochs, joint.batch_size) == (16, 128)
+        assert joint.label_smoothing == 0.05
+        ```
+        """
+        recipes = list(recipes)
+        num_examples = list(num_examples)
+        if not recipes or not all(isinstance(r, cls) for r in recipes):
+            raise ValueError(
+                "`recipes` must be a non-empty list of `TaskRecipe`s. Got "
+                f"{recipes!r}."
+            )
+        if len(num_examples) != len(recipes) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1
+            for n in num_examples
+        ):
+            raise ValueError(
+                "`num_examples` must hold an int >= 1 per recipe "
+                f"({len(recipes)}). Got {num_examples!r}."
+            )
+        for name in ("schedule", "gradient_accumulation_steps"):
+            values = {getattr(r, name) for r in recipes}
+            if len(values) > 1:
+                raise ValueError(
+                    f"A joint recipe needs one `{name}` in every recipe. "
+                    f"Got {sorted(values, key=str)}."
+                )
+        for name in ("learning_rate", "weight_decay"):
+            given = {getattr(r, name) is not None for r in recipes}
+            if len(given) > 1:
+                raise ValueError(
+                    f"A joint recipe needs `{name}` in every recipe or in "
+                    "none: `None` (the compiled optimizer's) has no value "
+                    "to average."
+                )
+        total = sum(num_examples)
+
+        def mean(name):
+            values = [getattr(r, name) for r in recipes]
+            if all(v == values[0] for v in values):
+                return values[0]
+            weighted = math.fsum(n * v for n, v in zip(num_examples, values))
+            return weighted / total
+
+        def rational_mean(name):
+            weighted = sum(
+                n * getattr(r, name) for n, r in zip(num_examples, recipes)
+            )
+            return fractions.Fraction(weighted, total)
+
+        unit = math.gcd(*(r.batch_size for r in recipes))
+        return recipes[0].replace(
+            epochs=max(1, _round_half_up(rational_mean("epochs"))),
+            batch_size=unit
+            * max(1, _round_half_up(rational_mean("batch_size") / unit)),
+            learning_rate=mean("learning_rate"),
+            warmup_fraction=mean("warmup_fraction"),
+            weight_decay=mean("weight_decay"),
+            label_smoothing=mean("label_smoothing"),
+        )
+
+
+def _round_half_up(value):
+    """The int nearest a `Fraction`, halves up (`round` would go to even)."""
+    return math.floor(value + fractions.Fraction(1, 2))
 
 
 def _is_number(value):

@@ -14,6 +14,7 @@ from keras_pam.experiment.cell import make_study_suite
 from keras_pam.experiment.cell import paper_task
 from keras_pam.experiment.cell import run_method
 from keras_pam.experiment.cell import shared_model
+from keras_pam.experiment.cell import suite_recipes
 from keras_pam.experiment.cell import task_recipe
 from keras_pam.experiment.grid import RUN_FILE
 from keras_pam.experiment.grid import cell_settings

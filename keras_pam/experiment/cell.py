@@ -97,6 +97,35 @@ def task_recipe(task_name, settings):
     )
 
 
+def suite_recipes(strategy, suite, settings):
+    """The `keras_pam.TaskRecipe` each task of a cell trains with.
+
+    Each task's own (`task_recipe`), but for a multitask strategy: it
+    trains once, at the last task, on the union of every task's training
+    set, so that task gets the joint recipe of all of them
+    (`TaskRecipe.joint`, each task weighted by its training examples)
+    rather than its own. Under `"testbed"` the recipes are all alike and
+    the joint one is the same.
+
+    Args:
+        strategy: `keras_pam.strategies.Strategy`. The cell's strategy.
+        suite: list of `keras_pam.datasets.Task`. The task sequence.
+        settings: dict. The cell's settings (see `task_recipe`).
+
+    Returns:
+        A list of `TaskRecipe`, one per task of `suite`, in its order.
+    """
+    from keras_pam.datasets import data
+    from keras_pam.datasets.task_recipe import TaskRecipe
+    from keras_pam.strategies.multitask import Multitask
+
+    recipes = [task_recipe(task.name, settings) for task in suite]
+    if recipes and any(isinstance(s, Multitask) for s in strategy.chain()):
+        sizes = [data.num_examples(task.train) for task in suite]
+        recipes[-1] = TaskRecipe.joint(recipes, sizes)
+    return recipes
+
+
 def paper_task(task_name):
     """The CoIN task a generated task stands for, or `ValueError`."""
     from keras_pam import datasets
@@ -138,7 +167,9 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     calls with the same preset, rank and alpha reuse it, with its compiled
     train step and scorer, so a study compiles them once. Each call is a
     new run (its initial adapter drawn from `settings["seed"]`) with the
-    same accuracy matrix whatever ran before it.
+    same accuracy matrix whatever ran before it. Each task trains with its
+    recipe of `suite_recipes` (multitask's one training with the joint
+    recipe of every task).
 
     Args:
         method: str. A name of `keras_pam.strategies.STRATEGY_NAMES`.
@@ -174,8 +205,10 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         run_folder.read_config(run_dir) is not None
     )
     compiles = CompileLog().start()
+    strategy = _make_strategy(method, settings, len(suite))
+    recipes = suite_recipes(strategy, suite, settings)
     learner = shared.learner(
-        _make_strategy(method, settings, len(suite)),
+        strategy,
         seed=settings["seed"],
         run_dir=run_dir,
         eval_tasks=tests,  # All registered first: FWT needs them.
@@ -198,13 +231,13 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     if log_dir is not None:
         log_dir = os.path.join(log_dir, _safe_name(method))
     rows = None if log_dir is None else _accuracy_writer(log_dir, learner)
-    for i, task in enumerate(suite, start=1):
+    for i, (task, recipe) in enumerate(zip(suite, recipes), start=1):
         if task.name in learner.learned_task_names:
             continue
         report = learner.learn_task(
             task.train,
             name=task.name,
-            recipe=task_recipe(task.name, settings),
+            recipe=recipe,
             seed=settings["seed"] + i,
             verbose=verbose,
             callbacks=_training_logs(log_dir, i, task.name),

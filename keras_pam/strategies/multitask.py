@@ -17,9 +17,11 @@ class Multitask(Strategy):
     for them, so their adapter is the initial one), and at task
     `num_tasks` trains a single time on the union of all of them, which
     `learn_task` shuffles as it shuffles any task. That one training runs
-    with the `epochs`, `batch_size` and optimizer of the last `learn_task`
-    call: a run that gives each task its own recipe should give the last
-    task the joint recipe.
+    with the recipe (or `epochs` and `batch_size`) and optimizer of the
+    last `learn_task` call. A run that gives each task its own recipe
+    should give the last task the joint recipe of all of them,
+    `keras_pam.TaskRecipe.joint(recipes, num_examples)`, not the last
+    task's own: the study runner does (`experiment.suite_recipes`).
 
     The rows of the accuracy matrix before the last task therefore show
     the initial adapter (the zero-shot accuracies), and only the final row
