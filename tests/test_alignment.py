@@ -61,7 +61,7 @@ def test_num_important_is_robust_to_float_error():
 def test_align_reinitialises_only_strict_conflicts(reinit):
     g = AdapterState({"w": np.array([3.0, -2.0, 1.0, 0.0, 4.0, -5.0])})
     # Entry 0: opposite sign, important -> conflict.
-    # Entry 1: opposite sign, important -> conflict.
+    # Entry 1: opposite sign, not important (|-2| below tau = 3) -> kept.
     # Entry 2: opposite sign, not important (|1| below tau = 3) -> kept.
     # Entry 3: global zero -> never important -> kept.
     # Entry 4: temp zero: 0 * 4 is not < 0 -> kept.

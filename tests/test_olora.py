@@ -177,6 +177,61 @@ def test_penalty_is_normalised_as_the_task_loss(olora_run, two_tasks):
     )
 
 
+def second_task_penalty(tiny_preset, two_tasks, weight):
+    """A two-task O-LoRA run of rank 4 with penalty `weight`.
+
+    Returns:
+        `(trained, fresh, first)`: `sum |A_1^T A_2|` over the layers for
+        task 2's trained `A` and for the `A` it started from, and task 1's
+        `A` factors.
+    """
+    rank = 4
+    keras.utils.set_random_seed(0)
+    strategy = olora.OLoRA(num_tasks=2, weight=weight)
+    learner = ContinualLearner.from_preset(
+        tiny_preset, rank=rank, strategy=strategy, seed=0
+    )
+    learner.compile(optimizer=keras.optimizers.Adam(1e-2))
+    for task in two_tasks:
+        learner.learn_task(
+            task.train, name=task.name, epochs=3, batch_size=8, verbose=0
+        )
+    past = [
+        keras.ops.convert_to_numpy(layer.olora_past_a)
+        for layer in strategy.layers
+    ]
+    first = [a[..., :rank] for a in past]
+    second = [a[..., rank : 2 * rank] for a in past]
+    task = strategies.TaskContext(name="second", index=2, examples={})
+    start = strategy.start_state(task)
+    fresh = [start[layer.lora_kernel_a.path] for layer in strategy.layers]
+    return (
+        numpy_penalty(first, second),
+        numpy_penalty(first, fresh),
+        first,
+    )
+
+
+def test_training_with_the_penalty_orthogonalises_the_new_a(
+    tiny_preset, two_tasks
+):
+    """Inside the train step the penalty's gradient reaches the new `A`:
+    trained with it, task 2's `A` ends more orthogonal to task 1's than
+    it started, and than trained without it from the same start."""
+    penalised, fresh, first = second_task_penalty(tiny_preset, two_tasks, 0.5)
+    free, fresh_free, first_free = second_task_penalty(
+        tiny_preset, two_tasks, 0.0
+    )
+    # The same seed: task 1 (no earlier LoRA, so no penalty) trains alike,
+    # and task 2 starts from the same `A` in both runs.
+    for a, b in zip(first, first_free):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert fresh == pytest.approx(fresh_free, rel=1e-6)
+    assert fresh > 0
+    assert penalised < 0.5 * fresh
+    assert penalised < 0.5 * free
+
+
 def test_any_rank_and_number_of_tasks_is_accepted():
     for rank, num_tasks in [(8, 6), (7, 3), (1, 10), (32, 6)]:
         strategy = strategies.get_strategy("olora", num_tasks=num_tasks)

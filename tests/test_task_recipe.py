@@ -190,6 +190,68 @@ def test_accumulated_micro_batches_make_the_full_batch_update(
     assert max(moved) > 0
 
 
+class OptimizerSteps(keras.callbacks.Callback):
+    """The optimizer's update count (`iterations`) and its train-step count
+    at the end of each epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.updates, self.steps = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        self.updates.append(
+            int(keras.ops.convert_to_numpy(optimizer.iterations))
+        )
+        self.steps.append(
+            int(keras.ops.convert_to_numpy(optimizer._iterations))
+        )
+
+
+def test_accumulated_adam_counts_updates_not_micro_batches(
+    tiny_preset, two_tasks
+):
+    """Adam's moments and bias correction advance once per update: four
+    accumulated micro-batches of 4 make the updates of batches of 16, and
+    the optimizer's `iterations` counts those updates."""
+    task = two_tasks[0]
+    keras.utils.set_random_seed(0)
+    learner = ContinualLearner.from_preset(
+        tiny_preset, rank=4, strategy="finetune", seed=0
+    )
+    learner.compile(optimizer=keras.optimizers.Adam(1e-3))
+
+    def adam_trained(recipe):
+        learner.reset(strategy="finetune", seed=0)
+        steps = OptimizerSteps()
+        learner.learn_task(
+            task.train,
+            name=task.name,
+            recipe=recipe,
+            shuffle=False,
+            verbose=0,
+            callbacks=[steps],
+        )
+        return learner.global_state.numpy(), steps
+
+    full = TaskRecipe(epochs=2, batch_size=16)
+    expected, full_steps = adam_trained(full)
+    split, split_steps = adam_trained(
+        full.replace(gradient_accumulation_steps=4)
+    )
+    # 32 examples: 2 updates an epoch, of 1 or of 4 train steps each.
+    assert full_steps.updates == full_steps.steps == [2, 4]
+    assert split_steps.updates == [2, 4]
+    assert split_steps.steps == [8, 16]
+    for key, value in expected.items():
+        np.testing.assert_allclose(split[key], value, rtol=1e-4, atol=1e-6)
+    moved = [np.abs(split[k] - learner.initial_state[k]).max() for k in split]
+    assert max(moved) > 1e-4
+    # Adam on the micro-batches themselves (16 updates) ends elsewhere.
+    small, _ = adam_trained(TaskRecipe(epochs=2, batch_size=4))
+    apart = [np.abs(small[k] - expected[k]).max() for k in expected]
+    assert max(apart) > 1e-4
+
+
 def test_weight_decay_shrinks_by_the_decay_not_times_the_rate(
     tiny_preset, two_tasks
 ):
@@ -212,6 +274,42 @@ def test_weight_decay_shrinks_by_the_decay_not_times_the_rate(
     assert training.same_optimizer(
         learner.optimizer, keras.optimizers.SGD(0.05)
     )
+
+
+def test_weight_decay_follows_the_schedule_factor(tiny_preset, two_tasks):
+    """Under a cosine schedule, update `k` shrinks every factor by
+    `wd * s_k`, with `s_k` the schedule's factor (big_vision's decay).
+    At a peak rate of 1e-9 the gradient steps are negligible, so the
+    factors are the start times the product of the shrinks."""
+    task, decay, peak = two_tasks[0], 0.1, 1e-9
+    recipe = TaskRecipe(
+        epochs=2,
+        batch_size=8,
+        learning_rate=peak,
+        schedule="cosine",
+        warmup_fraction=0.25,
+        weight_decay=decay,
+    )
+    # 32 examples: 4 updates an epoch, 8 in all, 2 of them warming up.
+    updates = recipe.num_updates(32)
+    warmup = recipe.warmup_updates(updates)
+    assert (updates, warmup) == (8, 2)
+    factors = np.array(
+        [big_vision_cosine(k, updates, warmup, 1.0) for k in range(updates)]
+    )
+    shrink = np.prod(1 - decay * factors)
+    # A decay that ignored the factor would shrink by 0.9 ** 8 = 0.43,
+    # one times the rate not at all, instead of this 0.67.
+    assert abs(shrink - (1 - decay) ** updates) > 0.2
+    assert abs(shrink - 1) > 0.2
+    learner = sgd_learner(tiny_preset)
+    start = learner.initial_state.numpy()
+    decayed = trained(learner, task, recipe)
+    for key, value in start.items():
+        np.testing.assert_allclose(
+            decayed[key], shrink * value, rtol=1e-5, atol=1e-6
+        )
+    assert max(np.abs(v).max() for v in start.values()) > 0.1
 
 
 class LearningRates(keras.callbacks.Callback):
