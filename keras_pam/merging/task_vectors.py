@@ -130,9 +130,11 @@ def tall(task_vectors, base, lam=0.1):
     """TALL masks: each task's localisation of the summed task vectors.
 
     With `tau_MTL` the sum of the task vectors, task `t` gets
-    `base + m_t * tau_MTL`, where `m_t = tall_mask(tau_t, tau_MTL, lam)`.
+    `base + m_t * tau_MTL`, where `m_t = tall_mask(tau_t, tau_MTL, lam)`:
+    both the mask and the kept values come from the sum, as in TALL-masks.
     This is TALL-masks' compression use: choosing a task's state needs the
-    task's identity at test time (`tall_merge` is the task-agnostic one).
+    task's identity at test time (`tall_merge`, the task-agnostic one,
+    takes its masks from the sum and its kept values from the mean).
 
     Args:
         task_vectors: list of `AdapterState`. The task vectors `tau_t`.
@@ -168,10 +170,12 @@ def tall_consensus(task_vectors, lam=0.1):
     `|tau_i| >= lam * |sum_{j != i} tau_j|`, and the consensus is
     `c = m_1 * ... * m_n`. An entry that one task's mask drops is
     selfish to another task (large there, negligible for this one), so the
-    consensus drops it. Every task vector enters on its own full scale:
-    with a weighted mean as the merge, each task's share `w tau_i` is
-    compared with the others' shares, which gives the same masks. A single
-    task vector keeps every entry.
+    consensus drops it. The masks come from the sum, every task vector on
+    its own full scale, whatever merge the consensus then localises
+    (`tall_merge` keeps the mean's values on it): the mean's equal shares
+    `tau_i / n` would give the same masks, as would any common positive
+    scale, but the mean's share of one task against the full vectors of
+    the others would not. A single task vector keeps every entry.
 
     Args:
         task_vectors: list of `AdapterState`. The task vectors `tau_i`.
@@ -218,15 +222,17 @@ def tall_merge(states, base, merged=None, lam=0.1):
 
     The task vectors are `tau_i = states[i] - base`, and
     `c = tall_consensus([tau_i], lam)` keeps the entries that no task's
-    TALL mask drops. A kept entry takes the value of `merged` (by default
-    the plain mean of the states, `base + mean_i tau_i`); a dropped one
-    goes back to `base`. In the continual setting the states are
-    `[G_{t-1}, W']` and `base` is `G_0`: the result is the next global
-    adapter, the same for every task. A state equal to `base` everywhere
-    (the global adapter before the first task) holds no task and takes no
-    part in the consensus: its zero task vector would drop every entry
-    that the other states changed, and the global would never leave
-    `base`.
+    TALL mask drops; the masks compare each `tau_i` with TALL's multitask
+    vector, the sum `sum_j tau_j`. A kept entry takes the value of
+    `merged` (by default the plain mean of the states,
+    `base + mean_i tau_i`, so that the result is
+    `base + c * sum_i tau_i / n`); a dropped one goes back to `base`. In
+    the continual setting the states are `[G_{t-1}, W']` and `base` is
+    `G_0`: the result is the next global adapter, the same for every
+    task. A state equal to `base` everywhere (the global adapter before
+    the first task) holds no task and takes no part in the consensus: its
+    zero task vector would drop every entry that the other states
+    changed, and the global would never leave `base`.
 
     Args:
         states: list of `AdapterState`. The states to merge, oldest first.

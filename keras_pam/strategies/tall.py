@@ -24,9 +24,11 @@ class TALL(StrategyWrapper):
     `m_G = |tau_G| >= lam * |tau_W|` and `m_W = |tau_W| >= lam * |tau_G|`
     (TALL's `|tau_i| >= lam * |tau_MTL - tau_i|` with `tau_MTL` the sum of
     the two), and `G_t = G_0 + (m_G * m_W) * (M - G_0)`
-    (`merging.tall_merge`). An entry selfish to one model (large there,
-    negligible for the other) goes back to `G_0`, which is how the paper
-    explains TALL's low A_m. Every task is evaluated with `G_t`: task
+    (`merging.tall_merge`), which for the mean is
+    `G_0 + (m_G * m_W) * (tau_G + tau_W) / 2`: the masks from TALL's sum,
+    the kept values from the mean. An entry selfish to one model (large
+    there, negligible for the other) goes back to `G_0`, which is how the
+    paper explains TALL's low A_m. Every task is evaluated with `G_t`: task
     identity is not known at test time.
 
     Before the first task `G_{t-1}` is `G_0`: it holds no task and takes no
