@@ -197,7 +197,9 @@ def cell_settings(settings, order, seed, log_dir=None):
     return cell
 
 
-def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
+def run_study(
+    settings, output=None, resume=False, log_dir=None, verbose=0, on_cell=None
+):
     """Run a study: every method on every (order, seed) cell, and report.
 
     Args:
@@ -211,6 +213,9 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
         log_dir: str. The study's TensorBoard folder (see `cell_settings`).
             Defaults to `None` (no TensorBoard scalars).
         verbose: int. Passed to each task's `fit`. Defaults to `0`.
+        on_cell: callable. Called with each cell's result as it finishes
+            or is read back (a named study prints its progress). Defaults
+            to `None`.
 
     Returns:
         The dict written to `results.json`: `settings`, `preset`,
@@ -276,6 +281,8 @@ def run_study(settings, output=None, resume=False, log_dir=None, verbose=0):
                 cells.append(
                     _run_cell(method, preset, suite, cell, verbose, run_dir)
                 )
+                if on_cell is not None:
+                    on_cell(cells[-1])
 
     from keras_pam.learner.shared_model import SharedModel
 

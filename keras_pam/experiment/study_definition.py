@@ -1,0 +1,85 @@
+"""A named study: variants of `keras-pam run` over one grid, and the
+comparisons between them that check one of the paper's claims."""
+
+import dataclasses
+import types
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyDefinition:
+    """A named, documented set of `keras-pam run` configurations.
+
+    Every variant is the flags of one `keras-pam run` (its methods and
+    settings such as `--p` or `--rank`); `keras-pam study` runs each over
+    the same seeds and orders, into a folder of its own. A result is
+    labelled `variant/method`, and `comparisons` names the paired
+    differences `a - b` that the study reports.
+
+    Args:
+        name: str. The study's name, as `keras-pam study NAME` takes it.
+        claim: str. The paper's claim that the study checks, in words.
+        variants: dict. Variant name to its `keras-pam run` flags, a
+            tuple of str (e.g. `("--methods", "pam", "--p", "0.3")`). A
+            name is a folder's name: letters, digits, `.`, `_` and `-`.
+        comparisons: tuple of `(a, b)`. Pairs of labels `variant/method`
+            whose difference `a - b` is reported. Defaults to `()`.
+
+    Example:
+    ```python
+    study = StudyDefinition(
+        name="tiny",
+        claim="PAM forgets less than fine-tuning.",
+        variants={"both": ("--methods", "finetune,pam")},
+        comparisons=(("both/pam", "both/finetune"),),
+    )
+    study.labels()  # ["both/finetune", "both/pam"]
+    ```
+    """
+
+    name: str
+    claim: str
+    variants: types.MappingProxyType
+    comparisons: tuple = ()
+
+    def __post_init__(self):
+        variants = {k: tuple(v) for k, v in dict(self.variants).items()}
+        if not variants:
+            raise ValueError(f"Study {self.name!r} has no variant.")
+        for variant in variants:
+            allowed = set("._-")
+            if not variant or not all(
+                c.isalnum() or c in allowed for c in variant
+            ):
+                raise ValueError(
+                    f"Study {self.name!r}: the variant name {variant!r} "
+                    "must be a folder name (letters, digits, '.', '_', '-')."
+                )
+        object.__setattr__(self, "variants", types.MappingProxyType(variants))
+        comparisons = tuple(tuple(pair) for pair in self.comparisons)
+        labels = self.labels()
+        for pair in comparisons:
+            unknown = [label for label in pair if label not in labels]
+            if len(pair) != 2 or unknown:
+                raise ValueError(
+                    f"Study {self.name!r}: the comparison {pair!r} must be "
+                    f"two of its labels: {', '.join(labels)}."
+                )
+        object.__setattr__(self, "comparisons", comparisons)
+
+    def variant_methods(self, variant):
+        """The methods of a variant: its `--methods`, or the defaults."""
+        from keras_pam.experiment.arguments import DEFAULT_METHODS
+        from keras_pam.experiment.arguments import parse_methods
+
+        flags = list(self.variants[variant])
+        if "--methods" in flags:
+            return parse_methods(flags[flags.index("--methods") + 1])
+        return list(DEFAULT_METHODS)
+
+    def labels(self):
+        """Every `variant/method` of the study, variants in order."""
+        return [
+            f"{variant}/{method}"
+            for variant in self.variants
+            for method in self.variant_methods(variant)
+        ]
