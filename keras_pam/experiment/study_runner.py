@@ -222,6 +222,10 @@ def _timings(output, settings):
     return timings
 
 
+def _cells_text(count):
+    return f"{count} cell{'' if count == 1 else 's'}"
+
+
 def _duration(seconds):
     minutes = round(seconds / 60)
     if minutes < 1:
@@ -271,7 +275,7 @@ def _progress(study, output, settings, chosen, index):
         print(
             f"Study {study.name}: variant {chosen[index]!r} cell "
             f"{cell['order']} seed{cell['seed']} {cell['method']} finished; "
-            f"{left} cells left{eta}",
+            f"{_cells_text(left)} left{eta}",
             flush=True,
         )
 
@@ -347,7 +351,7 @@ def run_named_study(
     cells, _ = estimate_left(output, settings, chosen)
     print(
         f"keras-pam study {study.name}: variants {', '.join(chosen)}; "
-        f"{cells} cells to run; output {output}",
+        f"{_cells_text(cells)} to run; output {output}",
         flush=True,
     )
     for i, variant in enumerate(chosen, start=1):
@@ -363,9 +367,9 @@ def run_named_study(
         resume = os.path.isfile(os.path.join(folder, grid.RUN_FILE))
         left, seconds = estimate_left(output, settings, chosen[i - 1 :])
         eta = (
-            f"about {_duration(seconds)} left for {left} cells"
+            f"about {_duration(seconds)} left for {_cells_text(left)}"
             if seconds is not None
-            else f"{left} cells left, no timings yet"
+            else f"{_cells_text(left)} left, no timings yet"
         )
         print(
             f"\nVariant {i}/{len(chosen)} {variant!r} ({flags}"
