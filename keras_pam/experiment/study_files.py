@@ -126,6 +126,27 @@ def _row(cells):
     return "| " + " | ".join(cells) + " |"
 
 
+def _summary_rows(study, results, summaries, spread):
+    """A table row per finished label, its metrics' mean ± std over
+    `spread` (`"cells"` or `"orders"`)."""
+    rows = []
+    for label in _labels(study, results):
+        summary = summaries.get(label)
+        if summary is None:
+            continue
+        variant, method = label.split("/", 1)
+        rows.append(
+            _row(
+                [variant, method, str(summary[f"n_{spread}"])]
+                + [
+                    _format_mean_std(summary[spread][key])
+                    for key, _ in METRIC_COLUMNS
+                ]
+            )
+        )
+    return rows
+
+
 def format_study_table(study, results):
     """`table.md`: each variant and method's metrics, in percent.
 
@@ -158,20 +179,7 @@ def format_study_table(study, results):
     summaries = {
         label: label_summaries(cells, label) for label in _labels_of(cells)
     }
-    for label in _labels(study, results):
-        summary = summaries.get(label)
-        if summary is None:
-            continue
-        variant, method = label.split("/", 1)
-        lines.append(
-            _row(
-                [variant, method, str(summary["n_cells"])]
-                + [
-                    _format_mean_std(summary["cells"][key])
-                    for key, _ in METRIC_COLUMNS
-                ]
-            )
-        )
+    lines += _summary_rows(study, results, summaries, "cells")
     lines += [
         "",
         "## Over orders",
@@ -182,20 +190,7 @@ def format_study_table(study, results):
         _row(["variant", "method", "orders", *headers]),
         _row(["---"] * (3 + len(headers))),
     ]
-    for label in _labels(study, results):
-        summary = summaries.get(label)
-        if summary is None:
-            continue
-        variant, method = label.split("/", 1)
-        lines.append(
-            _row(
-                [variant, method, str(summary["n_orders"])]
-                + [
-                    _format_mean_std(summary["orders"][key])
-                    for key, _ in METRIC_COLUMNS
-                ]
-            )
-        )
+    lines += _summary_rows(study, results, summaries, "orders")
     missing = [v for v in study.variants if v not in results]
     if missing:
         lines += ["", f"Not finished yet: {', '.join(missing)}."]
