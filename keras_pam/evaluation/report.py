@@ -26,6 +26,7 @@ _FLOAT_FIELDS = (
     "post_merge_accuracy",
     "misaligned_fraction_all",
     "misaligned_fraction_important",
+    "p",
     "seconds",
 )
 
@@ -57,6 +58,11 @@ class TaskReport:
             `AlignmentConfig`'s for a method without them): the entries
             PAM's alignment protects. NaN when no global entry is
             important.
+        p: float. The alignment percentage of the task's importance mask:
+            PAM's `p`, or the one its `p_rule` set for this task. NaN when
+            the task computed no mask (a method that does not align, a
+            first task not aligned, reports of run folders written before
+            it was recorded).
         seconds: float. Wall time of the whole task, evaluation included.
         recipe: dict. The `keras_pam.TaskRecipe` it trained with
             (`TaskRecipe.to_dict`), or `None` when `learn_task` had none.
@@ -74,6 +80,7 @@ class TaskReport:
     num_entries: int = 0
     misaligned_fraction_all: float = math.nan
     misaligned_fraction_important: float = math.nan
+    p: float = math.nan
     seconds: float = 0.0
     recipe: dict = None
     diagnostics: dict = dataclasses.field(default_factory=dict)
@@ -117,6 +124,8 @@ class TaskReport:
             f"pre-merge acc {self.pre_merge_accuracy:.3f}, "
             f"post-merge acc {self.post_merge_accuracy:.3f}"
         )
+        if not math.isnan(self.p):
+            line += f", p {self.p:.2f}"
         if self.reinitialised_counts:
             line += f", re-initialised {self.num_reinitialised} entries"
         misaligned = []

@@ -28,6 +28,7 @@ DEFAULTS = {
     "align_every": TESTBED.align_every,
     "reinit": DEFAULT_ALIGNMENT.reinit,
     "scope": DEFAULT_ALIGNMENT.scope,
+    "p_rule": DEFAULT_ALIGNMENT.p_rule,
     "epochs": TESTBED.epochs,
     "batch_size": TESTBED.batch_size,
     "num_train": 800,

@@ -145,8 +145,8 @@ def _make_strategy(name, settings, num_tasks):
     """The strategy `name` of a cell, with the study's settings.
 
     `get_strategy` gives the alignment settings (`p`, `align_every`,
-    `reinit`, `scope`) to the methods that align and `num_tasks` to
-    O-LoRA; the other methods leave them unused.
+    `reinit`, `scope`, `p_rule`) to the methods that align and
+    `num_tasks` to O-LoRA; the other methods leave them unused.
     """
     from keras_pam.strategies import get_strategy
 
@@ -157,6 +157,7 @@ def _make_strategy(name, settings, num_tasks):
         align_every=settings["align_every"],
         reinit=settings["reinit"],
         scope=settings["scope"],
+        p_rule=settings.get("p_rule", "fixed"),
     )
 
 

@@ -73,6 +73,7 @@ from keras_pam.experiment.summary import aggregate  # noqa: F401 (old path)
 from keras_pam.experiment.summary import differences  # noqa: F401 (old path)
 from keras_pam.experiment.summary import study_pairs  # noqa: F401 (old path)
 from keras_pam.merging.training_settings import DEFAULT_ALIGNMENT  # noqa: F401 (old path)
+from keras_pam.merging.training_settings import P_RULES
 from keras_pam.merging.training_settings import PAPER
 from keras_pam.merging.training_settings import REINIT_MODES
 from keras_pam.merging.training_settings import SCOPES
@@ -212,6 +213,17 @@ def build_parser():
         "--scope",
         choices=SCOPES,
         help="PAM: rank magnitudes per tensor or over all entries",
+    )
+    run.add_argument(
+        "--p-rule",
+        choices=P_RULES,
+        help=(
+            "PAM: how each task's p is set: 'fixed' (--p for every task), "
+            "or from the interference measured at the task's first "
+            "alignment, in [0.3, 0.9]: 'conflict' (the sign-conflict rate "
+            "with the global adapter) or 'direction' (the update's cosine "
+            f"with the earlier tasks' direction) ({DEFAULTS['p_rule']})"
+        ),
     )
     run.add_argument(
         "--epochs",

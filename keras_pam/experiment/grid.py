@@ -62,7 +62,8 @@ def upgrade_settings(settings):
 
     A run folder whose `run.json` was written before a setting was renamed
     (`every`, now `align_every`) resumes: its settings are read under the
-    new names, and the file is kept as it is.
+    new names, and the file is kept as it is. One written before
+    `p_rule` existed ran PAM at its fixed `p`: `p_rule` reads `"fixed"`.
 
     Args:
         settings: dict. A study's settings, as a `run.json` holds them.
@@ -72,7 +73,9 @@ def upgrade_settings(settings):
     """
     from keras_pam.merging.training_settings import upgrade_recorded
 
-    return upgrade_recorded(settings)
+    settings = upgrade_recorded(settings)
+    settings.setdefault("p_rule", "fixed")
+    return settings
 
 
 def check_settings(settings):
@@ -123,7 +126,7 @@ def check_settings(settings):
             raise ValueError(f"Task {name!r}'s recipe: {e}") from e
     alignment = {
         key: settings[key]
-        for key in ("p", "align_every", "reinit", "scope")
+        for key in ("p", "align_every", "reinit", "scope", "p_rule")
         if key in settings
     }
     for method in settings.get("methods") or ():

@@ -45,6 +45,7 @@ def resolve_settings(args):
         "align_every",
         "reinit",
         "scope",
+        "p_rule",
         "epochs",
         "batch_size",
         "num_train",

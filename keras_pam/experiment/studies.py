@@ -8,7 +8,9 @@ lists them in the order of the paper.
 
 import inspect
 
+from keras_pam.experiment.held_out_selection import HeldOutSelection
 from keras_pam.experiment.study_definition import StudyDefinition
+from keras_pam.merging.training_settings import P_RULES
 
 
 def _claim(function):
@@ -222,6 +224,51 @@ def generality_study():
     )
 
 
+# The rules of `--p-rule` that set `p` per task.
+ADAPTIVE_P_RULES = tuple(rule for rule in P_RULES if rule != "fixed")
+
+
+def adaptive_p_study():
+    """Sec. 5.3 (an open question): an adaptive p beats the best fixed p.
+
+    The paper fixes p = 0.5 and shows (Table 3) that p trades stability
+    for plasticity, which leaves open whether p should adapt to the task.
+    Each rule of `--p-rule` sets a task's p in [0.3, 0.9] from the
+    interference measured at its first alignment: `conflict` from the
+    rate of sign conflicts with the global adapter, `direction` from the
+    cosine of the task's update with the direction earlier tasks moved
+    the adapter. The claim checked: a rule beats the best fixed p chosen
+    per sequence, on held-out orders. PAM runs at the `p` study's fixed
+    p = 0.3, 0.5, 0.7 and 0.9 (the same flags, so the same cells) and
+    with each rule. Compared: each rule minus p = 0.5 and minus each other
+    fixed p; and each rule minus, on each order, the fixed p with the
+    best mean ACC over the other orders' cells (the held-out selection of
+    `differences.md`).
+    """
+    fixed = {f"p{p}": ("--methods", "pam", "--p", p) for p in P_VALUES}
+    rules = {
+        rule: ("--methods", "pam", "--p-rule", rule)
+        for rule in ADAPTIVE_P_RULES
+    }
+    # p = 0.5, the paper's default, first.
+    references = ["p0.5"] + [f"p{p}" for p in P_VALUES if p != "0.5"]
+    comparisons = tuple(
+        (f"{rule}/pam", f"{reference}/pam")
+        for rule in rules
+        for reference in references
+    )
+    return StudyDefinition(
+        name="adaptive_p",
+        claim=_claim(adaptive_p_study),
+        variants={**fixed, **rules},
+        comparisons=comparisons,
+        held_out_selection=HeldOutSelection(
+            candidates=tuple(f"{variant}/pam" for variant in fixed),
+            challengers=tuple(f"{rule}/pam" for rule in rules),
+        ),
+    )
+
+
 # Name to the function that builds the study, in the order of the paper.
 STUDIES = {
     "methods": methods_study,
@@ -232,6 +279,7 @@ STUDIES = {
     "complement": complement_study,
     "alignment_timing": alignment_timing_study,
     "generality": generality_study,
+    "adaptive_p": adaptive_p_study,
 }
 
 

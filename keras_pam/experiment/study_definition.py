@@ -4,6 +4,8 @@ comparisons between them that check one of the paper's claims."""
 import dataclasses
 import types
 
+from keras_pam.experiment.held_out_selection import HeldOutSelection
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyDefinition:
@@ -23,6 +25,10 @@ class StudyDefinition:
             name is a folder's name: letters, digits, `.`, `_` and `-`.
         comparisons: tuple of `(a, b)`. Pairs of labels `variant/method`
             whose difference `a - b` is reported. Defaults to `()`.
+        held_out_selection: `HeldOutSelection`. Candidates to pick from
+            per order on the other orders' cells, and challengers compared
+            with the pick (`keras_pam.experiment.held_out_selection`);
+            `differences.md` reports them. Defaults to `None` (none).
 
     Example:
     ```python
@@ -40,6 +46,7 @@ class StudyDefinition:
     claim: str
     variants: types.MappingProxyType
     comparisons: tuple = ()
+    held_out_selection: HeldOutSelection = None
 
     def __post_init__(self):
         variants = {k: tuple(v) for k, v in dict(self.variants).items()}
@@ -65,6 +72,20 @@ class StudyDefinition:
                     f"two of its labels: {', '.join(labels)}."
                 )
         object.__setattr__(self, "comparisons", comparisons)
+        selection = self.held_out_selection
+        if selection is not None:
+            if not isinstance(selection, HeldOutSelection):
+                raise ValueError(
+                    f"Study {self.name!r}: `held_out_selection` must be a "
+                    f"`HeldOutSelection`. Received: {selection!r}"
+                )
+            unknown = [x for x in selection.labels() if x not in labels]
+            if unknown:
+                raise ValueError(
+                    f"Study {self.name!r}: the held-out selection names "
+                    f"{', '.join(unknown)}, not labels of the study: "
+                    f"{', '.join(labels)}."
+                )
 
     def variant_methods(self, variant):
         """The methods of a variant: its `--methods`, or the defaults."""

@@ -1,12 +1,14 @@
 """A named study's report: `table.md` (every variant and method over all
 cells and over orders), `differences.md` (the study's comparisons, paired
-over the same cells), `acc_bwt.png` and `environment.json`."""
+over the same cells, and its held-out selection if it declares one),
+`acc_bwt.png` and `environment.json`."""
 
 import datetime
 import json
 import math
 import os
 
+from keras_pam.experiment.held_out_selection import format_held_out_selection
 from keras_pam.experiment.study_report import _format_mean_std
 from keras_pam.experiment.study_report import _seeds_text
 from keras_pam.experiment.study_report import difference_sentence
@@ -216,7 +218,8 @@ def study_differences(study, results, confidence=CONFIDENCE):
 
 
 def format_study_differences(study, results, confidence=CONFIDENCE):
-    """`differences.md`: each comparison, its intervals and verdicts.
+    """`differences.md`: each comparison, its intervals and verdicts, and
+    the held-out selection of a study that declares one.
 
     Args:
         study: `StudyDefinition`. The study.
@@ -255,6 +258,10 @@ def format_study_differences(study, results, confidence=CONFIDENCE):
             difference_sentence(a, b, [(d["label"], d) for d in found])
         )
         lines.append("")
+    if study.held_out_selection is not None:
+        lines += format_held_out_selection(
+            study.held_out_selection, study_cells(results), confidence
+        )
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ The rule and its pure functions (`align`, `importance_mask`,
 module gives them too, under the path they have always had.
 """
 
+import math
 import warnings
 
 from keras import ops
@@ -18,7 +19,7 @@ from keras_pam.merging.alignment_functions import align_tensors  # noqa: F401 (o
 from keras_pam.merging.alignment_functions import align_to_targets  # noqa: F401 (old path)
 from keras_pam.merging.alignment_functions import compiled
 from keras_pam.merging.alignment_functions import importance_mask  # noqa: F401 (old path)
-from keras_pam.merging.alignment_functions import importance_masks  # noqa: F401 (old path)
+from keras_pam.merging.alignment_functions import importance_masks
 from keras_pam.merging.alignment_functions import masked_targets
 from keras_pam.merging.alignment_functions import misaligned_fraction_all  # noqa: F401 (old path)
 from keras_pam.merging.alignment_functions import misaligned_fraction_important  # noqa: F401 (old path)
@@ -27,6 +28,8 @@ from keras_pam.merging.alignment_functions import num_important  # noqa: F401 (o
 from keras_pam.merging.alignment_functions import optimizer_slots
 from keras_pam.merging.lora import AdapterState
 from keras_pam.merging.lora_batch_callback import LoRABatchCallback
+from keras_pam.merging.p_rules import measure
+from keras_pam.merging.p_rules import rule_p
 from keras_pam.merging.training_settings import PAPER
 from keras_pam.merging.training_settings import AlignmentConfig
 from keras_pam.merging.training_settings import warn_renamed
@@ -48,6 +51,13 @@ class SignAlignmentCallback(LoRABatchCallback):
     it the masks when training begins and reads its counts, and never
     writes weights between batches, which on JAX would copy the whole
     training state out and back.
+
+    With a `p_rule` other than `"fixed"`, the mask waits for the first
+    alignment: there the rule measures the task's interference
+    (`keras_pam.merging.p_rules`), sets this fit's `p` (`task_p`, with
+    the measurement in `p_measurement`), and the mask of that `p` aligns
+    from then on. That first alignment is written between batches, once
+    per task; a `fused_alignment` does the later ones.
 
     Args:
         global_state: `AdapterState`. The frozen global adapter `G_{t-1}`,
@@ -71,6 +81,10 @@ class SignAlignmentCallback(LoRABatchCallback):
             Defaults to `None`.
         every: int. The old name of `align_every`: accepted with a
             `DeprecationWarning`. Defaults to `None`.
+        p_rule: str. `"fixed"`, `"conflict"` or `"direction"`, see
+            `keras_pam.AlignmentConfig`. Defaults to `"fixed"`.
+        initial_state: `AdapterState`. The initial adapter `G_0`, which
+            the `"direction"` rule measures against. Defaults to `None`.
 
     Example:
     ```python
@@ -92,6 +106,8 @@ class SignAlignmentCallback(LoRABatchCallback):
         reset_moments=False,
         fused_alignment=None,
         every=None,
+        p_rule="fixed",
+        initial_state=None,
     ):
         super().__init__()
         if every is not None:
@@ -103,10 +119,23 @@ class SignAlignmentCallback(LoRABatchCallback):
             warn_renamed("every", "SignAlignmentCallback")
             align_every = every
         AlignmentConfig(
-            p=p, align_every=align_every, reinit=reinit, scope=scope
+            p=p,
+            align_every=align_every,
+            reinit=reinit,
+            scope=scope,
+            p_rule=p_rule,
         )
+        if p_rule == "direction" and initial_state is None:
+            raise ValueError(
+                "`p_rule='direction'` measures the task's update against "
+                "the initial adapter: give `initial_state`."
+            )
         if not isinstance(global_state, AdapterState):
             global_state = AdapterState(global_state)
+        if initial_state is not None and not isinstance(
+            initial_state, AdapterState
+        ):
+            initial_state = AdapterState(initial_state)
         self.global_state = global_state
         self.p = p
         self.align_every = align_every
@@ -114,8 +143,15 @@ class SignAlignmentCallback(LoRABatchCallback):
         self.scope = scope
         self.reset_moments = reset_moments
         self.fused_alignment = fused_alignment
+        self.p_rule = p_rule
+        self.initial_state = initial_state
         self.reinitialised_counts = []
         self.num_reinitialised = 0
+        # This fit's `p`, its rule's measurement and the number of entries
+        # its mask protects; `None`/NaN until the mask is computed.
+        self.task_p = None
+        self.p_measurement = math.nan
+        self.num_important = None
 
     @property
     def every(self):
@@ -154,7 +190,6 @@ class SignAlignmentCallback(LoRABatchCallback):
             ops.convert_to_tensor(self.global_state[k], "float32")
             for k in self._paths
         ]
-        self._masks = _compiled_masks(self.p, self.scope)(self._globals)
         optimizer = self.model.optimizer
         if self.reset_moments and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
@@ -172,23 +207,56 @@ class SignAlignmentCallback(LoRABatchCallback):
             self._fused.paths != self._paths or self._fused.active
         ):
             self._fused = None  # Another model's, or already in use.
+        self._num_read = 0  # Alignments whose counts were read.
+        self._update = _compiled_update()
+        self.task_p = None
+        self.p_measurement = math.nan
+        self.num_important = None
+        if self.p_rule == "fixed":
+            masks = _compiled_masks(self.p, self.scope)(self._globals)
+            self._use_masks(self.p, masks)
+        # Otherwise the first alignment measures, then sets `p` and masks.
+
+    def _use_masks(self, p, masks, step=0):
+        """Align to `masks` (of `p`) from train step `step` on."""
+        self.task_p = p
+        self.num_important = sum(
+            int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32"))))
+            for m in masks
+        )
         if self._fused is not None:
             self._fused.start(
                 self._globals,
-                self._masks,
+                masks,
                 self._interval,
                 self.reinit,
                 self.reset_moments,
             )
+            if step:
+                self._fused.set_step(step)
+            self._num_read = step // self._interval
             # The model holds them now, masked into one adapter-size copy.
-            self._globals = self._masks = None
-            self._num_read = 0  # Alignments whose counts were read.
+            self._targets = None
         else:
             self._targets = compiled(
                 ("masked_targets",), lambda: masked_targets
-            )(self._globals, self._masks)
-            self._globals = self._masks = None
-            self._update = _compiled_update()
+            )(self._globals, masks)
+        self._globals = None
+
+    def _choose_p(self):
+        """The `p` the rule sets from the interference measured now."""
+        variables = self.lora_variables()  # Synced first, on JAX.
+        temps = [variables[k].value for k in self._paths]
+        initials = None
+        if self.initial_state is not None:
+            initials = [
+                ops.convert_to_tensor(self.initial_state[k], "float32")
+                for k in self._paths
+            ]
+        self.p_measurement = measure(
+            self.p_rule, temps, self._globals, initials
+        )
+        return rule_p(self.p_rule, self.p_measurement, self.p)
 
     # The alignment after step `n` runs before step `n + 1` starts, or at
     # the epoch's end: never in `on_train_batch_end`, which Keras then
@@ -206,11 +274,29 @@ class SignAlignmentCallback(LoRABatchCallback):
         if done == 0 or done % self._interval or done == self._aligned_after:
             return
         self._aligned_after = done
+        if self.task_p is None:
+            self._first_rule_alignment(done)
+            return
         if self._fused is not None:
             # The train step aligned; read its counts before they wrap.
             if done // self._interval - self._num_read == self._fused.capacity:
                 self._read_fused_counts()
             return
+        self._align_between_batches()
+
+    def _first_rule_alignment(self, done):
+        """The rule's measurement, its mask, and the task's first alignment,
+        between batches; a fused alignment takes over after it."""
+        p = self._choose_p()
+        masks = importance_masks(self._globals, p, self.scope)
+        # The same targets the train step gets, for this one alignment.
+        self._targets = compiled(("masked_targets",), lambda: masked_targets)(
+            self._globals, masks
+        )
+        self._align_between_batches()
+        self._use_masks(p, masks, step=done)
+
+    def _align_between_batches(self):
         # Reaching the model through `self.model` makes Keras sync the JAX
         # training state first and re-read it after this write.
         model = self.model
@@ -250,15 +336,26 @@ class SignAlignmentCallback(LoRABatchCallback):
         """Its progress within a `fit`, for a task restarted mid-way."""
         if self._fused is not None:
             self._read_fused_counts()
-        return {
+        state = {
             "batches": self._batches,
             "counts": [int(ops.convert_to_numpy(c)) for c in self._counts],
         }
+        if self.p_rule != "fixed" and self.task_p is not None:
+            state["p"] = float(self.task_p)
+            state["p_measurement"] = float(self.p_measurement)
+        return state
 
     def restore_backup_state(self, state):
         self._batches = int(state["batches"])
         self._aligned_after = self._batches
         self._counts = list(state["counts"])
+        if self.p_rule != "fixed" and "p" in state:
+            # Measured before the backup: the same mask, without measuring
+            # the restored adapter again.
+            p = float(state["p"])
+            self.p_measurement = float(state["p_measurement"])
+            masks = importance_masks(self._globals, p, self.scope)
+            self._use_masks(p, masks, step=self._batches)
         if self._fused is not None:
             self._fused.set_step(self._batches)
             self._num_read = self._batches // self._interval

@@ -202,6 +202,9 @@ TESTBED = TrainingSettings(
 
 REINIT_MODES = ("global", "zero")
 SCOPES = ("tensor", "global")
+# How PAM's `p` is set per task: the configured one, or a rule of
+# `keras_pam.merging.p_rules`.
+P_RULES = ("fixed", "conflict", "direction")
 # `ContinualLearner`'s names for the fields it takes as arguments: the
 # same names.
 LEARNER_ARGUMENTS = {
@@ -300,9 +303,11 @@ class AlignmentConfig:
     short). It is validated when made.
 
     Args:
-        p: float. Fraction of important global entries, in (0, 1].
-            Defaults to `0.5`, the paper's alignment percentage (its
-            App. A; `keras_pam.PAPER.reasons["p"]`).
+        p: float. Fraction of important global entries, in (0, 1];
+            under a `p_rule` other than `"fixed"`, that of a task whose
+            measurement is undefined. Defaults to `0.5`, the paper's
+            alignment percentage (its App. A;
+            `keras_pam.PAPER.reasons["p"]`).
         align_every: int. Align after every this many optimizer updates.
             Defaults to `100`, the paper's interval for its long tasks
             (thousands of updates each; `keras_pam.PAPER.reasons`). Its
@@ -316,12 +321,19 @@ class AlignmentConfig:
             random `A` factors of the initial adapter. Defaults to `True`.
         reset_moments: bool. Zero the optimizer moments of re-initialised
             entries. Defaults to `False`.
+        p_rule: str. How each task's `p` is set: `"fixed"` uses `p` for
+            every task; `"conflict"` and `"direction"` set it once per
+            task, at its first alignment, from the interference measured
+            then (`keras_pam.merging.p_rules`), in [0.3, 0.9], with `p`
+            for a task whose measurement is undefined. Defaults to
+            `"fixed"`.
 
     Example:
     ```python
     config = AlignmentConfig(p=0.3, align_every=20)
     PAM(config)
     config.replace(p=0.7).p  # 0.7
+    AlignmentConfig(p_rule="conflict")  # p per task, from sign conflicts.
     ```
     """
 
@@ -331,6 +343,7 @@ class AlignmentConfig:
     scope: str
     align_first_task: bool
     reset_moments: bool
+    p_rule: str
 
     def __init__(
         self,
@@ -340,6 +353,7 @@ class AlignmentConfig:
         scope="tensor",
         align_first_task=True,
         reset_moments=False,
+        p_rule="fixed",
         **deprecated,
     ):
         unexpected = sorted(set(deprecated) - set(RENAMED))
@@ -363,6 +377,7 @@ class AlignmentConfig:
             scope=scope,
             align_first_task=align_first_task,
             reset_moments=reset_moments,
+            p_rule=p_rule,
         )
         for name, value in settings.items():
             object.__setattr__(self, name, value)
@@ -370,6 +385,7 @@ class AlignmentConfig:
         check_every(self.align_every)
         check_choice("reinit", self.reinit, REINIT_MODES)
         check_choice("scope", self.scope, SCOPES)
+        check_choice("p_rule", self.p_rule, P_RULES)
 
     @property
     def every(self):

@@ -121,7 +121,8 @@ def upgrade_config(config):
     A folder written before a setting was renamed (PAM's `every`, now
     `align_every`, in its recorded strategy config) resumes as it is: the
     file is not rewritten, and the settings are compared and rebuilt
-    under their new names.
+    under their new names. A PAM recorded before its `p_rule` existed
+    reads as `p_rule="fixed"`, what it ran.
     """
     config = upgrade_recorded(config)
     if isinstance(config.get("strategy"), dict):
@@ -135,6 +136,9 @@ def _upgrade_strategy_entry(entry):
     if not isinstance(entry.get("config"), dict):
         return entry
     config = upgrade_recorded(entry["config"])
+    if entry.get("name") == "pam":
+        # Recorded before PAM had rules for `p`: it used its fixed `p`.
+        config.setdefault("p_rule", "fixed")
     if isinstance(config.get("inner"), dict):
         config["inner"] = _upgrade_strategy_entry(config["inner"])
     return {**entry, "config": config}

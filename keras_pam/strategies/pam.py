@@ -1,5 +1,7 @@
 """PAM: Average with periodic sign alignment during training."""
 
+import math
+
 import keras
 
 from keras_pam.merging import alignment
@@ -31,6 +33,13 @@ class PAM(Average):
     the other backends `SignAlignmentCallback` writes the factors between
     batches.
 
+    With `p_rule="conflict"` or `"direction"`, each task's `p` is set at
+    its first alignment from the interference measured then
+    (`keras_pam.merging.p_rules`). The task report records the `p` each
+    task's mask used (`TaskReport.p`; NaN for a task that computed no
+    mask), and its `diagnostics` the rule's measurement (`p_measurement`)
+    and the number of entries the mask protects (`num_important`).
+
     Args:
         alignment: `keras_pam.AlignmentConfig`. The alignment settings.
             Defaults to `None`: `AlignmentConfig`'s defaults, the paper's
@@ -38,8 +47,8 @@ class PAM(Average):
         merge: str or callable. The merge. Defaults to `"average"`.
         **kwargs: alignment settings replacing those of `alignment` (`p`,
             `align_every`, `reinit`, `scope`, `align_first_task`,
-            `reset_moments`, see `AlignmentConfig`); any other keyword is
-            bound to the merge function. The old name `every` of
+            `reset_moments`, `p_rule`, see `AlignmentConfig`); any other
+            keyword is bound to the merge function. The old name `every` of
             `align_every` is accepted with a `DeprecationWarning`.
 
     Example:
@@ -49,6 +58,8 @@ class PAM(Average):
     )
     # The tiny base's settings (its tasks are short):
     PAM(keras_pam.TESTBED.alignment())
+    # Each task's p from its sign conflicts with the global adapter:
+    PAM(keras_pam.TESTBED.alignment(), p_rule="conflict")
     ```
     """
 
@@ -85,6 +96,7 @@ class PAM(Average):
         self._aligner = alignment.SignAlignmentCallback(
             self.learner.global_state,
             fused_alignment=self.learner.in_step_update,
+            initial_state=task.initial,
             **self.alignment,
         )
         return [self._aligner]
@@ -92,18 +104,29 @@ class PAM(Average):
     def task_diagnostics(self, temporary, task):
         aligner = self._aligner
         counts = list(aligner.reinitialised_counts) if aligner else []
-        return {
+        task_p = aligner.task_p if aligner else None
+        diagnostics = {
             "num_reinitialised": sum(counts),
             "reinitialised_counts": counts,
-            # At this strategy's own `p` and `scope`, the entries its
-            # alignment protects.
-            **alignment_functions.misalignment(
+            "p": math.nan if task_p is None else task_p,
+        }
+        if aligner is not None and aligner.num_important is not None:
+            diagnostics["num_important"] = aligner.num_important
+        if self.config.p_rule != "fixed":
+            diagnostics["p_measurement"] = (
+                aligner.p_measurement if aligner else math.nan
+            )
+        # At the `p` this task aligned with and this strategy's `scope`,
+        # the entries its alignment protects.
+        diagnostics.update(
+            alignment_functions.misalignment(
                 temporary,
                 task.previous_global,
-                self.config.p,
+                self.config.p if task_p is None else task_p,
                 self.config.scope,
-            ),
-        }
+            )
+        )
+        return diagnostics
 
     def get_config(self):
         return {**super().get_config(), **self.config.to_dict()}
