@@ -122,7 +122,7 @@ def get_strategy(
             learner's rank must be a multiple of it. Defaults to `8`.
         **settings: alignment settings replacing those of `alignment`
             (`p`, `align_every`, `reinit`, `scope`, `align_first_task`,
-            `reset_moments`; the old name `every` warns).
+            `reset_moments`, `p_rule`; the old name `every` warns).
 
     Returns:
         A `Strategy`.
