@@ -35,6 +35,15 @@ from keras_pam.strategies import strategy_from_config
 LOW, HIGH = p_rules.P_RANGE
 
 
+def _numpy_mask(global_state, p):
+    mask = importance_mask(global_state, p)
+    return {k: keras.ops.convert_to_numpy(m) for k, m in mask.items()}
+
+
+def _count(mask):
+    return sum(int(np.sum(m)) for m in mask.values())
+
+
 def test_conflict_rule_maps_its_range_onto_p_range_increasingly():
     assert p_rules.conflict_p(0.0) == LOW
     assert p_rules.conflict_p(p_rules.CHANCE_CONFLICT_RATE) == HIGH
@@ -216,23 +225,70 @@ def test_conflict_rule_sets_p_at_the_first_alignment_and_aligns_with_it():
     assert callback.p_measurement == pytest.approx(rate)
     p = p_rules.conflict_p(rate)
     assert callback.task_p == pytest.approx(p) and p != 0.5
-    mask = importance_mask(global_state, p)
-    important = sum(int(np.sum(m)) for m in mask.values())
-    assert callback.num_important == important
-    at_half = importance_mask(global_state, 0.5)
-    assert important != sum(int(np.sum(m)) for m in at_half.values())
+    mask = _numpy_mask(global_state, p)
+    assert callback.num_important == _count(mask)
+    assert _count(mask) != _count(_numpy_mask(global_state, 0.5))
     conflicts = sum(
-        int(np.sum(np.asarray(mask[k]) & (start[k] * global_state[k] < 0)))
-        for k in start
+        int(np.sum(mask[k] & (start[k] * global_state[k] < 0))) for k in start
     )
     # The first alignment re-initialised the conflicts of p's mask, the
     # second found none left.
     assert callback.reinitialised_counts == [conflicts, 0]
     after = AdapterState.from_model(model)
     for k in after:
-        flipped = np.asarray(mask[k]) & (start[k] * global_state[k] < 0)
+        flipped = mask[k] & (start[k] * global_state[k] < 0)
         expected = np.where(flipped, global_state[k], start[k])
         np.testing.assert_array_equal(after[k], expected)
+
+
+class _Restore(keras.callbacks.Callback):
+    """Restores a callback's backup after its `on_train_begin`, as
+    `TaskBackup` does for a task restarted mid-way."""
+
+    def __init__(self, target, state):
+        super().__init__()
+        self.target, self.state = target, state
+
+    def on_train_begin(self, logs=None):
+        self.target.restore_backup_state(self.state)
+
+
+def test_a_task_restarted_after_its_first_alignment_keeps_its_p():
+    keras.utils.set_random_seed(0)
+    model = _lora_mlp()
+    start = AdapterState.from_model(model)
+    global_state = _opposed_global(start, num_flipped=24)
+    first = SignAlignmentCallback(
+        global_state, align_every=2, p_rule="conflict"
+    )
+    _fit_without_learning(model, first, batches=2)
+    state = json.loads(json.dumps(first.backup_state()))
+    assert state["p"] == first.task_p and state["counts"] == [
+        first.num_reinitialised
+    ]
+    # Measured again now, after the alignment removed those conflicts,
+    # the rate would be lower and p with it.
+    restarted = SignAlignmentCallback(
+        global_state, align_every=2, p_rule="conflict"
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    x, y = np.ones((4, 8), "float32"), np.zeros((4, 16), "float32")
+    model.fit(
+        x,
+        y,
+        batch_size=2,
+        callbacks=[restarted, _Restore(restarted, state)],
+        verbose=0,
+    )
+    assert restarted.task_p == first.task_p
+    assert restarted.p_measurement == first.p_measurement
+    assert restarted.num_important == first.num_important
+    assert restarted.reinitialised_counts == [first.num_reinitialised, 0]
+    fresh = SignAlignmentCallback(
+        global_state, align_every=2, p_rule="conflict"
+    )
+    _fit_without_learning(model, fresh, batches=2)
+    assert fresh.task_p < first.task_p
 
 
 @pytest.mark.parametrize("direction, expected_p", [(1.0, LOW), (-1.0, HIGH)])
@@ -299,8 +355,7 @@ def test_a_pam_run_with_a_rule_records_and_aligns_with_each_tasks_p(
     for report, before in zip(reports, befores):
         measurement = report.diagnostics["p_measurement"]
         assert report.p == pytest.approx(p_rules.conflict_p(measurement))
-        mask = importance_mask(before, report.p)
-        important = sum(int(np.sum(m)) for m in mask.values())
+        important = _count(_numpy_mask(before, report.p))
         assert report.diagnostics["num_important"] == important
         assert f", p {report.p:.2f}" in report.summary()
         assert report.reinitialised_counts  # It aligned.

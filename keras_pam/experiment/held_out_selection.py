@@ -128,6 +128,13 @@ def held_out_differences(cells, selection, confidence=CONFIDENCE):
     Returns:
         A tuple `(picks, diffs)`: `held_out_picks`'s dict, and a list of
         `keras_pam.experiment.differences` dicts whose `b` is `PICK`.
+
+    Example:
+    ```python
+    selection = HeldOutSelection(("p0.3/pam", "p0.5/pam"), ("conflict/pam",))
+    picks, diffs = held_out_differences(cells, selection)
+    [d["mean"] for d in diffs if d["metric"] == "acc"]  # [0.004]
+    ```
     """
     picks = held_out_picks(cells, selection.candidates, selection.metric)
     picked = [
@@ -151,7 +158,16 @@ def format_held_out_selection(selection, cells, confidence=CONFIDENCE):
         confidence: float. The intervals' level. Defaults to `0.95`.
 
     Returns:
-        A list of markdown lines.
+        A list of markdown lines: the pick of each order, then each
+        challenger's paired differences and their verdict.
+
+    Example:
+    ```python
+    study = get_study("adaptive_p")
+    lines = format_held_out_selection(
+        study.held_out_selection, study_cells(results)
+    )
+    ```
     """
     picks, diffs = held_out_differences(cells, selection, confidence)
     name = dict(METRIC_COLUMNS)[selection.metric]

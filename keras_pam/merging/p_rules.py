@@ -231,6 +231,12 @@ def measure(rule, temps, globals_, initials=None):
 
     Returns:
         A float (`sign_conflict_rate` or `update_cosine`), or NaN.
+
+    Example:
+    ```python
+    rate = measure("conflict", temps, globals_)
+    p = rule_p("conflict", rate, fallback=0.5)
+    ```
     """
     check_choice("p_rule", rule, MEASURED_RULES)
     if rule == "conflict":
