@@ -141,6 +141,7 @@ def test_methods_study_compares_pam_with_every_method_of_the_paper():
     others = [m for m in methods if m != "pam"]
     assert list(study.comparisons) == [("all/pam", f"all/{m}") for m in others]
 
+
 def test_every_registered_method_is_in_some_study():
     covered = set()
     for name in studies.STUDIES:
