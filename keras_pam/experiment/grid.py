@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+from keras_pam.experiment.arguments import _repeated
 from keras_pam.experiment.cell import BENCHMARKS
 from keras_pam.experiment.cell import _run_cell
 from keras_pam.experiment.cell import _safe_name
@@ -110,6 +111,14 @@ def check_settings(settings):
             )
     if settings["tasks"] is not None and not settings["tasks"]:
         raise ValueError("`--tasks` is empty.")
+    twice = _repeated(list(settings["tasks"] or ()))
+    if twice:
+        # The learner would refuse it only on meeting it again, once the
+        # tasks before that have trained.
+        raise ValueError(
+            f"`--tasks` names {', '.join(map(repr, twice))} more than once: "
+            "a sequence learns each task once."
+        )
     if settings["tasks"] is not None:
         lengths = {len(settings["tasks"])}
         task_names = set(settings["tasks"])

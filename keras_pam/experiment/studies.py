@@ -241,6 +241,88 @@ def generality_study():
     )
 
 
+# The far-domain task of `domain_shift` (overhead tiles, RSVQA-lr's
+# analogue) and its places among order1's six CoIN tasks, 1-based: first,
+# fourth of the seven (three tasks before it, three after) and last.
+FAR_DOMAIN_TASK = "land_cover"
+DOMAIN_SHIFT_PLACES = {"early": 1, "middle": 4, "late": 7}
+
+
+def place_task(tasks, task, place):
+    """`tasks` with `task` put at the 1-based `place`.
+
+    Args:
+        tasks: sequence of str. The task names, in order.
+        task: str. The task to put in; not one of `tasks`.
+        place: int. Its place in the result, from 1 to `len(tasks) + 1`.
+
+    Returns:
+        A list of str.
+
+    Raises:
+        ValueError: `task` is in `tasks` already, or `place` is out of
+            range.
+
+    Example:
+    ```python
+    place_task(["a", "b", "c"], "x", 2)  # ["a", "x", "b", "c"]
+    ```
+    """
+    tasks = list(tasks)
+    if task in tasks:
+        raise ValueError(f"The task {task!r} is in {tasks} already.")
+    if not 1 <= place <= len(tasks) + 1:
+        raise ValueError(
+            f"The place of {task!r} must be 1 to {len(tasks) + 1} among "
+            f"{len(tasks)} tasks, got {place}."
+        )
+    return tasks[: place - 1] + [task] + tasks[place - 1 :]
+
+
+def domain_shift_study():
+    """Sec. 7 (limitations): does aligned merging hold back a far task?
+
+    The paper leaves open whether merging every task into one aligned
+    LoRA suits a task whose data differs much from the earlier ones: PAM
+    pulls the new task's adapter toward the signs the earlier tasks left,
+    which may keep it from learning what they never needed. The
+    far-domain task, `land_cover` (textured overhead tiles, RSVQA-lr's
+    analogue), joins order1's six CoIN tasks first (`early`), fourth of
+    seven (`middle`) or last (`late`). Each variant runs that one
+    sequence, so the six CoIN tasks keep their order around it and its
+    cells are the seeds. `task_land_cover.md` gives the task's accuracy
+    right after its training (Rhat[j][j], its term of A_t: what the
+    alignment costs its learning), after its merge (R[j][j]) and at the
+    end (R[T][j]) under fine-tuning, averaging and PAM, with PAM minus
+    each paired over the seeds. Compared on the whole sequence: PAM minus
+    fine-tuning and minus averaging at each place.
+    """
+    from keras_pam import datasets
+
+    methods = ("finetune", "average", "pam")
+    order = datasets.ORDERS["order1"]
+    variants = {
+        variant: (
+            "--tasks",
+            ",".join(place_task(order, FAR_DOMAIN_TASK, place)),
+            "--methods",
+            ",".join(methods),
+        )
+        for variant, place in DOMAIN_SHIFT_PLACES.items()
+    }
+    return StudyDefinition(
+        name="domain_shift",
+        claim=_claim(domain_shift_study),
+        variants=variants,
+        comparisons=tuple(
+            pair
+            for variant in variants
+            for pair in _pam_versus(variant, methods)
+        ),
+        reported_tasks=(FAR_DOMAIN_TASK,),
+    )
+
+
 # Name to the function that builds the study, in the order of the paper.
 STUDIES = {
     "methods": methods_study,
@@ -251,6 +333,7 @@ STUDIES = {
     "complement": complement_study,
     "alignment_timing": alignment_timing_study,
     "generality": generality_study,
+    "domain_shift": domain_shift_study,
 }
 
 

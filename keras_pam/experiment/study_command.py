@@ -53,7 +53,8 @@ def add_study_parser(commands):
         help=(
             "comma-separated CoIN task orders (default: "
             f"{_join_text(STUDY_ORDERS)}; --quick: the quick run's two "
-            "tasks); the extended and video benchmarks keep their own"
+            "tasks); the extended and video benchmarks, and a variant "
+            "with its own --tasks, keep their own sequence"
         ),
     )
     study.add_argument(

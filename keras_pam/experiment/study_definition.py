@@ -23,6 +23,10 @@ class StudyDefinition:
             name is a folder's name: letters, digits, `.`, `_` and `-`.
         comparisons: tuple of `(a, b)`. Pairs of labels `variant/method`
             whose difference `a - b` is reported. Defaults to `()`.
+        reported_tasks: tuple of str. Tasks each given a report of their
+            own, `task_NAME.md` (`keras_pam.experiment.study_tasks`): the
+            task's accuracy after its training, after its merge and at
+            the end, per variant and method. Defaults to `()`.
 
     Example:
     ```python
@@ -40,6 +44,7 @@ class StudyDefinition:
     claim: str
     variants: types.MappingProxyType
     comparisons: tuple = ()
+    reported_tasks: tuple = ()
 
     def __post_init__(self):
         variants = {k: tuple(v) for k, v in dict(self.variants).items()}
@@ -65,6 +70,15 @@ class StudyDefinition:
                     f"two of its labels: {', '.join(labels)}."
                 )
         object.__setattr__(self, "comparisons", comparisons)
+        reported = self.reported_tasks
+        if isinstance(reported, str) or not all(
+            isinstance(task, str) and task for task in reported
+        ):
+            raise ValueError(
+                f"Study {self.name!r}: `reported_tasks` must be a tuple of "
+                f"task names, got {reported!r}."
+            )
+        object.__setattr__(self, "reported_tasks", tuple(reported))
 
     def variant_methods(self, variant):
         """The methods of a variant: its `--methods`, or the defaults."""

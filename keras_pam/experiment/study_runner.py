@@ -331,6 +331,7 @@ def run_named_study(
     """
     from keras_pam.experiment import grid
     from keras_pam.experiment import study_files
+    from keras_pam.experiment import study_tasks
     from keras_pam.runs import checkpoint
 
     start = time.time()
@@ -390,6 +391,7 @@ def run_named_study(
             with open(path) as f:
                 results[variant] = json.load(f)
     study_files.write_report(output, study, results)
+    study_tasks.write_task_reports(output, study, results)
     print(
         f"\nStudy {study.name}: {len(results)}/{len(settings)} variants "
         f"finished; table.md and differences.md in {output} "
