@@ -2,6 +2,7 @@
 parsers of methods, seeds, orders and pairs."""
 
 import argparse
+import math
 
 from keras_pam.merging.training_settings import DEFAULT_ALIGNMENT
 from keras_pam.merging.training_settings import TESTBED
@@ -93,6 +94,15 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0, got {text}"
+        )
     return value
 
 

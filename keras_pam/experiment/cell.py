@@ -145,14 +145,16 @@ def _make_strategy(name, settings, num_tasks):
     """The strategy `name` of a cell, with the study's settings.
 
     `get_strategy` gives the alignment settings (`p`, `align_every`,
-    `reinit`, `scope`) to the methods that align and `num_tasks` to
-    O-LoRA; the other methods leave them unused.
+    `reinit`, `scope`) to the methods that align, `num_tasks` to O-LoRA
+    and `l2_weight` (in the settings of a run of `l2-pull`) to L2Pull;
+    the other methods leave them unused.
     """
     from keras_pam.strategies import get_strategy
 
     return get_strategy(
         name,
         num_tasks=num_tasks,
+        l2_weight=settings.get("l2_weight"),
         p=settings["p"],
         align_every=settings["align_every"],
         reinit=settings["reinit"],

@@ -34,6 +34,7 @@ from keras_pam.experiment.arguments import DEFAULTS
 from keras_pam.experiment.arguments import QUICK
 from keras_pam.experiment.arguments import _fraction
 from keras_pam.experiment.arguments import _one_order
+from keras_pam.experiment.arguments import _positive_float
 from keras_pam.experiment.arguments import _positive_int
 from keras_pam.experiment.arguments import _seed
 from keras_pam.experiment.arguments import _strategy_names
@@ -212,6 +213,17 @@ def build_parser():
         "--scope",
         choices=SCOPES,
         help="PAM: rank magnitudes per tensor or over all entries",
+    )
+    from keras_pam.strategies.l2_pull import DEFAULT_WEIGHT
+
+    run.add_argument(
+        "--l2-weight",
+        type=_positive_float,
+        metavar="W",
+        help=(
+            "l2-pull: weight of the pull toward the global adapter, > 0 "
+            f"({DEFAULT_WEIGHT})"
+        ),
     )
     run.add_argument(
         "--epochs",

@@ -130,9 +130,9 @@ def check_settings(settings):
             task_recipe(name, settings)
         except ValueError as e:
             raise ValueError(f"Task {name!r}'s recipe: {e}") from e
-    alignment = {
+    method_settings = {
         key: settings[key]
-        for key in ("p", "align_every", "reinit", "scope")
+        for key in ("p", "align_every", "reinit", "scope", "l2_weight")
         if key in settings
     }
     for method in settings.get("methods") or ():
@@ -142,7 +142,7 @@ def check_settings(settings):
                     method,
                     rank=settings.get("rank"),
                     num_tasks=num_tasks,
-                    **alignment,
+                    **method_settings,
                 )
             except ValueError as e:
                 raise ValueError(f"Method {method!r}: {e}") from e

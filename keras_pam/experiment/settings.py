@@ -102,6 +102,16 @@ def resolve_settings(args):
     settings["methods"] = parse_methods(
         ",".join(DEFAULT_METHODS) if methods is None else methods
     )
+    l2_weight = getattr(args, "l2_weight", None)
+    # Recorded for a run of `l2-pull` (or given the flag) only, so that
+    # the settings of every other run, and the study folders that compare
+    # them, stay what they were.
+    if l2_weight is not None or "l2-pull" in settings["methods"]:
+        from keras_pam.strategies.l2_pull import DEFAULT_WEIGHT
+
+        settings["l2_weight"] = (
+            DEFAULT_WEIGHT if l2_weight is None else l2_weight
+        )
     settings["pairs"] = None
     if getattr(args, "pairs", None) is not None:
         settings["pairs"] = parse_pairs(args.pairs, settings["methods"])

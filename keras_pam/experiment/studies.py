@@ -336,6 +336,47 @@ def domain_shift_study():
             for pair in _pam_versus(variant, methods)
         ),
         reported_tasks=(FAR_DOMAIN_TASK,),
+def l2_weights():
+    """`l2-pull`'s weights in the `regularisation` study, as flag values:
+    its default / 10, the default and x 10."""
+    from keras_pam.strategies.l2_pull import DEFAULT_WEIGHT
+
+    return tuple(f"{DEFAULT_WEIGHT * f:g}" for f in (0.1, 1.0, 10.0))
+
+
+def regularisation_study():
+    """Fig. 4: regularisation is not alignment.
+
+    The paper's claim: pulling the task's adapter toward the global one
+    keeps it near the global adapter, yet does not do what alignment
+    does: "adding regularization yields a slight performance
+    improvement, but it fails to effectively address catastrophic
+    forgetting", where PAM, aligning the signs, forgets less. `l2-pull`
+    is averaging whose training adds `weight * sum (W' - G_{t-1})^2` to
+    the task loss; it runs at three weights spanning two decades around
+    its default (default / 10, default, default x 10; the default is the
+    scale at which the pull's gradient matches the task loss's,
+    `benchmarks/l2_pull_scale.py`), next to averaging and PAM. Compared:
+    PAM minus each l2-pull, and each l2-pull minus averaging. The task
+    reports carry the misaligned fractions of every run and l2-pull's
+    distance to the global adapter, whether the pull moved the signs.
+    """
+    variants = {"merges": ("--methods", "average,pam")}
+    for weight in l2_weights():
+        variants[f"l2w{weight}"] = (
+            "--methods",
+            "l2-pull",
+            "--l2-weight",
+            weight,
+        )
+    pulls = [f"l2w{weight}/l2-pull" for weight in l2_weights()]
+    comparisons = [("merges/pam", pull) for pull in pulls]
+    comparisons += [(pull, "merges/average") for pull in pulls]
+    return StudyDefinition(
+        name="regularisation",
+        claim=_claim(regularisation_study),
+        variants=variants,
+        comparisons=tuple(comparisons),
     )
 
 
@@ -350,6 +391,7 @@ STUDIES = {
     "alignment_timing": alignment_timing_study,
     "generality": generality_study,
     "domain_shift": domain_shift_study,
+    "regularisation": regularisation_study,
 }
 
 
