@@ -336,6 +336,9 @@ def domain_shift_study():
             for pair in _pam_versus(variant, methods)
         ),
         reported_tasks=(FAR_DOMAIN_TASK,),
+    )
+
+
 def l2_weights():
     """`l2-pull`'s weights in the `regularisation` study, as flag values:
     its default / 10, the default and x 10."""
