@@ -178,7 +178,8 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         settings: dict. The cell's settings (see `cell_settings`): the
             study's, with the cell's `seed` and `order`, and `log_dir`
             (TensorBoard scalars go to `<log_dir>/<method>/`, none when
-            `None` or missing).
+            `None` or missing); `track_misalignment`, when true, records
+            each task's misalignment curve in its report.
         verbose: int. Passed to each task's `fit`. Defaults to `0`.
         run_dir: str. The method's checkpoint folder; when it holds a
             checkpoint, the method continues from its last completed task.
@@ -241,6 +242,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
             seed=settings["seed"] + i,
             verbose=verbose,
             callbacks=_training_logs(log_dir, i, task.name),
+            track_misalignment=settings.get("track_misalignment", False),
         )
         if rows is not None:
             _log_accuracy_row(rows, learner.evaluate_all(), i)
