@@ -114,6 +114,53 @@ def test_monitor_records_every_n_updates(accumulation):
     assert monitor.after_alignment == []
 
 
+class RestoreAtStart(keras.callbacks.Callback):
+    """What `TaskBackup` does for a task restarted mid-way."""
+
+    def __init__(self, callback, state):
+        super().__init__()
+        self.callback, self.state = callback, state
+
+    def on_train_begin(self, logs=None):
+        self.callback.restore_backup_state(self.state)
+
+
+def test_monitor_resumes_from_its_backup(tmp_path):
+    from keras_pam.runs import checkpoint
+
+    def run(restart):
+        keras.utils.set_random_seed(0)
+        model = _lora_mlp()
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+        global_state = AdapterState.from_model(model).map(
+            lambda t: np.random.default_rng(1).normal(size=np.shape(t))
+        )
+        x, y = _regression(8)
+        fit = dict(batch_size=2, shuffle=False, verbose=0)
+        monitor = MisalignmentMonitor(global_state, every=2)
+        if not restart:
+            model.fit(x, y, epochs=2, callbacks=[monitor], **fit)
+            return monitor.curve
+        model.fit(x, y, epochs=1, callbacks=[monitor], **fit)
+        # Saved as a task backup saves it, read back after the restart.
+        checkpoint.save_tree(str(tmp_path), monitor.backup_state())
+        state = checkpoint.load_tree(str(tmp_path))
+        resumed = MisalignmentMonitor(global_state, every=2)
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            initial_epoch=1,
+            callbacks=[resumed, RestoreAtStart(resumed, state)],
+            **fit,
+        )
+        return resumed.curve
+
+    whole = run(restart=False)
+    assert [u for u, _ in whole] == [2, 4, 6, 8]
+    assert np.allclose(np.array(run(restart=True)), np.array(whole))
+
+
 def _opposite_global(model):
     # Opposite in sign to every non-zero entry (B starts at zero).
     return AdapterState.from_model(model).map(lambda t: -2.0 * t - (t == 0))
