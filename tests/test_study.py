@@ -169,6 +169,21 @@ def test_schedule_keeps_the_papers_ratios_around_the_testbed_default():
     assert list(study.variants) == ["every2", "every20", "every60"]
 
 
+def test_track_misalignment_reaches_the_variants():
+    parser = cli.build_parser()
+    timing = studies.get_study("alignment_timing")
+    settings = study_runner.variant_settings(parser, timing, quick=True)
+    assert settings["all"]["track_misalignment"] is True
+    reinit = studies.get_study("reinit")
+    # Off, the settings have no key: folders run before the flag resume.
+    for variant in study_runner.variant_settings(parser, reinit).values():
+        assert "track_misalignment" not in variant
+    given = study_runner.variant_settings(
+        parser, reinit, track_misalignment=True
+    )
+    assert all(variant["track_misalignment"] for variant in given.values())
+
+
 def test_bad_study_name_lists_the_known_ones(capsys):
     message = refusal(["study", "tables"], capsys)
     assert "Unknown study 'tables'" in message
@@ -231,6 +246,9 @@ def test_study_files(tiny_run):
     names = set(os.listdir(output))
     assert {"ft", "pam", "study.json", "table.md", "differences.md"} <= names
     assert (output / "acc_bwt.png").stat().st_size > 1000
+    assert (output / "forgetting.png").stat().st_size > 1000
+    # Its cells carry no misalignment curves: no figure of them.
+    assert "misalignment.png" not in names
     command = (output / "command.txt").read_text().strip()
     assert command == "keras-pam " + " ".join(argv)
     env = json.loads((output / "environment.json").read_text())

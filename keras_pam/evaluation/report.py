@@ -62,6 +62,13 @@ class TaskReport:
             (`TaskRecipe.to_dict`), or `None` when `learn_task` had none.
         diagnostics: dict. What the strategy reported of the task beyond
             the fields above (`Strategy.task_diagnostics`).
+        misalignment_curve: list. `misaligned_fraction_all` measured
+            during training, as `[update, fraction]` pairs (`update`
+            counts the task's optimizer updates from 1), right before the
+            alignment where a point falls on one
+            (`keras_pam.MisalignmentMonitor`); empty unless `learn_task`
+            was asked to track it (`track_misalignment`), and in reports
+            written before it existed.
     """
 
     name: str
@@ -77,6 +84,7 @@ class TaskReport:
     seconds: float = 0.0
     recipe: dict = None
     diagnostics: dict = dataclasses.field(default_factory=dict)
+    misalignment_curve: list = dataclasses.field(default_factory=list)
 
     @classmethod
     def with_diagnostics(cls, diagnostics, **fields):

@@ -180,7 +180,9 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         settings: dict. The cell's settings (see `cell_settings`): the
             study's, with the cell's `seed` and `order`, and `log_dir`
             (TensorBoard scalars go to `<log_dir>/<method>/`, none when
-            `None` or missing).
+            `None` or missing); `track_misalignment`, when true, records
+            each task's misalignment curve in its report, every
+            `align_every` updates.
         verbose: int. Passed to each task's `fit`. Defaults to `0`.
         run_dir: str. The method's checkpoint folder; when it holds a
             checkpoint, the method continues from its last completed task.
@@ -243,6 +245,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
             seed=settings["seed"] + i,
             verbose=verbose,
             callbacks=_training_logs(log_dir, i, task.name),
+            track_misalignment=_tracking(settings),
         )
         if rows is not None:
             _log_accuracy_row(rows, learner.evaluate_all(), i)
@@ -254,6 +257,16 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     compiles.stop()
     print(f"[{label}] {cell_summary(compiles, shared.compile_log)}", flush=True)
     return report
+
+
+def _tracking(settings):
+    """`learn_task`'s `track_misalignment` of a cell: every method is
+    measured every `align_every` updates, on one grid, so that PAM's
+    points fall right before its alignments and the others' beside
+    them."""
+    if not settings.get("track_misalignment"):
+        return False
+    return settings["align_every"]
 
 
 def cell_label(method, settings):

@@ -298,6 +298,16 @@ def build_parser():
         ),
     )
     run.add_argument(
+        "--track-misalignment",
+        action="store_true",
+        help=(
+            "record each task's misaligned fraction of all adapter entries "
+            "during training (every align-every updates, right before each "
+            "alignment of the methods that align) into the task reports; a "
+            "named study draws it in misalignment.png"
+        ),
+    )
+    run.add_argument(
         "--log-dir",
         default=None,
         metavar="DIR",

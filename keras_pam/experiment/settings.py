@@ -115,6 +115,9 @@ def resolve_settings(args):
     settings["pairs"] = None
     if getattr(args, "pairs", None) is not None:
         settings["pairs"] = parse_pairs(args.pairs, settings["methods"])
+    if getattr(args, "track_misalignment", False):
+        # Only when asked: the settings of runs before the flag stay equal.
+        settings["track_misalignment"] = True
     settings["quick"] = bool(args.quick)
     settings["preset"] = args.preset
     return settings

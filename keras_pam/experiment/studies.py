@@ -214,12 +214,19 @@ def alignment_timing_study():
     post-align), costs the new task accuracy, while aligning during
     training keeps it (PAM's A_t close to averaging's) and merges better.
     Compared: PAM minus post-align, average and TIES, and post-align and
-    TIES minus average.
+    TIES minus average. Each task's misaligned fraction is tracked during
+    training (`misalignment.png`, the figures' curves).
     """
     return StudyDefinition(
         name="alignment_timing",
         claim=_claim(alignment_timing_study),
-        variants={"all": ("--methods", "average,ties,post-align,pam")},
+        variants={
+            "all": (
+                "--methods",
+                "average,ties,post-align,pam",
+                "--track-misalignment",
+            )
+        },
         comparisons=(
             ("all/pam", "all/post-align"),
             ("all/pam", "all/average"),

@@ -237,6 +237,31 @@ class SignAlignmentCallback(LoRABatchCallback):
                 slot.assign(value)
         self._counts.append(count)
 
+    def reinitialised_after(self, batches):
+        """How many entries the alignment after `batches` train steps
+        re-initialised, as an int32 tensor; `None` when none has run
+        there (not due, or, between batches, not yet).
+
+        It lets a callback that reads the factors after the alignment
+        (`keras_pam.MisalignmentMonitor`) know what they held before it:
+        the alignment only re-initialises conflicting entries. Reach
+        `self.model` first: on JAX the in-step alignment's counts are
+        training state.
+
+        Args:
+            batches: int. Train steps since `fit` began.
+        """
+        if batches <= 0 or batches % self._interval:
+            return None
+        if self._fused is not None:
+            # The train step of batch `batches` aligned; its count is still
+            # on the device (a read comes before `capacity` more).
+            index = (batches // self._interval - 1) % self._fused.capacity
+            return self._fused.counts.value[index]
+        if self._aligned_after != batches or not self._counts:
+            return None
+        return ops.convert_to_tensor(self._counts[-1], "int32")
+
     def _read_fused_counts(self):
         # Reaching `self.model` syncs the JAX training state first.
         self.model  # noqa: B018
