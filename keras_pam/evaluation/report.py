@@ -49,8 +49,10 @@ class TaskReport:
         misaligned_fraction_all: float. Of all adapter entries, the
             fraction whose sign the trained temporary adapter strictly
             opposes to the previous global adapter: the paper's count of
-            misaligned parameters. NaN when not measured (reports of run
-            folders written before it existed).
+            misaligned parameters. PAM aligning only some parts of the
+            model (`AlignmentConfig.parts`) counts over those parts'
+            entries. NaN when not measured (reports of run folders
+            written before it existed).
         misaligned_fraction_important: float. The same, of the important
             global entries only (top-`p` magnitude in `scope`, at the
             strategy's own `p` and `scope`, or the default

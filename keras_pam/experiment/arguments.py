@@ -29,6 +29,7 @@ DEFAULTS = {
     "align_every": TESTBED.align_every,
     "reinit": DEFAULT_ALIGNMENT.reinit,
     "scope": DEFAULT_ALIGNMENT.scope,
+    "align_parts": DEFAULT_ALIGNMENT.parts,
     "epochs": TESTBED.epochs,
     "batch_size": TESTBED.batch_size,
     "num_train": 800,
@@ -111,6 +112,16 @@ def _fraction(text):
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def _align_parts(text):
+    """`--align-parts`: part names, kept in `PART_NAMES` order."""
+    from keras_pam.merging.adapter_parts import canonical_parts
+
+    try:
+        return canonical_parts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _seed(text):

@@ -145,9 +145,9 @@ def _make_strategy(name, settings, num_tasks):
     """The strategy `name` of a cell, with the study's settings.
 
     `get_strategy` gives the alignment settings (`p`, `align_every`,
-    `reinit`, `scope`) to the methods that align, `num_tasks` to O-LoRA
-    and `l2_weight` (in the settings of a run of `l2-pull`) to L2Pull;
-    the other methods leave them unused.
+    `reinit`, `scope`, `parts`) to the methods that align, `num_tasks` to
+    O-LoRA and `l2_weight` (in the settings of a run of `l2-pull`) to
+    L2Pull; the other methods leave them unused.
     """
     from keras_pam.strategies import get_strategy
 
@@ -159,6 +159,8 @@ def _make_strategy(name, settings, num_tasks):
         align_every=settings["align_every"],
         reinit=settings["reinit"],
         scope=settings["scope"],
+        # A study recorded before `--align-parts` aligned every part.
+        parts=settings.get("align_parts", "all"),
     )
 
 
@@ -223,6 +225,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         align_every=settings["align_every"],
         reinit=settings["reinit"],
         scope=settings["scope"],
+        align_parts=settings.get("align_parts", "all"),
     )
     check_tasks_fit_model(suite, learner.causal_lm.backbone)
     if resuming:

@@ -32,6 +32,7 @@ from keras_pam.experiment.arguments import CUSTOM_ORDER  # noqa: F401 (old path)
 from keras_pam.experiment.arguments import DEFAULT_METHODS
 from keras_pam.experiment.arguments import DEFAULTS
 from keras_pam.experiment.arguments import QUICK
+from keras_pam.experiment.arguments import _align_parts
 from keras_pam.experiment.arguments import _fraction
 from keras_pam.experiment.arguments import _one_order
 from keras_pam.experiment.arguments import _positive_float
@@ -223,6 +224,16 @@ def build_parser():
         help=(
             "l2-pull: weight of the pull toward the global adapter, > 0 "
             f"({DEFAULT_WEIGHT})"
+        ),
+    )
+    run.add_argument(
+        "--align-parts",
+        type=_align_parts,
+        metavar="PARTS",
+        help=(
+            "PAM: the parts of the model to align: all, vision, text, "
+            "attention, feedforward, early, late, or a comma-separated "
+            f"union of them ({DEFAULTS['align_parts']})"
         ),
     )
     run.add_argument(

@@ -63,7 +63,8 @@ def upgrade_settings(settings):
 
     A run folder whose `run.json` was written before a setting was renamed
     (`every`, now `align_every`) resumes: its settings are read under the
-    new names, and the file is kept as it is.
+    new names, and the file is kept as it is. One written before
+    `--align-parts` existed aligned every part: it reads as `"all"`.
 
     Args:
         settings: dict. A study's settings, as a `run.json` holds them.
@@ -73,7 +74,9 @@ def upgrade_settings(settings):
     """
     from keras_pam.merging.training_settings import upgrade_recorded
 
-    return upgrade_recorded(settings)
+    settings = upgrade_recorded(settings)
+    settings.setdefault("align_parts", "all")
+    return settings
 
 
 def check_settings(settings):
@@ -135,6 +138,8 @@ def check_settings(settings):
         for key in ("p", "align_every", "reinit", "scope", "l2_weight")
         if key in settings
     }
+    if "align_parts" in settings:
+        method_settings["parts"] = settings["align_parts"]
     for method in settings.get("methods") or ():
         for num_tasks in sorted(lengths):
             try:

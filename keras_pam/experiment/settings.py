@@ -45,6 +45,7 @@ def resolve_settings(args):
         "align_every",
         "reinit",
         "scope",
+        "align_parts",
         "epochs",
         "batch_size",
         "num_train",

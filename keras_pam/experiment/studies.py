@@ -390,6 +390,44 @@ def regularisation_study():
     )
 
 
+ALIGNED_PARTS = ("vision", "text", "attention", "feedforward", "early", "late")
+
+
+def parts_study():
+    """Sec. 7 (future work): where does forgetting live?
+
+    The paper aligns every LoRA factor of both towers and names, as
+    future work, aligning only chosen subsets of the weights; no table of
+    the paper answers which parts matter, so this study has no anchor to
+    match. PAM aligns one part at a time (`--align-parts`): the image
+    tower's factors (vision), the decoder's (text), the attention or the
+    feed-forward projections of both towers, or the first (early) or
+    second (late) half of each tower's blocks; the rest train and merge
+    as averaging does. Next to them run averaging (no part aligned) and
+    PAM aligning everything (all). A part holds where forgetting lives if
+    aligning it alone is as good as aligning everything: its difference
+    from all in ACC and BWT is not resolved and near zero, while its
+    difference from averaging in BWT is resolved, as all's is. Compared:
+    each part minus all, and each part minus averaging.
+    """
+    variants = {
+        "average": ("--methods", "average"),
+        "all": ("--methods", "pam", "--align-parts", "all"),
+    }
+    for part in ALIGNED_PARTS:
+        variants[part] = ("--methods", "pam", "--align-parts", part)
+    comparisons = [(f"{part}/pam", "all/pam") for part in ALIGNED_PARTS]
+    comparisons += [
+        (f"{part}/pam", "average/average") for part in ALIGNED_PARTS
+    ]
+    return StudyDefinition(
+        name="parts",
+        claim=_claim(parts_study),
+        variants=variants,
+        comparisons=tuple(comparisons),
+    )
+
+
 # Name to the function that builds the study, in the order of the paper.
 STUDIES = {
     "methods": methods_study,
@@ -402,6 +440,7 @@ STUDIES = {
     "generality": generality_study,
     "domain_shift": domain_shift_study,
     "regularisation": regularisation_study,
+    "parts": parts_study,
 }
 
 

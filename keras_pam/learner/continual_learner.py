@@ -99,6 +99,9 @@ class ContinualLearner(
             strategy object's own, else `AlignmentConfig`'s defaults
             (`0.5`, `100`, `"global"`, `"tensor"`, `True`, `False`; `p`
             and `align_every` the paper's, see `keras_pam.PAPER`).
+        align_parts: str. PAM's `AlignmentConfig.parts`, the parts of the
+            model it aligns (`"vision"`, `"attention,vision"`, ...), as
+            the settings above. Defaults to `None` (`"all"`).
         merge: str or callable. Without `strategy`: a name of
             `keras_pam.merging.MERGE_FUNCTIONS` or a function of
             `[global, temporary]`; `None` keeps the temporary adapter
@@ -166,6 +169,7 @@ class ContinualLearner(
         scope=None,
         align_first_task=None,
         reset_moments=None,
+        align_parts=None,
         merge="average",
         strategy=None,
         num_tasks=None,
@@ -186,6 +190,7 @@ class ContinualLearner(
             scope=scope,
             align_first_task=align_first_task,
             reset_moments=reset_moments,
+            align_parts=align_parts,
         )
         built, alignment = strategy_from_arguments(
             strategy, settings, align, merge, num_tasks

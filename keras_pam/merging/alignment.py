@@ -8,8 +8,10 @@ module gives them too, under the path they have always had.
 
 import warnings
 
+import numpy as np
 from keras import ops
 
+from keras_pam.merging.adapter_parts import in_parts
 from keras_pam.merging.alignment_functions import _compiled_conflict_count  # noqa: F401 (old path)
 from keras_pam.merging.alignment_functions import _compiled_masks
 from keras_pam.merging.alignment_functions import _compiled_update
@@ -36,9 +38,10 @@ class SignAlignmentCallback(LoRABatchCallback):
     """Align the temporary adapter's signs to the global one during `fit`.
 
     Every `align_every` optimizer updates (training batches, or under gradient
-    accumulation that many updates' batches) it applies `align` to all
-    LoRA factors of the model in one compiled update, with the importance
-    mask of `global_state` computed once when training begins. It records
+    accumulation that many updates' batches) it applies `align` to the
+    LoRA factors of the model (those of `parts`) in one compiled update,
+    with the importance mask of `global_state` computed once when
+    training begins. It records
     how many entries it re-initialised: `reinitialised_counts` (one int per
     alignment) and `num_reinitialised` (their sum), available after `fit`.
 
@@ -69,6 +72,13 @@ class SignAlignmentCallback(LoRABatchCallback):
             in-step alignment to drive instead of writing between batches;
             ignored when it belongs to another model or is already in use.
             Defaults to `None`.
+        parts: str. The parts of the model to align (`"vision"`,
+            `"text"`, `"attention"`, `"feedforward"`, `"early"`, `"late"`,
+            or a comma-separated union; see `AlignmentConfig`): the
+            importance mask is computed over their factors only, and is
+            empty elsewhere, so the other factors are never
+            re-initialised, on either alignment path. Defaults to
+            `"all"`.
         every: int. The old name of `align_every`: accepted with a
             `DeprecationWarning`. Defaults to `None`.
 
@@ -92,6 +102,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         reset_moments=False,
         fused_alignment=None,
         every=None,
+        parts="all",
     ):
         super().__init__()
         if every is not None:
@@ -102,8 +113,12 @@ class SignAlignmentCallback(LoRABatchCallback):
                 )
             warn_renamed("every", "SignAlignmentCallback")
             align_every = every
-        AlignmentConfig(
-            p=p, align_every=align_every, reinit=reinit, scope=scope
+        config = AlignmentConfig(
+            p=p,
+            align_every=align_every,
+            reinit=reinit,
+            scope=scope,
+            parts=parts,
         )
         if not isinstance(global_state, AdapterState):
             global_state = AdapterState(global_state)
@@ -113,6 +128,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         self.reinit = reinit
         self.scope = scope
         self.reset_moments = reset_moments
+        self.parts = config.parts
         self.fused_alignment = fused_alignment
         self.reinitialised_counts = []
         self.num_reinitialised = 0
@@ -125,8 +141,14 @@ class SignAlignmentCallback(LoRABatchCallback):
 
     @property
     def num_entries(self):
-        """The number of adapter entries under alignment."""
-        return self.global_state.num_entries
+        """The number of adapter entries under alignment (those of
+        `parts`)."""
+        paths = list(self.global_state)
+        return sum(
+            int(np.prod(np.shape(self.global_state[path])))
+            for path, keep in zip(paths, in_parts(paths, self.parts))
+            if keep
+        )
 
     def on_train_begin(self, logs=None):
         # Alignment goes with optimizer updates: under gradient
@@ -154,7 +176,7 @@ class SignAlignmentCallback(LoRABatchCallback):
             ops.convert_to_tensor(self.global_state[k], "float32")
             for k in self._paths
         ]
-        self._masks = _compiled_masks(self.p, self.scope)(self._globals)
+        self._masks = self._importance_masks()
         optimizer = self.model.optimizer
         if self.reset_moments and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
@@ -189,6 +211,17 @@ class SignAlignmentCallback(LoRABatchCallback):
             )(self._globals, self._masks)
             self._globals = self._masks = None
             self._update = _compiled_update()
+
+    def _importance_masks(self):
+        """The importance masks of the global factors of `parts`, ranked
+        among those factors; all-false masks for the others."""
+        selected = in_parts(self._paths, self.parts)
+        chosen = [g for g, keep in zip(self._globals, selected) if keep]
+        masks = iter(_compiled_masks(self.p, self.scope)(chosen))
+        return [
+            next(masks) if keep else ops.zeros_like(g, dtype="bool")
+            for g, keep in zip(self._globals, selected)
+        ]
 
     # The alignment after step `n` runs before step `n + 1` starts, or at
     # the epoch's end: never in `on_train_batch_end`, which Keras then

@@ -25,6 +25,8 @@ import dataclasses
 import types
 import warnings
 
+from keras_pam.merging.adapter_parts import canonical_parts
+
 # The fields `ContinualLearner` takes as keyword arguments.
 LEARNER_FIELDS = ("rank", "p", "align_every")
 
@@ -211,6 +213,7 @@ LEARNER_ARGUMENTS = {
     "scope": "scope",
     "align_first_task": "align_first_task",
     "reset_moments": "reset_moments",
+    "align_parts": "parts",
 }
 # Old names of alignment settings: `every` is `align_every` since 0.1.0.
 RENAMED = {"every": "align_every"}
@@ -316,12 +319,24 @@ class AlignmentConfig:
             random `A` factors of the initial adapter. Defaults to `True`.
         reset_moments: bool. Zero the optimizer moments of re-initialised
             entries. Defaults to `False`.
+        parts: str. The parts of the model whose LoRA factors are
+            aligned: `"all"`, `"vision"` (the image tower), `"text"` (the
+            decoder), `"attention"` or `"feedforward"` (those projections
+            of both towers), `"early"` or `"late"` (the first or second
+            half of each tower's blocks), or a comma-separated union of
+            them (`"vision,attention"`; see
+            `keras_pam.merging.adapter_parts`). A factor outside them is
+            never important, so never re-initialised; with
+            `scope="global"` the top `p` is ranked over the chosen parts.
+            Kept in `PART_NAMES` order (`"attention,vision"` is
+            `"vision,attention"`). Defaults to `"all"`, the paper's.
 
     Example:
     ```python
     config = AlignmentConfig(p=0.3, align_every=20)
     PAM(config)
     config.replace(p=0.7).p  # 0.7
+    AlignmentConfig(parts="attention,vision").parts  # "vision,attention"
     ```
     """
 
@@ -331,6 +346,7 @@ class AlignmentConfig:
     scope: str
     align_first_task: bool
     reset_moments: bool
+    parts: str
 
     def __init__(
         self,
@@ -340,6 +356,7 @@ class AlignmentConfig:
         scope="tensor",
         align_first_task=True,
         reset_moments=False,
+        parts="all",
         **deprecated,
     ):
         unexpected = sorted(set(deprecated) - set(RENAMED))
@@ -363,6 +380,7 @@ class AlignmentConfig:
             scope=scope,
             align_first_task=align_first_task,
             reset_moments=reset_moments,
+            parts=canonical_parts(parts),
         )
         for name, value in settings.items():
             object.__setattr__(self, name, value)
