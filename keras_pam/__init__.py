@@ -57,6 +57,7 @@ from keras_pam.merging.fused_sign_alignment import FusedSignAlignment
 from keras_pam.merging.in_step_update import InStepUpdate
 from keras_pam.merging.lora import AdapterState
 from keras_pam.merging.lora_batch_callback import LoRABatchCallback
+from keras_pam.merging.misalignment_monitor import MisalignmentMonitor
 from keras_pam.merging.training_settings import PAPER
 from keras_pam.merging.training_settings import TESTBED
 from keras_pam.merging.training_settings import AlignmentConfig

@@ -442,7 +442,7 @@ def test_every_method_is_built_with_the_study_settings():
 
     settings = parse(
         ["run", "--methods", "all", "--p", "0.3", "--align-every", "7"]
-        + ["--reinit", "zero", "--scope", "global"]
+        + ["--reinit", "zero", "--scope", "global", "--l2-weight", "0.5"]
     )
     assert settings["methods"] == list(cli._strategy_names())
     aligned = (0.3, 7, "zero", "global")
@@ -455,6 +455,7 @@ def test_every_method_is_built_with_the_study_settings():
         strategies.PostAlign: lambda s: (
             (s.p, s.reinit, s.scope) == (0.3, "zero", "global")
         ),
+        strategies.L2Pull: lambda s: s.weight == 0.5,
         strategies.OLoRA: lambda s: s.num_tasks == 5,
         strategies.Multitask: lambda s: s.num_tasks == 5,
     }

@@ -133,11 +133,31 @@ def test_default_grid_is_three_seeds_by_three_orders():
     assert generality["video"]["seeds"] == [4]
 
 
-def test_methods_study_compares_pam_with_every_method():
+def test_methods_study_compares_pam_with_every_method_of_the_paper():
     study = studies.get_study("methods")
-    assert study.variant_methods("all") == list(STRATEGY_NAMES)
-    others = [m for m in STRATEGY_NAMES if m != "pam"]
-    assert list(study.comparisons) == [("all/pam", f"all/{m}") for m in others]
+    methods = [
+        method
+        for variant in study.variants
+        for method in study.variant_methods(variant)
+    ]
+    assert methods == list(studies.PAPER_TABLE_METHODS)
+    assert len(methods) == 14 and set(methods) <= set(STRATEGY_NAMES)
+    # One method a variant, so a stopped study keeps what it finished.
+    assert all(len(study.variant_methods(v)) == 1 for v in study.variants)
+    assert list(study.comparisons) == [
+        ("pam/pam", f"{variant}/{method}")
+        for variant, method in zip(study.variants, methods)
+        if method != "pam"
+    ]
+
+
+def test_every_registered_method_is_in_some_study():
+    covered = set()
+    for name in studies.STUDIES:
+        study = studies.get_study(name)
+        for variant in study.variants:
+            covered |= set(study.variant_methods(variant))
+    assert covered == set(STRATEGY_NAMES)
 
 
 def test_schedule_keeps_the_papers_ratios_around_the_testbed_default():
@@ -147,6 +167,21 @@ def test_schedule_keeps_the_papers_ratios_around_the_testbed_default():
     }
     study = studies.get_study("schedule")
     assert list(study.variants) == ["every2", "every20", "every60"]
+
+
+def test_track_misalignment_reaches_the_variants():
+    parser = cli.build_parser()
+    timing = studies.get_study("alignment_timing")
+    settings = study_runner.variant_settings(parser, timing, quick=True)
+    assert settings["all"]["track_misalignment"] is True
+    reinit = studies.get_study("reinit")
+    # Off, the settings have no key: folders run before the flag resume.
+    for variant in study_runner.variant_settings(parser, reinit).values():
+        assert "track_misalignment" not in variant
+    given = study_runner.variant_settings(
+        parser, reinit, track_misalignment=True
+    )
+    assert all(variant["track_misalignment"] for variant in given.values())
 
 
 def test_bad_study_name_lists_the_known_ones(capsys):
@@ -211,6 +246,9 @@ def test_study_files(tiny_run):
     names = set(os.listdir(output))
     assert {"ft", "pam", "study.json", "table.md", "differences.md"} <= names
     assert (output / "acc_bwt.png").stat().st_size > 1000
+    assert (output / "forgetting.png").stat().st_size > 1000
+    # Its cells carry no misalignment curves: no figure of them.
+    assert "misalignment.png" not in names
     command = (output / "command.txt").read_text().strip()
     assert command == "keras-pam " + " ".join(argv)
     env = json.loads((output / "environment.json").read_text())

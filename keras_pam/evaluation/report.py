@@ -50,8 +50,10 @@ class TaskReport:
         misaligned_fraction_all: float. Of all adapter entries, the
             fraction whose sign the trained temporary adapter strictly
             opposes to the previous global adapter: the paper's count of
-            misaligned parameters. NaN when not measured (reports of run
-            folders written before it existed).
+            misaligned parameters. PAM aligning only some parts of the
+            model (`AlignmentConfig.parts`) counts over those parts'
+            entries. NaN when not measured (reports of run folders
+            written before it existed).
         misaligned_fraction_important: float. The same, of the important
             global entries only (top-`p` magnitude in `scope`, at the
             strategy's own `p` and `scope`, or the default
@@ -68,6 +70,13 @@ class TaskReport:
             (`TaskRecipe.to_dict`), or `None` when `learn_task` had none.
         diagnostics: dict. What the strategy reported of the task beyond
             the fields above (`Strategy.task_diagnostics`).
+        misalignment_curve: list. `misaligned_fraction_all` measured
+            during training, as `[update, fraction]` pairs (`update`
+            counts the task's optimizer updates from 1), right before the
+            alignment where a point falls on one
+            (`keras_pam.MisalignmentMonitor`); empty unless `learn_task`
+            was asked to track it (`track_misalignment`), and in reports
+            written before it existed.
     """
 
     name: str
@@ -84,6 +93,7 @@ class TaskReport:
     seconds: float = 0.0
     recipe: dict = None
     diagnostics: dict = dataclasses.field(default_factory=dict)
+    misalignment_curve: list = dataclasses.field(default_factory=list)
 
     @classmethod
     def with_diagnostics(cls, diagnostics, **fields):

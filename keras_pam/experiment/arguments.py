@@ -2,6 +2,7 @@
 parsers of methods, seeds, orders and pairs."""
 
 import argparse
+import math
 
 from keras_pam.merging.training_settings import DEFAULT_ALIGNMENT
 from keras_pam.merging.training_settings import TESTBED
@@ -29,6 +30,7 @@ DEFAULTS = {
     "reinit": DEFAULT_ALIGNMENT.reinit,
     "scope": DEFAULT_ALIGNMENT.scope,
     "p_rule": DEFAULT_ALIGNMENT.p_rule,
+    "align_parts": DEFAULT_ALIGNMENT.parts,
     "epochs": TESTBED.epochs,
     "batch_size": TESTBED.batch_size,
     "num_train": 800,
@@ -97,11 +99,30 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0, got {text}"
+        )
+    return value
+
+
 def _fraction(text):
     value = float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def _align_parts(text):
+    """`--align-parts`: part names, kept in `PART_NAMES` order."""
+    from keras_pam.merging.adapter_parts import canonical_parts
+
+    try:
+        return canonical_parts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _seed(text):

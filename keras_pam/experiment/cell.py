@@ -145,19 +145,23 @@ def _make_strategy(name, settings, num_tasks):
     """The strategy `name` of a cell, with the study's settings.
 
     `get_strategy` gives the alignment settings (`p`, `align_every`,
-    `reinit`, `scope`, `p_rule`) to the methods that align and
-    `num_tasks` to O-LoRA; the other methods leave them unused.
+    `reinit`, `scope`, `p_rule`, `parts`) to the methods that align,
+    `num_tasks` to O-LoRA and `l2_weight` (in the settings of a run of
+    `l2-pull`) to L2Pull; the other methods leave them unused.
     """
     from keras_pam.strategies import get_strategy
 
     return get_strategy(
         name,
         num_tasks=num_tasks,
+        l2_weight=settings.get("l2_weight"),
         p=settings["p"],
         align_every=settings["align_every"],
         reinit=settings["reinit"],
         scope=settings["scope"],
         p_rule=settings.get("p_rule", "fixed"),
+        # A study recorded before `--align-parts` aligned every part.
+        parts=settings.get("align_parts", "all"),
     )
 
 
@@ -179,7 +183,9 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         settings: dict. The cell's settings (see `cell_settings`): the
             study's, with the cell's `seed` and `order`, and `log_dir`
             (TensorBoard scalars go to `<log_dir>/<method>/`, none when
-            `None` or missing).
+            `None` or missing); `track_misalignment`, when true, records
+            each task's misalignment curve in its report, every
+            `align_every` updates.
         verbose: int. Passed to each task's `fit`. Defaults to `0`.
         run_dir: str. The method's checkpoint folder; when it holds a
             checkpoint, the method continues from its last completed task.
@@ -220,6 +226,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
         align_every=settings["align_every"],
         reinit=settings["reinit"],
         scope=settings["scope"],
+        align_parts=settings.get("align_parts", "all"),
     )
     check_tasks_fit_model(suite, learner.causal_lm.backbone)
     if resuming:
@@ -242,6 +249,7 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
             seed=settings["seed"] + i,
             verbose=verbose,
             callbacks=_training_logs(log_dir, i, task.name),
+            track_misalignment=_tracking(settings),
         )
         if rows is not None:
             _log_accuracy_row(rows, learner.evaluate_all(), i)
@@ -253,6 +261,16 @@ def run_method(method, preset, suite, settings, verbose=0, run_dir=None):
     compiles.stop()
     print(f"[{label}] {cell_summary(compiles, shared.compile_log)}", flush=True)
     return report
+
+
+def _tracking(settings):
+    """`learn_task`'s `track_misalignment` of a cell: every method is
+    measured every `align_every` updates, on one grid, so that PAM's
+    points fall right before its alignments and the others' beside
+    them."""
+    if not settings.get("track_misalignment"):
+        return False
+    return settings["align_every"]
 
 
 def cell_label(method, settings):

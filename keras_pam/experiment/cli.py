@@ -32,8 +32,10 @@ from keras_pam.experiment.arguments import CUSTOM_ORDER  # noqa: F401 (old path)
 from keras_pam.experiment.arguments import DEFAULT_METHODS
 from keras_pam.experiment.arguments import DEFAULTS
 from keras_pam.experiment.arguments import QUICK
+from keras_pam.experiment.arguments import _align_parts
 from keras_pam.experiment.arguments import _fraction
 from keras_pam.experiment.arguments import _one_order
+from keras_pam.experiment.arguments import _positive_float
 from keras_pam.experiment.arguments import _positive_int
 from keras_pam.experiment.arguments import _seed
 from keras_pam.experiment.arguments import _strategy_names
@@ -214,6 +216,27 @@ def build_parser():
         choices=SCOPES,
         help="PAM: rank magnitudes per tensor or over all entries",
     )
+    from keras_pam.strategies.l2_pull import DEFAULT_WEIGHT
+
+    run.add_argument(
+        "--l2-weight",
+        type=_positive_float,
+        metavar="W",
+        help=(
+            "l2-pull: weight of the pull toward the global adapter, > 0 "
+            f"({DEFAULT_WEIGHT})"
+        ),
+    )
+    run.add_argument(
+        "--align-parts",
+        type=_align_parts,
+        metavar="PARTS",
+        help=(
+            "PAM: the parts of the model to align: all, vision, text, "
+            "attention, feedforward, early, late, or a comma-separated "
+            f"union of them ({DEFAULTS['align_parts']})"
+        ),
+    )
     run.add_argument(
         "--p-rule",
         choices=P_RULES,
@@ -295,6 +318,16 @@ def build_parser():
             "comma-separated pairs of methods whose paired difference to "
             "report, as a:b (a - b), e.g. pam:average (default: "
             "pam:average,pam:finetune,average:finetune, those that ran)"
+        ),
+    )
+    run.add_argument(
+        "--track-misalignment",
+        action="store_true",
+        help=(
+            "record each task's misaligned fraction of all adapter entries "
+            "during training (every align-every updates, right before each "
+            "alignment of the methods that align) into the task reports; a "
+            "named study draws it in misalignment.png"
         ),
     )
     run.add_argument(

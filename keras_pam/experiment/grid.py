@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+from keras_pam.experiment.arguments import _repeated
 from keras_pam.experiment.cell import BENCHMARKS
 from keras_pam.experiment.cell import _run_cell
 from keras_pam.experiment.cell import _safe_name
@@ -63,7 +64,9 @@ def upgrade_settings(settings):
     A run folder whose `run.json` was written before a setting was renamed
     (`every`, now `align_every`) resumes: its settings are read under the
     new names, and the file is kept as it is. One written before
-    `p_rule` existed ran PAM at its fixed `p`: `p_rule` reads `"fixed"`.
+    `p_rule` existed ran PAM at its fixed `p`: `p_rule` reads `"fixed"`;
+    one written before `--align-parts` existed aligned every part: it
+    reads as `"all"`.
 
     Args:
         settings: dict. A study's settings, as a `run.json` holds them.
@@ -75,6 +78,7 @@ def upgrade_settings(settings):
 
     settings = upgrade_recorded(settings)
     settings.setdefault("p_rule", "fixed")
+    settings.setdefault("align_parts", "all")
     return settings
 
 
@@ -113,6 +117,14 @@ def check_settings(settings):
             )
     if settings["tasks"] is not None and not settings["tasks"]:
         raise ValueError("`--tasks` is empty.")
+    twice = _repeated(list(settings["tasks"] or ()))
+    if twice:
+        # The learner would refuse it only on meeting it again, once the
+        # tasks before that have trained.
+        raise ValueError(
+            f"`--tasks` names {', '.join(map(repr, twice))} more than once: "
+            "a sequence learns each task once."
+        )
     if settings["tasks"] is not None:
         lengths = {len(settings["tasks"])}
         task_names = set(settings["tasks"])
@@ -124,11 +136,20 @@ def check_settings(settings):
             task_recipe(name, settings)
         except ValueError as e:
             raise ValueError(f"Task {name!r}'s recipe: {e}") from e
-    alignment = {
+    method_settings = {
         key: settings[key]
-        for key in ("p", "align_every", "reinit", "scope", "p_rule")
+        for key in (
+            "p",
+            "align_every",
+            "reinit",
+            "scope",
+            "p_rule",
+            "l2_weight",
+        )
         if key in settings
     }
+    if "align_parts" in settings:
+        method_settings["parts"] = settings["align_parts"]
     for method in settings.get("methods") or ():
         for num_tasks in sorted(lengths):
             try:
@@ -136,7 +157,7 @@ def check_settings(settings):
                     method,
                     rank=settings.get("rank"),
                     num_tasks=num_tasks,
-                    **alignment,
+                    **method_settings,
                 )
             except ValueError as e:
                 raise ValueError(f"Method {method!r}: {e}") from e

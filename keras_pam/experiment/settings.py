@@ -46,6 +46,7 @@ def resolve_settings(args):
         "reinit",
         "scope",
         "p_rule",
+        "align_parts",
         "epochs",
         "batch_size",
         "num_train",
@@ -103,9 +104,22 @@ def resolve_settings(args):
     settings["methods"] = parse_methods(
         ",".join(DEFAULT_METHODS) if methods is None else methods
     )
+    l2_weight = getattr(args, "l2_weight", None)
+    # Recorded for a run of `l2-pull` (or given the flag) only, so that
+    # the settings of every other run, and the study folders that compare
+    # them, stay what they were.
+    if l2_weight is not None or "l2-pull" in settings["methods"]:
+        from keras_pam.strategies.l2_pull import DEFAULT_WEIGHT
+
+        settings["l2_weight"] = (
+            DEFAULT_WEIGHT if l2_weight is None else l2_weight
+        )
     settings["pairs"] = None
     if getattr(args, "pairs", None) is not None:
         settings["pairs"] = parse_pairs(args.pairs, settings["methods"])
+    if getattr(args, "track_misalignment", False):
+        # Only when asked: the settings of runs before the flag stay equal.
+        settings["track_misalignment"] = True
     settings["quick"] = bool(args.quick)
     settings["preset"] = args.preset
     return settings

@@ -25,24 +25,59 @@ def _pam_versus(variant, methods):
     )
 
 
+# The rows of the paper's Tables 1 and 2, in its order. Named, not read
+# from the registry, so that a method added later (a complement, a new
+# baseline) does not change a study that is half run.
+PAPER_TABLE_METHODS = (
+    "zero-shot",
+    "independent",
+    "multitask",
+    "finetune",
+    "lwf",
+    "ilora",
+    "olora",
+    "moelora",
+    "magmax",
+    "average",
+    "ties",
+    "tall",
+    "pam",
+    "tall+pam",
+)
+
+
+def _variant_name(method):
+    """A method's name as a folder's: `"tall+pam"` -> `"tall_pam"`."""
+    return method.replace("+", "_")
+
+
 def methods_study():
     """Tables 1 and 2: PAM against every method, on the same cells.
 
     The paper's claim: PAM has the highest ACC and the least forgetting
     (BWT closest to 0) of the continual methods, fine-tuning, LwF, I-LoRA,
     O-LoRA, MoELoRA, and of the merges (average, TIES, TALL, MagMax);
-    independent and multitask LoRAs are its references, not rivals. One
-    variant runs every method `keras-pam run --methods all` knows; each
-    comparison is PAM minus another method.
+    independent and multitask LoRAs are its references, not rivals. Each
+    of the paper's fourteen rows (`PAPER_TABLE_METHODS`) is a variant of
+    its own, so a study stopped part way keeps every method it finished;
+    each comparison is PAM minus another method, paired over the same
+    cells. PAM on top of LwF and replay is the `complement` study,
+    post-training alignment `alignment_timing`.
     """
-    from keras_pam.experiment.arguments import _strategy_names
-
-    names = _strategy_names()
+    variants = {
+        _variant_name(method): ("--methods", method)
+        for method in PAPER_TABLE_METHODS
+    }
+    label = {m: f"{_variant_name(m)}/{m}" for m in PAPER_TABLE_METHODS}
     return StudyDefinition(
         name="methods",
         claim=_claim(methods_study),
-        variants={"all": ("--methods", "all")},
-        comparisons=_pam_versus("all", names),
+        variants=variants,
+        comparisons=tuple(
+            (label["pam"], label[method])
+            for method in PAPER_TABLE_METHODS
+            if method != "pam"
+        ),
     )
 
 
@@ -181,12 +216,19 @@ def alignment_timing_study():
     post-align), costs the new task accuracy, while aligning during
     training keeps it (PAM's A_t close to averaging's) and merges better.
     Compared: PAM minus post-align, average and TIES, and post-align and
-    TIES minus average.
+    TIES minus average. Each task's misaligned fraction is tracked during
+    training (`misalignment.png`, the figures' curves).
     """
     return StudyDefinition(
         name="alignment_timing",
         claim=_claim(alignment_timing_study),
-        variants={"all": ("--methods", "average,ties,post-align,pam")},
+        variants={
+            "all": (
+                "--methods",
+                "average,ties,post-align,pam",
+                "--track-misalignment",
+            )
+        },
         comparisons=(
             ("all/pam", "all/post-align"),
             ("all/pam", "all/average"),
@@ -221,6 +263,170 @@ def generality_study():
         claim=_claim(generality_study),
         variants=variants,
         comparisons=comparisons,
+    )
+
+
+# The far-domain task of `domain_shift` (overhead tiles, RSVQA-lr's
+# analogue) and its places among order1's six CoIN tasks, 1-based: first,
+# fourth of the seven (three tasks before it, three after) and last.
+FAR_DOMAIN_TASK = "land_cover"
+DOMAIN_SHIFT_PLACES = {"early": 1, "middle": 4, "late": 7}
+
+
+def place_task(tasks, task, place):
+    """`tasks` with `task` put at the 1-based `place`.
+
+    Args:
+        tasks: sequence of str. The task names, in order.
+        task: str. The task to put in; not one of `tasks`.
+        place: int. Its place in the result, from 1 to `len(tasks) + 1`.
+
+    Returns:
+        A list of str.
+
+    Raises:
+        ValueError: `task` is in `tasks` already, or `place` is out of
+            range.
+
+    Example:
+    ```python
+    place_task(["a", "b", "c"], "x", 2)  # ["a", "x", "b", "c"]
+    ```
+    """
+    tasks = list(tasks)
+    if task in tasks:
+        raise ValueError(f"The task {task!r} is in {tasks} already.")
+    if not 1 <= place <= len(tasks) + 1:
+        raise ValueError(
+            f"The place of {task!r} must be 1 to {len(tasks) + 1} among "
+            f"{len(tasks)} tasks, got {place}."
+        )
+    return tasks[: place - 1] + [task] + tasks[place - 1 :]
+
+
+def domain_shift_study():
+    """Sec. 7 (limitations): does aligned merging hold back a far task?
+
+    The paper leaves open whether merging every task into one aligned
+    LoRA suits a task whose data differs much from the earlier ones: PAM
+    pulls the new task's adapter toward the signs the earlier tasks left,
+    which may keep it from learning what they never needed. The
+    far-domain task, `land_cover` (textured overhead tiles, RSVQA-lr's
+    analogue), joins order1's six CoIN tasks first (`early`), fourth of
+    seven (`middle`) or last (`late`). Each variant runs that one
+    sequence, so the six CoIN tasks keep their order around it and its
+    cells are the seeds. `task_land_cover.md` gives the task's accuracy
+    right after its training (Rhat[j][j], its term of A_t: what the
+    alignment costs its learning), after its merge (R[j][j]) and at the
+    end (R[T][j]) under fine-tuning, averaging and PAM, with PAM minus
+    each paired over the seeds. Compared on the whole sequence: PAM minus
+    fine-tuning and minus averaging at each place.
+    """
+    from keras_pam import datasets
+
+    methods = ("finetune", "average", "pam")
+    order = datasets.ORDERS["order1"]
+    variants = {
+        variant: (
+            "--tasks",
+            ",".join(place_task(order, FAR_DOMAIN_TASK, place)),
+            "--methods",
+            ",".join(methods),
+        )
+        for variant, place in DOMAIN_SHIFT_PLACES.items()
+    }
+    return StudyDefinition(
+        name="domain_shift",
+        claim=_claim(domain_shift_study),
+        variants=variants,
+        comparisons=tuple(
+            pair
+            for variant in variants
+            for pair in _pam_versus(variant, methods)
+        ),
+        reported_tasks=(FAR_DOMAIN_TASK,),
+    )
+
+
+def l2_weights():
+    """`l2-pull`'s weights in the `regularisation` study, as flag values:
+    its default / 10, the default and x 10."""
+    from keras_pam.strategies.l2_pull import DEFAULT_WEIGHT
+
+    return tuple(f"{DEFAULT_WEIGHT * f:g}" for f in (0.1, 1.0, 10.0))
+
+
+def regularisation_study():
+    """Fig. 4: regularisation is not alignment.
+
+    The paper's claim: pulling the task's adapter toward the global one
+    keeps it near the global adapter, yet does not do what alignment
+    does: "adding regularization yields a slight performance
+    improvement, but it fails to effectively address catastrophic
+    forgetting", where PAM, aligning the signs, forgets less. `l2-pull`
+    is averaging whose training adds `weight * sum (W' - G_{t-1})^2` to
+    the task loss; it runs at three weights spanning two decades around
+    its default (default / 10, default, default x 10; the default is the
+    scale at which the pull's gradient matches the task loss's,
+    `benchmarks/l2_pull_scale.py`), next to averaging and PAM. Compared:
+    PAM minus each l2-pull, and each l2-pull minus averaging. The task
+    reports carry the misaligned fractions of every run and l2-pull's
+    distance to the global adapter, whether the pull moved the signs.
+    """
+    variants = {"merges": ("--methods", "average,pam")}
+    for weight in l2_weights():
+        variants[f"l2w{weight}"] = (
+            "--methods",
+            "l2-pull",
+            "--l2-weight",
+            weight,
+        )
+    pulls = [f"l2w{weight}/l2-pull" for weight in l2_weights()]
+    comparisons = [("merges/pam", pull) for pull in pulls]
+    comparisons += [(pull, "merges/average") for pull in pulls]
+    return StudyDefinition(
+        name="regularisation",
+        claim=_claim(regularisation_study),
+        variants=variants,
+        comparisons=tuple(comparisons),
+    )
+
+
+ALIGNED_PARTS = ("vision", "text", "attention", "feedforward", "early", "late")
+
+
+def parts_study():
+    """Sec. 7 (future work): where does forgetting live?
+
+    The paper aligns every LoRA factor of both towers and names, as
+    future work, aligning only chosen subsets of the weights; no table of
+    the paper answers which parts matter, so this study has no anchor to
+    match. PAM aligns one part at a time (`--align-parts`): the image
+    tower's factors (vision), the decoder's (text), the attention or the
+    feed-forward projections of both towers, or the first (early) or
+    second (late) half of each tower's blocks; the rest train and merge
+    as averaging does. Next to them run averaging (no part aligned) and
+    PAM aligning everything (all). A part holds where forgetting lives if
+    aligning it alone is as good as aligning everything: its difference
+    from all in ACC and BWT is not resolved and near zero, while its
+    difference from averaging in BWT is resolved, as all's is. Compared:
+    each part minus all, and each part minus averaging.
+    """
+    variants = {
+        "average": ("--methods", "average"),
+        "all": ("--methods", "pam", "--align-parts", "all"),
+    }
+    for part in ALIGNED_PARTS:
+        variants[part] = ("--methods", "pam", "--align-parts", part)
+    comparisons = [(f"{part}/pam", "all/pam") for part in ALIGNED_PARTS]
+    comparisons += [
+        (f"{part}/pam", "average/average") for part in ALIGNED_PARTS
+    ]
+    return StudyDefinition(
+        name="parts",
+        claim=_claim(parts_study),
+        variants=variants,
+        comparisons=tuple(comparisons),
     )
 
 
@@ -279,6 +485,9 @@ STUDIES = {
     "complement": complement_study,
     "alignment_timing": alignment_timing_study,
     "generality": generality_study,
+    "domain_shift": domain_shift_study,
+    "regularisation": regularisation_study,
+    "parts": parts_study,
     "adaptive_p": adaptive_p_study,
 }
 

@@ -28,7 +28,8 @@ def add_study_parser(commands):
             "Run every variant of a named study (each a `keras-pam run` "
             "configuration) over the same seeds and orders, each into "
             "OUTPUT/<variant>/, then write table.md, differences.md, "
-            "acc_bwt.png, command.txt and environment.json. Run again with "
+            "acc_bwt.png, forgetting.png (misalignment.png when tracked), "
+            "command.txt and environment.json. Run again with "
             "the same command, a killed study skips its finished variants "
             "and resumes the unfinished one.\n\nstudies:\n"
             + "\n".join(f"  {n}: {study_summary(n)}" for n in STUDIES)
@@ -53,7 +54,8 @@ def add_study_parser(commands):
         help=(
             "comma-separated CoIN task orders (default: "
             f"{_join_text(STUDY_ORDERS)}; --quick: the quick run's two "
-            "tasks); the extended and video benchmarks keep their own"
+            "tasks); the extended and video benchmarks, and a variant "
+            "with its own --tasks, keep their own sequence"
         ),
     )
     study.add_argument(
@@ -76,6 +78,15 @@ def add_study_parser(commands):
         "--quick",
         action="store_true",
         help="every variant at `keras-pam run --quick` sizes: a smoke test",
+    )
+    study.add_argument(
+        "--track-misalignment",
+        action="store_true",
+        help=(
+            "give every variant `keras-pam run --track-misalignment`: each "
+            "task's misaligned fraction during training, drawn in "
+            "misalignment.png"
+        ),
     )
     study.add_argument(
         "--verbose",
@@ -118,7 +129,12 @@ def study(args, parser, command=None):
         # Every refusal before any work, reported with the usage.
         definition = studies.get_study(args.name)
         settings = study_runner.variant_settings(
-            parser, definition, args.seeds, args.orders, args.quick
+            parser,
+            definition,
+            args.seeds,
+            args.orders,
+            args.quick,
+            track_misalignment=args.track_misalignment,
         )
         study_runner.check_variants(definition, settings, variants)
         study_runner.check_study_folder(

@@ -29,6 +29,10 @@ class StudyDefinition:
             per order on the other orders' cells, and challengers compared
             with the pick (`keras_pam.experiment.held_out_selection`);
             `differences.md` reports them. Defaults to `None` (none).
+        reported_tasks: tuple of str. Tasks each given a report of their
+            own, `task_NAME.md` (`keras_pam.experiment.study_tasks`): the
+            task's accuracy after its training, after its merge and at
+            the end, per variant and method. Defaults to `()`.
 
     Example:
     ```python
@@ -47,6 +51,7 @@ class StudyDefinition:
     variants: types.MappingProxyType
     comparisons: tuple = ()
     held_out_selection: HeldOutSelection = None
+    reported_tasks: tuple = ()
 
     def __post_init__(self):
         variants = {k: tuple(v) for k, v in dict(self.variants).items()}
@@ -86,6 +91,15 @@ class StudyDefinition:
                     f"{', '.join(unknown)}, not labels of the study: "
                     f"{', '.join(labels)}."
                 )
+        reported = self.reported_tasks
+        if isinstance(reported, str) or not all(
+            isinstance(task, str) and task for task in reported
+        ):
+            raise ValueError(
+                f"Study {self.name!r}: `reported_tasks` must be a tuple of "
+                f"task names, got {reported!r}."
+            )
+        object.__setattr__(self, "reported_tasks", tuple(reported))
 
     def variant_methods(self, variant):
         """The methods of a variant: its `--methods`, or the defaults."""

@@ -1,7 +1,7 @@
 """A named study's report: `table.md` (every variant and method over all
 cells and over orders), `differences.md` (the study's comparisons, paired
 over the same cells, and its held-out selection if it declares one),
-`acc_bwt.png` and `environment.json`."""
+`acc_bwt.png`, the figures of `study_figures` and `environment.json`."""
 
 import datetime
 import json
@@ -266,7 +266,8 @@ def format_study_differences(study, results, confidence=CONFIDENCE):
 
 
 def write_report(output, study, results):
-    """Write `table.md`, `differences.md` and `acc_bwt.png` into `output`.
+    """Write `table.md`, `differences.md`, `acc_bwt.png` and the figures
+    of `keras_pam.experiment.study_figures` into `output`.
 
     Args:
         output: str. The study's folder.
@@ -280,7 +281,12 @@ def write_report(output, study, results):
     with open(path, "w", encoding="utf-8") as f:
         f.write(format_study_differences(study, results))
     if results:
+        from keras_pam.experiment.study_figures import write_study_figures
+
         write_figure(output, study, results)
+        write_study_figures(
+            output, study.name, _labels(study, results), study_cells(results)
+        )
 
 
 def write_figure(output, study, results):

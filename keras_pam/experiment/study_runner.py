@@ -41,7 +41,9 @@ def _flag_value(flags, flag):
     return None
 
 
-def variant_argv(flags, seeds=None, orders=None, quick=False):
+def variant_argv(
+    flags, seeds=None, orders=None, quick=False, track_misalignment=False
+):
     """The `keras-pam run` arguments of a variant on the study's grid.
 
     Args:
@@ -54,6 +56,8 @@ def variant_argv(flags, seeds=None, orders=None, quick=False):
             Defaults to `None`: `STUDY_ORDERS` (`--quick`: the quick
             run's two tasks).
         quick: bool. Add `--quick`. Defaults to `False`.
+        track_misalignment: bool. Add `--track-misalignment` (unless the
+            variant's flags have it). Defaults to `False`.
 
     Returns:
         A list of str, starting with `"run"`.
@@ -61,6 +65,8 @@ def variant_argv(flags, seeds=None, orders=None, quick=False):
     argv = ["run", *flags]
     if quick:
         argv.append("--quick")
+    if track_misalignment and "--track-misalignment" not in flags:
+        argv.append("--track-misalignment")
     if seeds is not None:
         argv += ["--seeds", _join(seeds)]
     elif not quick:
@@ -74,7 +80,14 @@ def variant_argv(flags, seeds=None, orders=None, quick=False):
     return argv
 
 
-def variant_settings(parser, study, seeds=None, orders=None, quick=False):
+def variant_settings(
+    parser,
+    study,
+    seeds=None,
+    orders=None,
+    quick=False,
+    track_misalignment=False,
+):
     """Each variant's settings, resolved and checked before any work.
 
     Args:
@@ -84,6 +97,7 @@ def variant_settings(parser, study, seeds=None, orders=None, quick=False):
         seeds: list of int. See `variant_argv`. Defaults to `None`.
         orders: list of str. See `variant_argv`. Defaults to `None`.
         quick: bool. See `variant_argv`. Defaults to `False`.
+        track_misalignment: bool. See `variant_argv`. Defaults to `False`.
 
     Returns:
         A dict: variant name to its settings (as `resolve_settings` makes
@@ -97,7 +111,7 @@ def variant_settings(parser, study, seeds=None, orders=None, quick=False):
 
     settings = {}
     for variant, flags in study.variants.items():
-        argv = variant_argv(flags, seeds, orders, quick)
+        argv = variant_argv(flags, seeds, orders, quick, track_misalignment)
         try:
             args = parser.parse_args(argv)
         except SystemExit:
@@ -331,6 +345,7 @@ def run_named_study(
     """
     from keras_pam.experiment import grid
     from keras_pam.experiment import study_files
+    from keras_pam.experiment import study_tasks
     from keras_pam.runs import checkpoint
 
     start = time.time()
@@ -390,6 +405,7 @@ def run_named_study(
             with open(path) as f:
                 results[variant] = json.load(f)
     study_files.write_report(output, study, results)
+    study_tasks.write_task_reports(output, study, results)
     print(
         f"\nStudy {study.name}: {len(results)}/{len(settings)} variants "
         f"finished; table.md and differences.md in {output} "

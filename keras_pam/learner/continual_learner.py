@@ -18,6 +18,8 @@ from keras_pam.learner.training import NonFiniteLossError  # noqa: F401 (public)
 from keras_pam.learner.training import train_step_key
 from keras_pam.merging.lora import AdapterState
 from keras_pam.merging.lora import initial_adapter
+from keras_pam.merging.misalignment_monitor import MisalignmentMonitor
+from keras_pam.merging.misalignment_monitor import tracking_settings
 from keras_pam.merging.training_settings import LEARNER_ARGUMENTS
 from keras_pam.merging.training_settings import PAPER
 from keras_pam.runs.run_record import RunRecord
@@ -97,6 +99,9 @@ class ContinualLearner(
             strategy object's own, else `AlignmentConfig`'s defaults
             (`0.5`, `100`, `"global"`, `"tensor"`, `True`, `False`; `p`
             and `align_every` the paper's, see `keras_pam.PAPER`).
+        align_parts: str. PAM's `AlignmentConfig.parts`, the parts of the
+            model it aligns (`"vision"`, `"attention,vision"`, ...), as
+            the settings above. Defaults to `None` (`"all"`).
         merge: str or callable. Without `strategy`: a name of
             `keras_pam.merging.MERGE_FUNCTIONS` or a function of
             `[global, temporary]`; `None` keeps the temporary adapter
@@ -164,6 +169,7 @@ class ContinualLearner(
         scope=None,
         align_first_task=None,
         reset_moments=None,
+        align_parts=None,
         merge="average",
         strategy=None,
         num_tasks=None,
@@ -184,6 +190,7 @@ class ContinualLearner(
             scope=scope,
             align_first_task=align_first_task,
             reset_moments=reset_moments,
+            align_parts=align_parts,
         )
         built, alignment = strategy_from_arguments(
             strategy, settings, align, merge, num_tasks
@@ -397,6 +404,7 @@ class ContinualLearner(
         seed=0,
         verbose="auto",
         relearn=False,
+        track_misalignment=False,
         **fit_kwargs,
     ):
         """Learn one task: clone, fit with alignment, merge, evaluate.
@@ -434,6 +442,15 @@ class ContinualLearner(
             verbose: passed to `fit`. Defaults to `"auto"`.
             relearn: bool. Allow a learned name (a new row). Defaults to
                 `False`.
+            track_misalignment: bool or int. Measure the misaligned
+                fraction of all entries during training
+                (`keras_pam.MisalignmentMonitor`, after the strategy's
+                callbacks) into the report's `misalignment_curve`: `True`
+                every `align_every` updates of a strategy that aligns in
+                this task, else every `keras_pam.TESTBED.align_every`
+                (20); an int, every that many updates. On JAX each
+                measurement copies the training state out of the compiled
+                step. Defaults to `False`.
             **fit_kwargs: passed to Keras's `fit`, which `learn_task` runs
                 (the learner's own `fit` is refused).
 
@@ -449,6 +466,7 @@ class ContinualLearner(
         name = name if name is not None else f"task_{index}"
         recipe = training.task_recipe(name, epochs, batch_size, recipe)
         training.check_recipe(self, recipe[0])
+        track, track_every = tracking_settings(track_misalignment)
         if name in self.record.learned and not relearn:
             raise ValueError(
                 f"The task {name!r} has already been learned; pass "
@@ -457,6 +475,13 @@ class ContinualLearner(
         task = self._start_task(train_data, name, index, eval_data)
         strategy_callbacks = list(self.strategy.callbacks(task))
         temporary, history = self.global_state, {}
+        monitor = None
+        if track and self.strategy.trains:
+            # After the strategy's callbacks: it sees their alignments.
+            monitor = MisalignmentMonitor.among(
+                strategy_callbacks, task.previous_global, track_every
+            )
+            strategy_callbacks.append(monitor)
         if self.strategy.trains:
             temporary, history = training.fit_task(
                 self,
@@ -466,6 +491,8 @@ class ContinualLearner(
                 dict(fit_kwargs, shuffle=shuffle, seed=seed, verbose=verbose),
             )
         report = self._finish_task(task, temporary, history)
+        if monitor is not None:
+            report.misalignment_curve = monitor.curve
         if recipe[1]:
             report.recipe = recipe[0].to_dict()
         report.seconds = time.time() - start

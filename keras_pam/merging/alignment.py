@@ -9,8 +9,10 @@ module gives them too, under the path they have always had.
 import math
 import warnings
 
+import numpy as np
 from keras import ops
 
+from keras_pam.merging.adapter_parts import in_parts
 from keras_pam.merging.alignment_functions import _compiled_conflict_count  # noqa: F401 (old path)
 from keras_pam.merging.alignment_functions import _compiled_masks
 from keras_pam.merging.alignment_functions import _compiled_update
@@ -19,7 +21,7 @@ from keras_pam.merging.alignment_functions import align_tensors  # noqa: F401 (o
 from keras_pam.merging.alignment_functions import align_to_targets  # noqa: F401 (old path)
 from keras_pam.merging.alignment_functions import compiled
 from keras_pam.merging.alignment_functions import importance_mask  # noqa: F401 (old path)
-from keras_pam.merging.alignment_functions import importance_masks
+from keras_pam.merging.alignment_functions import importance_masks  # noqa: F401 (old path)
 from keras_pam.merging.alignment_functions import masked_targets
 from keras_pam.merging.alignment_functions import misaligned_fraction_all  # noqa: F401 (old path)
 from keras_pam.merging.alignment_functions import misaligned_fraction_important  # noqa: F401 (old path)
@@ -39,9 +41,10 @@ class SignAlignmentCallback(LoRABatchCallback):
     """Align the temporary adapter's signs to the global one during `fit`.
 
     Every `align_every` optimizer updates (training batches, or under gradient
-    accumulation that many updates' batches) it applies `align` to all
-    LoRA factors of the model in one compiled update, with the importance
-    mask of `global_state` computed once when training begins. It records
+    accumulation that many updates' batches) it applies `align` to the
+    LoRA factors of the model (those of `parts`) in one compiled update,
+    with the importance mask of `global_state` computed once when
+    training begins. It records
     how many entries it re-initialised: `reinitialised_counts` (one int per
     alignment) and `num_reinitialised` (their sum), available after `fit`.
 
@@ -79,6 +82,13 @@ class SignAlignmentCallback(LoRABatchCallback):
             in-step alignment to drive instead of writing between batches;
             ignored when it belongs to another model or is already in use.
             Defaults to `None`.
+        parts: str. The parts of the model to align (`"vision"`,
+            `"text"`, `"attention"`, `"feedforward"`, `"early"`, `"late"`,
+            or a comma-separated union; see `AlignmentConfig`): the
+            importance mask is computed over their factors only, and is
+            empty elsewhere, so the other factors are never
+            re-initialised, on either alignment path. Defaults to
+            `"all"`.
         every: int. The old name of `align_every`: accepted with a
             `DeprecationWarning`. Defaults to `None`.
         p_rule: str. `"fixed"`, `"conflict"` or `"direction"`, see
@@ -108,6 +118,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         every=None,
         p_rule="fixed",
         initial_state=None,
+        parts="all",
     ):
         super().__init__()
         if every is not None:
@@ -118,12 +129,13 @@ class SignAlignmentCallback(LoRABatchCallback):
                 )
             warn_renamed("every", "SignAlignmentCallback")
             align_every = every
-        AlignmentConfig(
+        config = AlignmentConfig(
             p=p,
             align_every=align_every,
             reinit=reinit,
             scope=scope,
             p_rule=p_rule,
+            parts=parts,
         )
         if p_rule == "direction" and initial_state is None:
             raise ValueError(
@@ -142,6 +154,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         self.reinit = reinit
         self.scope = scope
         self.reset_moments = reset_moments
+        self.parts = config.parts
         self.fused_alignment = fused_alignment
         self.p_rule = p_rule
         self.initial_state = initial_state
@@ -161,8 +174,14 @@ class SignAlignmentCallback(LoRABatchCallback):
 
     @property
     def num_entries(self):
-        """The number of adapter entries under alignment."""
-        return self.global_state.num_entries
+        """The number of adapter entries under alignment (those of
+        `parts`)."""
+        paths = list(self.global_state)
+        return sum(
+            int(np.prod(np.shape(self.global_state[path])))
+            for path, keep in zip(paths, in_parts(paths, self.parts))
+            if keep
+        )
 
     def on_train_begin(self, logs=None):
         # Alignment goes with optimizer updates: under gradient
@@ -213,7 +232,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         self.p_measurement = math.nan
         self.num_important = None
         if self.p_rule == "fixed":
-            masks = _compiled_masks(self.p, self.scope)(self._globals)
+            masks = self._importance_masks(self.p)
             self._use_masks(self.p, masks)
         # Otherwise the first alignment measures, then sets `p` and masks.
 
@@ -258,6 +277,17 @@ class SignAlignmentCallback(LoRABatchCallback):
         )
         return rule_p(self.p_rule, self.p_measurement, self.p)
 
+    def _importance_masks(self, p):
+        """The importance masks at `p` of the global factors of `parts`,
+        ranked among those factors; all-false masks for the others."""
+        selected = in_parts(self._paths, self.parts)
+        chosen = [g for g, keep in zip(self._globals, selected) if keep]
+        masks = iter(_compiled_masks(p, self.scope)(chosen))
+        return [
+            next(masks) if keep else ops.zeros_like(g, dtype="bool")
+            for g, keep in zip(self._globals, selected)
+        ]
+
     # The alignment after step `n` runs before step `n + 1` starts, or at
     # the epoch's end: never in `on_train_batch_end`, which Keras then
     # runs on a worker thread while the next step is dispatched (a
@@ -288,7 +318,7 @@ class SignAlignmentCallback(LoRABatchCallback):
         """The rule's measurement, its mask, and the task's first alignment,
         between batches; a fused alignment takes over after it."""
         p = self._choose_p()
-        masks = importance_masks(self._globals, p, self.scope)
+        masks = self._importance_masks(p)
         # The same targets the train step gets, for this one alignment.
         self._targets = compiled(("masked_targets",), lambda: masked_targets)(
             self._globals, masks
@@ -323,6 +353,31 @@ class SignAlignmentCallback(LoRABatchCallback):
                 slot.assign(value)
         self._counts.append(count)
 
+    def reinitialised_after(self, batches):
+        """How many entries the alignment after `batches` train steps
+        re-initialised, as an int32 tensor; `None` when none has run
+        there (not due, or, between batches, not yet).
+
+        It lets a callback that reads the factors after the alignment
+        (`keras_pam.MisalignmentMonitor`) know what they held before it:
+        the alignment only re-initialises conflicting entries. Reach
+        `self.model` first: on JAX the in-step alignment's counts are
+        training state.
+
+        Args:
+            batches: int. Train steps since `fit` began.
+        """
+        if batches <= 0 or batches % self._interval:
+            return None
+        if self._fused is not None:
+            # The train step of batch `batches` aligned; its count is still
+            # on the device (a read comes before `capacity` more).
+            index = (batches // self._interval - 1) % self._fused.capacity
+            return self._fused.counts.value[index]
+        if self._aligned_after != batches or not self._counts:
+            return None
+        return ops.convert_to_tensor(self._counts[-1], "int32")
+
     def _read_fused_counts(self):
         # Reaching `self.model` syncs the JAX training state first.
         self.model  # noqa: B018
@@ -354,7 +409,7 @@ class SignAlignmentCallback(LoRABatchCallback):
             # the restored adapter again.
             p = float(state["p"])
             self.p_measurement = float(state["p_measurement"])
-            masks = importance_masks(self._globals, p, self.scope)
+            masks = self._importance_masks(p)
             self._use_masks(p, masks, step=self._batches)
         if self._fused is not None:
             self._fused.set_step(self._batches)

@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from keras_pam.distribution.backend import compile_function
+from keras_pam.merging.adapter_parts import part_paths
 from keras_pam.merging.lora import AdapterState
 from keras_pam.merging.training_settings import REINIT_MODES
 from keras_pam.merging.training_settings import SCOPES
@@ -340,21 +341,30 @@ def misaligned_fraction_important(
     return int(ops.convert_to_numpy(conflicts)) / important
 
 
-def misalignment(temporary, global_state, p=0.5, scope="tensor"):
+def misalignment(temporary, global_state, p=0.5, scope="tensor", parts="all"):
     """Both misaligned fractions, keyed as `keras_pam.TaskReport` names
     its fields: `misaligned_fraction_all` (over all entries, the paper's)
     and `misaligned_fraction_important` (over the important entries at
-    `p` and `scope`).
+    `p` and `scope`), both over the factors of `parts`.
 
     Args:
         temporary: `AdapterState` or dict. The trained temporary adapter.
         global_state: `AdapterState`. The global adapter it started from.
         p: float. Fraction of important global entries. Defaults to `0.5`.
         scope: str. `"tensor"` or `"global"`. Defaults to `"tensor"`.
+        parts: str. The parts of the model counted (see
+            `keras_pam.AlignmentConfig`): "all" entries are those of
+            these parts' factors, and the importance is ranked among them,
+            as PAM aligning only these parts ranks it. Defaults to
+            `"all"`.
 
     Returns:
         A dict of two floats.
     """
+    paths = part_paths(list(global_state), parts)
+    if len(paths) < len(global_state):
+        temporary = {k: temporary[k] for k in paths}
+        global_state = AdapterState({k: global_state[k] for k in paths})
     return {
         "misaligned_fraction_all": misaligned_fraction_all(
             temporary, global_state

@@ -25,6 +25,8 @@ import dataclasses
 import types
 import warnings
 
+from keras_pam.merging.adapter_parts import canonical_parts
+
 # The fields `ContinualLearner` takes as keyword arguments.
 LEARNER_FIELDS = ("rank", "p", "align_every")
 
@@ -214,6 +216,7 @@ LEARNER_ARGUMENTS = {
     "scope": "scope",
     "align_first_task": "align_first_task",
     "reset_moments": "reset_moments",
+    "align_parts": "parts",
 }
 # Old names of alignment settings: `every` is `align_every` since 0.1.0.
 RENAMED = {"every": "align_every"}
@@ -327,6 +330,17 @@ class AlignmentConfig:
             then (`keras_pam.merging.p_rules`), in [0.3, 0.9], with `p`
             for a task whose measurement is undefined. Defaults to
             `"fixed"`.
+        parts: str. The parts of the model whose LoRA factors are
+            aligned: `"all"`, `"vision"` (the image tower), `"text"` (the
+            decoder), `"attention"` or `"feedforward"` (those projections
+            of both towers), `"early"` or `"late"` (the first or second
+            half of each tower's blocks), or a comma-separated union of
+            them (`"vision,attention"`; see
+            `keras_pam.merging.adapter_parts`). A factor outside them is
+            never important, so never re-initialised; with
+            `scope="global"` the top `p` is ranked over the chosen parts.
+            Kept in `PART_NAMES` order (`"attention,vision"` is
+            `"vision,attention"`). Defaults to `"all"`, the paper's.
 
     Example:
     ```python
@@ -334,6 +348,7 @@ class AlignmentConfig:
     PAM(config)
     config.replace(p=0.7).p  # 0.7
     AlignmentConfig(p_rule="conflict")  # p per task, from sign conflicts.
+    AlignmentConfig(parts="attention,vision").parts  # "vision,attention"
     ```
     """
 
@@ -344,6 +359,7 @@ class AlignmentConfig:
     align_first_task: bool
     reset_moments: bool
     p_rule: str
+    parts: str
 
     def __init__(
         self,
@@ -354,6 +370,7 @@ class AlignmentConfig:
         align_first_task=True,
         reset_moments=False,
         p_rule="fixed",
+        parts="all",
         **deprecated,
     ):
         unexpected = sorted(set(deprecated) - set(RENAMED))
@@ -378,6 +395,7 @@ class AlignmentConfig:
             align_first_task=align_first_task,
             reset_moments=reset_moments,
             p_rule=p_rule,
+            parts=canonical_parts(parts),
         )
         for name, value in settings.items():
             object.__setattr__(self, name, value)

@@ -122,9 +122,12 @@ def upgrade_config(config):
     `align_every`, in its recorded strategy config) resumes as it is: the
     file is not rewritten, and the settings are compared and rebuilt
     under their new names. A PAM recorded before its `p_rule` existed
-    reads as `p_rule="fixed"`, what it ran.
+    reads as `p_rule="fixed"`, what it ran; a learner's folder written
+    before `align_parts` existed aligned every part: it reads as `"all"`.
     """
     config = upgrade_recorded(config)
+    if "align_every" in config:
+        config.setdefault("align_parts", "all")
     if isinstance(config.get("strategy"), dict):
         config["strategy"] = _upgrade_strategy_entry(config["strategy"])
     return config
@@ -323,6 +326,8 @@ def _saved_strategy(config):
         scope=config["scope"],
         align_first_task=config["align_first_task"],
         reset_moments=config["reset_moments"],
+        # A learner saved before `align_parts` existed aligned all parts.
+        parts=config.get("align_parts", "all"),
     )
     return strategy_from_config(saved, alignment)
 

@@ -7,6 +7,7 @@ from keras_pam.strategies.experience_replay import ExperienceReplay
 from keras_pam.strategies.finetune import Finetune
 from keras_pam.strategies.ilora import ILoRA
 from keras_pam.strategies.independent import Independent
+from keras_pam.strategies.l2_pull import L2Pull
 from keras_pam.strategies.lwf import LwF
 from keras_pam.strategies.magmax import MagMax
 from keras_pam.strategies.moelora import MoELoRA

@@ -6,6 +6,7 @@ import keras
 
 from keras_pam.merging import alignment
 from keras_pam.merging import alignment_functions
+from keras_pam.merging.adapter_parts import in_parts
 from keras_pam.merging.fused_sign_alignment import FusedSignAlignment
 from keras_pam.merging.lora import lora_variables
 from keras_pam.merging.training_settings import AlignmentConfig
@@ -47,7 +48,8 @@ class PAM(Average):
         merge: str or callable. The merge. Defaults to `"average"`.
         **kwargs: alignment settings replacing those of `alignment` (`p`,
             `align_every`, `reinit`, `scope`, `align_first_task`,
-            `reset_moments`, `p_rule`, see `AlignmentConfig`); any other
+            `reset_moments`, `p_rule`, `parts`, see `AlignmentConfig`); any
+            other
             keyword is bound to the merge function. The old name `every` of
             `align_every` is accepted with a `DeprecationWarning`.
 
@@ -60,6 +62,8 @@ class PAM(Average):
     PAM(keras_pam.TESTBED.alignment())
     # Each task's p from its sign conflicts with the global adapter:
     PAM(keras_pam.TESTBED.alignment(), p_rule="conflict")
+    # Align the image tower's factors only:
+    PAM(keras_pam.TESTBED.alignment(), parts="vision")
     ```
     """
 
@@ -83,6 +87,13 @@ class PAM(Average):
     def align_first_task(self):
         return self.config.align_first_task
 
+    def attach(self, learner):
+        # A model whose factors `parts` cannot sort, or holds none of, is
+        # refused now rather than when its first aligned task starts.
+        if self.config.parts != "all":
+            in_parts(lora_variables(learner.causal_lm), self.config.parts)
+        super().attach(learner)
+
     def build_in_step_update(self):
         if keras.backend.backend() != "jax":
             # Between batches, a write costs no copy of the training state.
@@ -102,6 +113,11 @@ class PAM(Average):
         return [self._aligner]
 
     def task_diagnostics(self, temporary, task):
+        """The alignment's counts, and the misaligned fractions at this
+        strategy's own `p` and `scope`, over the factors of its `parts`
+        (both fractions count the aligned parts only). With `parts` other
+        than `"all"`, `misaligned_fraction_all_whole_adapter` (in the
+        report's `diagnostics`) counts over every factor."""
         aligner = self._aligner
         counts = list(aligner.reinitialised_counts) if aligner else []
         task_p = aligner.task_p if aligner else None
@@ -124,8 +140,15 @@ class PAM(Average):
                 task.previous_global,
                 self.config.p if task_p is None else task_p,
                 self.config.scope,
+                self.config.parts,
             )
         )
+        if self.config.parts != "all":
+            diagnostics["misaligned_fraction_all_whole_adapter"] = (
+                alignment_functions.misaligned_fraction_all(
+                    temporary, task.previous_global
+                )
+            )
         return diagnostics
 
     def get_config(self):

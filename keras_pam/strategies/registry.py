@@ -15,6 +15,7 @@ from keras_pam.strategies.experience_replay import ExperienceReplay
 from keras_pam.strategies.finetune import Finetune
 from keras_pam.strategies.ilora import ILoRA
 from keras_pam.strategies.independent import Independent
+from keras_pam.strategies.l2_pull import L2Pull
 from keras_pam.strategies.lwf import LwF
 from keras_pam.strategies.magmax import MagMax
 from keras_pam.strategies.moelora import MoELoRA
@@ -40,6 +41,7 @@ BASE_STRATEGIES = {
         TIES,
         MagMax,
         PostAlign,
+        L2Pull,
         ILoRA,
         OLoRA,
         MoELoRA,
@@ -65,6 +67,7 @@ STRATEGY_NAMES = (
     "tall+pam",
     "magmax",
     "post-align",
+    "l2-pull",
     "lwf",
     "lwf+pam",
     "er",
@@ -104,7 +107,12 @@ def parse_name(name):
 
 
 def get_strategy(
-    name, alignment=None, num_tasks=None, num_experts=8, **settings
+    name,
+    alignment=None,
+    num_tasks=None,
+    num_experts=8,
+    l2_weight=None,
+    **settings,
 ):
     """Build a strategy by name, with PAM's alignment settings.
 
@@ -120,6 +128,8 @@ def get_strategy(
             tasks). Defaults to `None`.
         num_experts: int. The number of LoRA experts of `"moelora"`; the
             learner's rank must be a multiple of it. Defaults to `8`.
+        l2_weight: float. The weight of `"l2-pull"`'s pull toward the
+            global adapter. Defaults to `None` (its own default).
         **settings: alignment settings replacing those of `alignment`
             (`p`, `align_every`, `reinit`, `scope`, `align_first_task`,
             `reset_moments`, `p_rule`; the old name `every` warns).
@@ -138,7 +148,13 @@ def get_strategy(
     wrappers, base = parse_name(name)
     settings = renamed_settings(settings, "get_strategy")
     alignment = AlignmentConfig.make(alignment, **settings)
-    strategy = base.from_settings(alignment, num_tasks, num_experts)
+    given = {"l2_weight": l2_weight}
+    own = {
+        key: value
+        for key, value in given.items()
+        if key in base.method_settings and value is not None
+    }
+    strategy = base.from_settings(alignment, num_tasks, num_experts, **own)
     for wrapper in reversed(wrappers):
         strategy = wrapper(strategy)
     return strategy
@@ -160,7 +176,8 @@ def check_strategy(name, rank=None, num_tasks=None, num_experts=8, **settings):
             checked).
         num_tasks: int. The sequence's length. Defaults to `None`.
         num_experts: int. As in `get_strategy`. Defaults to `8`.
-        **settings: alignment settings, as in `get_strategy`.
+        **settings: alignment settings and `l2_weight`, as in
+            `get_strategy`.
 
     Example:
     ```python

@@ -58,12 +58,16 @@ class Strategy:
         adds_weights: bool. Whether `attach` adds weights to the model
             (MoELoRA's routers): such a learner cannot be `reset` for
             another run.
+        method_settings: tuple of str. The settings of `get_strategy`
+            that only this method takes (`"l2_weight"` of `L2Pull`): its
+            `from_settings` receives those given as keywords.
     """
 
     name = "finetune"
     reported_metrics = ("acc", "bwt", "fwt", "a_t")
     trains = True
     adds_weights = False
+    method_settings = ()
 
     def attach(self, learner):
         """Called once by the learner that uses this strategy."""
@@ -174,7 +178,9 @@ class Strategy:
         """The strategy its registry name builds, from a study's settings.
 
         `keras_pam.strategies.get_strategy` calls it. The base class takes
-        none of the settings; a method that does overrides it.
+        none of the settings; a method that does overrides it. A method
+        with `method_settings` also takes those of them that were given,
+        as keywords.
 
         Args:
             alignment: `keras_pam.AlignmentConfig`. PAM's settings.
