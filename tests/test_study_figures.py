@@ -108,6 +108,12 @@ def test_misalignment_curves_average_tasks_and_cells():
     assert curve["std"][1] == pytest.approx(0.0)
     one = study_figures.misalignment_curves(cells[-1:], ["pam/pam"])
     assert math.isnan(one["pam/pam"]["std"][1])
+    table = study_figures.format_misalignment_table(found, "tiny")
+    row = [line for line in table.splitlines() if line.startswith("| pam")]
+    assert row == ["| pam/pam | 4 | 15.00 ± 5.77 | 30.00 ± 0.00 |"]
+    table = study_figures.format_misalignment_table(one, "tiny")
+    # One task reaches update 4: no spread there.
+    assert "| pam/pam | 2 | 15.00 ± 7.07 | 30.00 |" in table.splitlines()
 
 
 @pytest.mark.parametrize("tracked", [False, True])
@@ -124,6 +130,7 @@ def test_report_writes_the_figures_from_saved_cells(tmp_path, tracked):
     misalignment = tmp_path / "misalignment.png"
     # Cells without curves draw no misalignment figure, and no error.
     assert misalignment.exists() == tracked
+    assert (tmp_path / "misalignment.md").exists() == tracked
     if tracked:
         assert misalignment.stat().st_size > 1000
 

@@ -13,6 +13,7 @@ import numpy as np
 
 FORGETTING_FILE = "forgetting.png"
 MISALIGNMENT_FILE = "misalignment.png"
+MISALIGNMENT_TABLE = "misalignment.md"
 # Panels per row when every label learns one task sequence.
 _COLUMNS = 4
 
@@ -330,4 +331,40 @@ def write_study_figures(output, name, labels, cells):
             path=path,
         )
         written.append(path)
+        path = os.path.join(output, MISALIGNMENT_TABLE)
+        with open(path, "w") as f:
+            f.write(format_misalignment_table(curves, name))
+        written.append(path)
     return written
+
+
+def format_misalignment_table(curves, name):
+    """The numbers behind `misalignment.png`, as a markdown table: each
+    label's misaligned share of all entries (in percent, mean ± std over
+    tasks and cells) at each update index."""
+    updates = sorted({u for curve in curves.values() for u in curve["updates"]})
+    lines = [
+        f"# Study `{name}`: misaligned entries during a task's training",
+        "",
+        "The share of all adapter entries whose sign opposes the previous "
+        "global adapter's (in percent), after each number of optimizer "
+        "updates of a task; mean ± sample std over every task of every "
+        "cell (`misalignment.png`).",
+        "",
+        "| label | tasks | " + " | ".join(str(u) for u in updates) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in updates) + " |",
+    ]
+    for label, curve in curves.items():
+        at = dict(zip(curve["updates"], zip(curve["mean"], curve["std"])))
+        cells = []
+        for update in updates:
+            if update not in at:
+                cells.append("")
+                continue
+            mean, std = at[update]
+            spread = "" if math.isnan(std) else f" ± {100 * std:.2f}"
+            cells.append(f"{100 * mean:.2f}{spread}")
+        lines.append(
+            f"| {label} | {curve['count']} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
