@@ -110,6 +110,9 @@ def test_penalty_is_zero_at_the_start_and_positive_after_a_step(
     )
 
 
+# Slow (two fits); `test_penalty_is_zero_at_the_start_and_positive_after_a_step`
+# checks the same zero at the start in every run.
+@pytest.mark.large
 def test_first_step_loss_is_the_task_loss_alone(tiny_preset, two_tasks):
     """Inside the train step the pull adds nothing while `W' = G`: a task
     of one full batch logs the loss averaging logs."""
@@ -230,6 +233,10 @@ def test_cli_flag_reaches_the_strategy():
     )
 
 
+# Slow (a killed and a resumed run). In every run, every strategy rebuilds
+# from its config (test_strategies.py) and a killed run resumes to the same
+# matrix (test_resume_cli.py).
+@pytest.mark.large
 def test_a_run_folder_resumes_with_its_weight(
     tiny_preset, two_tasks, tmp_path, pulled_and_free
 ):
