@@ -239,10 +239,9 @@ class SignAlignmentCallback(LoRABatchCallback):
     def _use_masks(self, p, masks, step=0):
         """Align to `masks` (of `p`) from train step `step` on."""
         self.task_p = p
-        self.num_important = sum(
-            int(ops.convert_to_numpy(ops.sum(ops.cast(m, "int32"))))
-            for m in masks
-        )
+        # One read of the host for all tensors, not one per tensor.
+        counts = ops.stack([ops.sum(ops.cast(m, "int32")) for m in masks])
+        self.num_important = int(ops.convert_to_numpy(ops.sum(counts)))
         if self._fused is not None:
             self._fused.start(
                 self._globals,
