@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from keras_pam.experiment.study_report import _format_mean_std
+
 FORGETTING_FILE = "forgetting.png"
 MISALIGNMENT_FILE = "misalignment.png"
 MISALIGNMENT_TABLE = "misalignment.md"
@@ -355,15 +357,13 @@ def format_misalignment_table(curves, name):
         "| --- | --- | " + " | ".join("---" for _ in updates) + " |",
     ]
     for label, curve in curves.items():
-        at = dict(zip(curve["updates"], zip(curve["mean"], curve["std"])))
-        cells = []
-        for update in updates:
-            if update not in at:
-                cells.append("")
-                continue
-            mean, std = at[update]
-            spread = "" if math.isnan(std) else f" ± {100 * std:.2f}"
-            cells.append(f"{100 * mean:.2f}{spread}")
+        at = {
+            update: {"mean": mean, "std": std}
+            for update, mean, std in zip(
+                curve["updates"], curve["mean"], curve["std"]
+            )
+        }
+        cells = [_format_mean_std(at.get(update)) for update in updates]
         lines.append(
             f"| {label} | {curve['count']} | " + " | ".join(cells) + " |"
         )
