@@ -11,6 +11,7 @@ from keras_pam import LoRABatchCallback
 from keras_pam import task_backup
 from keras_pam.alignment import SignAlignmentCallback
 from keras_pam.lora import AdapterState
+from keras_pam.merging.lora_batch_callback import is_due
 from keras_pam.strategies.ilora import ExponentialMovingAverage
 from keras_pam.strategies.olora import FreezeRankSlices
 
@@ -172,3 +173,12 @@ def test_docstring_example_runs():
     indent = min(len(ln) - len(ln.lstrip()) for ln in lines if ln.strip())
     # Trusted source: the example in this package's own docstring.
     exec("\n".join(ln[indent:] for ln in lines), {})  # noqa: S102
+
+
+def test_is_due_every_interval_once_per_count_never_before_a_batch():
+    due = [b for b in range(13) if is_due(b, interval=4, last_done=0)]
+    assert due == [4, 8, 12]
+    # Asked again after the same batch (an epoch's end), it is not due.
+    assert not is_due(8, interval=4, last_done=8)
+    assert is_due(12, interval=4, last_done=8)
+    assert not is_due(0, interval=1, last_done=-1)

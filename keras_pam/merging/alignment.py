@@ -30,6 +30,7 @@ from keras_pam.merging.alignment_functions import num_important  # noqa: F401 (o
 from keras_pam.merging.alignment_functions import optimizer_slots
 from keras_pam.merging.lora import AdapterState
 from keras_pam.merging.lora_batch_callback import LoRABatchCallback
+from keras_pam.merging.lora_batch_callback import is_due
 from keras_pam.merging.p_rules import measure
 from keras_pam.merging.p_rules import rule_p
 from keras_pam.merging.training_settings import PAPER
@@ -300,7 +301,7 @@ class SignAlignmentCallback(LoRABatchCallback):
 
     def _align_if_due(self):
         done = self._batches
-        if done == 0 or done % self._interval or done == self._aligned_after:
+        if not is_due(done, self._interval, self._aligned_after):
             return
         self._aligned_after = done
         if self.task_p is None:

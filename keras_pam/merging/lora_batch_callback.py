@@ -94,3 +94,19 @@ class LoRABatchCallback(keras.callbacks.Callback):
         """Resume from what `backup_state` returned; called after
         `on_train_begin`. Defaults to doing nothing."""
         del state
+
+
+def is_due(batches, interval, last_done):
+    """Whether a periodic action is due after `batches` batches.
+
+    It is due every `interval` batches, never before the first batch, and
+    once per count: `on_train_batch_end` and `on_epoch_end` both ask after
+    an epoch's last batch, and `last_done` (the count it last ran after)
+    keeps it from running twice.
+
+    Args:
+        batches: int. Batches trained so far in this fit.
+        interval: int. Batches between two runs of the action.
+        last_done: int. `batches` when the action last ran, 0 if never.
+    """
+    return batches > 0 and batches % interval == 0 and batches != last_done

@@ -10,6 +10,7 @@ from keras_pam.merging.alignment import SignAlignmentCallback
 from keras_pam.merging.alignment_functions import _compiled_opposed_count
 from keras_pam.merging.lora import AdapterState
 from keras_pam.merging.lora_batch_callback import LoRABatchCallback
+from keras_pam.merging.lora_batch_callback import is_due
 from keras_pam.merging.training_settings import TESTBED
 
 
@@ -142,7 +143,7 @@ class MisalignmentMonitor(LoRABatchCallback):
 
     def _measure_if_due(self):
         done = self._batches
-        if done == 0 or done % self._interval or done == self._measured_after:
+        if not is_due(done, self._interval, self._measured_after):
             return
         self._measured_after = done
         # Through `self.model`: on JAX the training state is synced first.
