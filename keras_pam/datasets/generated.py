@@ -23,10 +23,10 @@ the base's `image_size` and `patch_size`.
 | `digits` | TextVQA | what digit is written | zero .. nine | vqa |
 | `sklearn_digits` | OCR-VQA | what digit is this | zero .. nine | exact |
 | `choice` | ScienceQA | which is bigger? a: .. b: .. | a, b | exact |
-| `mix_choice` | AOKVQA-MC | which color is it mixed with .. | a, b, c | exact |
+| `mix_choice` | AOKVQA-MC | which color is it mixed with .. | a, b | exact |
 | `land_cover` | RSVQA-lr | is there water .. | yes, no, zero .. five | exact |
 | `facts` | OKVQA | what is the opposite color of .. | colours, numbers | vqa |
-| `diagram` | AI2D | which shape does the arrow point to .. | a, b, c | exact |
+| `diagram` | AI2D | which shape does the arrow point to .. | a, b | exact |
 
 The last four (`EXTENDED_TASK_NAMES`) complete the paper's extended CoIN
 sequence (`EXTENDED_ORDER`, the ten tasks of
@@ -254,10 +254,10 @@ _ANSWERS = {
     "digits": NUMBER_WORDS,
     "sklearn_digits": NUMBER_WORDS,
     "choice": OPTION_LETTERS[:CHOICE_OPTIONS],
-    "mix_choice": OPTION_LETTERS,
+    "mix_choice": OPTION_LETTERS[:2],
     "land_cover": YES_NO + NUMBER_WORDS[: MAX_BUILDINGS + 1],
     "facts": COLOR_NAMES + tuple(dict.fromkeys(SHAPE_CORNERS.values())),
-    "diagram": OPTION_LETTERS,
+    "diagram": OPTION_LETTERS[:2],
 }
 
 
