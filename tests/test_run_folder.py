@@ -72,6 +72,9 @@ def test_task_report_names_both_misaligned_fractions():
     assert math.isnan(restored.misaligned_fraction_important)
     assert math.isnan(restored.pre_merge_accuracy)
     assert "misaligned 20.0% of all entries (" in restored.summary()
+    assert "'a': loss 0.5000, pre-merge" in restored.summary()
+    untrained = TaskReport("a", 1, {}, pre_merge_accuracy=0.5)
+    assert "'a': not trained, pre-merge acc 0.500" in untrained.summary()
 
 
 def test_a_task_report_of_the_first_format_reads_its_fraction():

@@ -128,9 +128,12 @@ class TaskReport:
 
     def summary(self):
         """A one-line summary, as printed after each task."""
-        loss = self.history.get("loss", [math.nan])[-1]
+        losses = self.history.get("loss")
+        # Zero-shot and the tasks before multitask's joint training fit
+        # nothing; "loss nan" would read as a training that diverged.
+        trained = f"loss {losses[-1]:.4f}" if losses else "not trained"
         line = (
-            f"Task {self.index} '{self.name}': loss {loss:.4f}, "
+            f"Task {self.index} '{self.name}': {trained}, "
             f"pre-merge acc {self.pre_merge_accuracy:.3f}, "
             f"post-merge acc {self.post_merge_accuracy:.3f}"
         )
