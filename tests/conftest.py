@@ -2,6 +2,7 @@
 two tiny generated tasks. Nothing is downloaded."""
 
 import keras
+import numpy as np
 import pytest
 
 from keras_pam import datasets
@@ -64,3 +65,24 @@ def two_tasks():
         )
         for i, name in enumerate(["color", "shape"])
     ]
+
+
+def _preprocessed_examples(learner, task, num_examples):
+    """`(x, y, sample_weight)` of `num_examples` preprocessed training
+    examples, the task's repeated: batches for a hand-driven `fit`."""
+    x, y, sample_weight = learner.causal_lm.preprocessor(
+        {k: task.train[k] for k in ("images", "prompts", "responses")}
+    )
+    index = np.arange(num_examples) % len(task.train["prompts"])
+    return (
+        {k: keras.ops.convert_to_numpy(v)[index] for k, v in x.items()},
+        keras.ops.convert_to_numpy(y)[index],
+        keras.ops.convert_to_numpy(sample_weight).astype("float32")[index],
+    )
+
+
+@pytest.fixture(scope="session")
+def preprocessed_examples():
+    """`preprocessed_examples(learner, task, num_examples)`: a task's
+    training examples, preprocessed and repeated to `num_examples`."""
+    return _preprocessed_examples

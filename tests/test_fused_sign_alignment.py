@@ -11,8 +11,6 @@ from keras_pam.fused_sign_alignment import align_to_targets
 from keras_pam.lora import AdapterState
 from keras_pam.lora_model import LoRAModel
 
-KEYS = ("images", "prompts", "responses")
-
 
 @pytest.mark.parametrize("reinit", ["global", "zero"])
 def test_align_to_targets_matches_align(reinit):
@@ -57,26 +55,13 @@ def test_fused_alignment_validates_its_arguments():
         fused.read_counts(1, 3)
 
 
-def _fit_batches(learner, task, num_examples):
-    """`num_examples` preprocessed examples, the task's repeated."""
-    x, y, sample_weight = learner.causal_lm.preprocessor(
-        {k: task.train[k] for k in KEYS}
-    )
-    index = np.arange(num_examples) % len(task.train["prompts"])
-    return (
-        {k: keras.ops.convert_to_numpy(v)[index] for k, v in x.items()},
-        keras.ops.convert_to_numpy(y)[index],
-        keras.ops.convert_to_numpy(sample_weight).astype("float32")[index],
-    )
-
-
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="the learner fuses the alignment into its train step on JAX",
 )
 @pytest.mark.parametrize("every", [1, 3])
 def test_learner_aligns_in_its_train_step_like_the_callback(
-    tiny_preset, two_tasks, every
+    tiny_preset, two_tasks, every, preprocessed_examples
 ):
     """The fused path gives the callback's exact weights and counts, with
     more alignments than the device keeps counts for between reads, and
@@ -90,7 +75,9 @@ def test_learner_aligns_in_its_train_step_like_the_callback(
     )
     num_alignments = fused.capacity + 6
     num_batches = every * num_alignments + every - 1
-    x, y, sample_weight = _fit_batches(learner, two_tasks[0], num_batches)
+    x, y, sample_weight = preprocessed_examples(
+        learner, two_tasks[0], num_batches
+    )
 
     def fit(use_fused):
         keras.utils.set_random_seed(1)
@@ -137,10 +124,12 @@ def test_learner_aligns_in_its_train_step_like_the_callback(
     keras.backend.backend() != "jax",
     reason="the learner fuses the alignment into its train step on JAX",
 )
-def test_plain_fit_of_the_learner_does_not_align(tiny_preset, two_tasks):
+def test_plain_fit_of_the_learner_does_not_align(
+    tiny_preset, two_tasks, preprocessed_examples
+):
     learner = ContinualLearner.from_preset(tiny_preset, rank=4)
     learner.compile(optimizer=keras.optimizers.SGD(0.0))
-    x, y, sample_weight = _fit_batches(learner, two_tasks[0], 4)
+    x, y, sample_weight = preprocessed_examples(learner, two_tasks[0], 4)
     # An opposite-sign global adapter would flip every entry if aligned.
     fused = learner.in_step_update
     globals_ = [learner.global_state[p] for p in fused.paths]

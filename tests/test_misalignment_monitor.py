@@ -16,8 +16,6 @@ from keras_pam.lora import AdapterState
 from keras_pam.lora_model import LoRAModel
 from keras_pam.merging.misalignment_monitor import tracking_settings
 
-KEYS = ("images", "prompts", "responses")
-
 
 def _lora_mlp():
     inputs = keras.Input((4,))
@@ -195,23 +193,13 @@ def test_monitor_reads_before_the_alignment_whatever_its_place():
     assert before_it.curve == after_it.curve
 
 
-def _fit_batches(learner, task, num_examples):
-    x, y, sample_weight = learner.causal_lm.preprocessor(
-        {k: task.train[k] for k in KEYS}
-    )
-    index = np.arange(num_examples) % len(task.train["prompts"])
-    return (
-        {k: keras.ops.convert_to_numpy(v)[index] for k, v in x.items()},
-        keras.ops.convert_to_numpy(y)[index],
-        keras.ops.convert_to_numpy(sample_weight).astype("float32")[index],
-    )
-
-
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
     reason="the learner aligns inside its train step on JAX",
 )
-def test_in_step_alignment_is_measured_before_it_writes(tiny_preset, two_tasks):
+def test_in_step_alignment_is_measured_before_it_writes(
+    tiny_preset, two_tasks, preprocessed_examples
+):
     """PAM's alignment inside the JAX train step: the monitor's points
     are those of the callback's own alignment between batches, and each
     before an alignment is at least the one right after it."""
@@ -222,7 +210,7 @@ def test_in_step_alignment_is_measured_before_it_writes(tiny_preset, two_tasks):
     global_state = learner.global_state.map(
         lambda t: rng.normal(0.0, 0.02, np.shape(t)).astype("float32")
     )
-    x, y, sample_weight = _fit_batches(learner, two_tasks[0], 12)
+    x, y, sample_weight = preprocessed_examples(learner, two_tasks[0], 12)
 
     def fit(use_fused):
         keras.utils.set_random_seed(1)
