@@ -5,6 +5,7 @@ import dataclasses
 import types
 
 from keras_pam.experiment.held_out_selection import HeldOutSelection
+from keras_pam.experiment.order_spread import OrderSpread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,10 @@ class StudyDefinition:
             own, `task_NAME.md` (`keras_pam.experiment.study_tasks`): the
             task's accuracy after its training, after its merge and at
             the end, per variant and method. Defaults to `()`.
+        order_spread: `OrderSpread`. Groups of labels whose spread over
+            task orders is compared, paired over seeds
+            (`keras_pam.experiment.order_spread`); `differences.md`
+            reports them. Defaults to `None` (none).
 
     Example:
     ```python
@@ -52,6 +57,7 @@ class StudyDefinition:
     comparisons: tuple = ()
     held_out_selection: HeldOutSelection = None
     reported_tasks: tuple = ()
+    order_spread: OrderSpread = None
 
     def __post_init__(self):
         variants = {k: tuple(v) for k, v in dict(self.variants).items()}
@@ -84,13 +90,15 @@ class StudyDefinition:
                     f"Study {self.name!r}: `held_out_selection` must be a "
                     f"`HeldOutSelection`. Received: {selection!r}"
                 )
-            unknown = [x for x in selection.labels() if x not in labels]
-            if unknown:
+            self._check_labels("held-out selection", selection, labels)
+        spread = self.order_spread
+        if spread is not None:
+            if not isinstance(spread, OrderSpread):
                 raise ValueError(
-                    f"Study {self.name!r}: the held-out selection names "
-                    f"{', '.join(unknown)}, not labels of the study: "
-                    f"{', '.join(labels)}."
+                    f"Study {self.name!r}: `order_spread` must be an "
+                    f"`OrderSpread`. Received: {spread!r}"
                 )
+            self._check_labels("order spread", spread, labels)
         reported = self.reported_tasks
         if isinstance(reported, str) or not all(
             isinstance(task, str) and task for task in reported
@@ -100,6 +108,15 @@ class StudyDefinition:
                 f"task names, got {reported!r}."
             )
         object.__setattr__(self, "reported_tasks", tuple(reported))
+
+    def _check_labels(self, what, report, labels):
+        unknown = [x for x in report.labels() if x not in labels]
+        if unknown:
+            raise ValueError(
+                f"Study {self.name!r}: the {what} names "
+                f"{', '.join(unknown)}, not labels of the study: "
+                f"{', '.join(labels)}."
+            )
 
     def variant_methods(self, variant):
         """The methods of a variant: its `--methods`, or the defaults."""

@@ -9,6 +9,7 @@ import math
 import os
 
 from keras_pam.experiment.held_out_selection import format_held_out_selection
+from keras_pam.experiment.order_spread import format_order_spread
 from keras_pam.experiment.study_report import _format_mean_std
 from keras_pam.experiment.study_report import _seeds_text
 from keras_pam.experiment.study_report import difference_sentence
@@ -261,6 +262,10 @@ def format_study_differences(study, results, confidence=CONFIDENCE):
     if study.held_out_selection is not None:
         lines += format_held_out_selection(
             study.held_out_selection, study_cells(results), confidence
+        )
+    if study.order_spread is not None:
+        lines += format_order_spread(
+            study.order_spread, study_cells(results), confidence
         )
     return "\n".join(lines)
 
