@@ -10,6 +10,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from keras_pam import datasets
@@ -280,6 +281,35 @@ def test_study_writes_the_task_report(hand_made, tmp_path, capsys):
     report = (tmp_path / "task_land_cover.md").read_text(encoding="utf-8")
     assert report == study_tasks.format_task_report(study, results, FAR)
     assert (tmp_path / "table.md").is_file()
+    assert (tmp_path / study_tasks.TASK_FIGURE_FILE).is_file()
     # A study without reported tasks writes none.
     reinit = studies.get_study("reinit")
     assert study_tasks.write_task_reports(str(tmp_path), reinit, {}) == []
+
+
+def test_task_figure_draws_each_labels_mean_per_accuracy(hand_made):
+    study, results = hand_made
+    figure = study_tasks.plot_task_accuracies(study, results)
+    panels = figure.axes[:3]
+    assert [panel.get_title() for panel in panels] == [
+        "Rhat[j][j]",
+        "R[j][j]",
+        "R[T][j]",
+    ]
+    labels = [
+        f"{variant}/{method}" for variant in FAR_SCORES for method in METHODS
+    ]
+    for panel, index in zip(panels, range(3), strict=True):
+        # The error bars' containers are labelled `_nolegend_`.
+        bars = {
+            c.get_label(): c
+            for c in panel.containers
+            if not c.get_label().startswith("_")
+        }
+        assert list(bars) == labels
+        for label in labels:
+            variant, method = label.split("/")
+            scores = FAR_SCORES[variant][method]
+            mean = 100 * np.mean([cell[index] for cell in scores])
+            (bar,) = bars[label].patches
+            assert bar.get_height() == pytest.approx(mean)

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_pam import datasets
 from keras_pam import statistics
 from keras_pam.experiment import cli
 from keras_pam.experiment import grid
@@ -149,6 +150,14 @@ def test_methods_study_compares_pam_with_every_method_of_the_paper():
         for variant, method in zip(study.variants, methods)
         if method != "pam"
     ]
+
+
+def test_complement_reports_every_task_of_the_orders():
+    # Fig. 7 is per task: each task of the three orders gets its report.
+    study = studies.get_study("complement")
+    tasks = {t for order in datasets.ORDERS.values() for t in order}
+    assert set(study.reported_tasks) == tasks
+    assert len(study.reported_tasks) == len(tasks)
 
 
 def test_every_registered_method_is_in_some_study():

@@ -283,9 +283,72 @@ def format_task_report(study, results, task, confidence=CONFIDENCE):
     return "\n".join(lines)
 
 
+TASK_FIGURE_FILE = "task_accuracy.png"
+
+
+def plot_task_accuracies(study, results, path=None):
+    """The reported tasks' accuracies per label, as grouped bars.
+
+    One panel per accuracy of `TASK_ACCURACIES` (after training, after the
+    merge, at the end: the last is the paper's Fig. 7), a group of bars per
+    reported task, a bar per label with ± one std over its cells.
+
+    Args:
+        study: `StudyDefinition`. The study (its `reported_tasks`).
+        results: dict. Variant name to its `results.json` dict.
+        path: str. Save the figure there (PNG). Defaults to `None`.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
+    from keras_pam.evaluation.plotting import _pyplot
+    from keras_pam.evaluation.plotting import _save
+
+    plt = _pyplot()
+    tasks = list(study.reported_tasks)
+    summaries = {task: task_summaries(study, results, task) for task in tasks}
+    labels = [
+        label
+        for label in study.labels()
+        if any(label in found for found in summaries.values())
+    ]
+    width = 0.8 / max(1, len(labels))
+    figure, axes = plt.subplots(
+        1,
+        len(TASK_ACCURACIES),
+        figsize=(1.0 + (1.2 + 0.9 * len(tasks)) * len(TASK_ACCURACIES), 3.6),
+        sharey=True,
+        squeeze=False,
+    )
+    for panel, (key, name, _) in zip(axes[0], TASK_ACCURACIES):
+        for i, label in enumerate(labels):
+            means, stds = [], []
+            for task in tasks:
+                summary = summaries[task].get(label, {}).get(key)
+                means.append(100 * summary["mean"] if summary else math.nan)
+                std = summary["std"] if summary else math.nan
+                stds.append(0.0 if math.isnan(std) else 100 * std)
+            positions = [
+                t + (i - (len(labels) - 1) / 2) * width
+                for t in range(len(tasks))
+            ]
+            panel.bar(
+                positions, means, width, yerr=stds, label=label, capsize=2
+            )
+        panel.set_title(name)
+        panel.set_xticks(range(len(tasks)))
+        panel.set_xticklabels(tasks, rotation=30, ha="right", fontsize=8)
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    figure.suptitle(
+        f"{study.name}: each task's accuracy, mean ± std over its cells"
+    )
+    return _save(figure, path, rect=(0, 0, 1, 0.95))
+
+
 def write_task_reports(output, study, results):
     """Write `task_NAME.md` into `output` for each of the study's
-    `reported_tasks`.
+    `reported_tasks`, and `task_accuracy.png` once a variant has finished.
 
     Args:
         output: str. The study's folder.
@@ -301,5 +364,9 @@ def write_task_reports(output, study, results):
         path = os.path.join(output, task_file_name(task))
         with open(path, "w", encoding="utf-8") as f:
             f.write(format_task_report(study, results, task))
+        paths.append(path)
+    if study.reported_tasks and results:
+        path = os.path.join(output, TASK_FIGURE_FILE)
+        plot_task_accuracies(study, results, path)
         paths.append(path)
     return paths
