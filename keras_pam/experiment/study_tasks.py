@@ -313,10 +313,15 @@ def plot_task_accuracies(study, results, path=None):
         if any(label in found for found in summaries.values())
     ]
     width = 0.8 / max(1, len(labels))
+    # Room on the right for the legend, which would hide bars in a panel.
+    legend_width = 1.9
+    figure_width = legend_width + (1.2 + 0.9 * len(tasks)) * len(
+        TASK_ACCURACIES
+    )
     figure, axes = plt.subplots(
         1,
         len(TASK_ACCURACIES),
-        figsize=(1.0 + (1.2 + 0.9 * len(tasks)) * len(TASK_ACCURACIES), 3.6),
+        figsize=(figure_width, 3.6),
         sharey=True,
         squeeze=False,
     )
@@ -339,11 +344,13 @@ def plot_task_accuracies(study, results, path=None):
         panel.set_xticks(range(len(tasks)))
         panel.set_xticklabels(tasks, rotation=30, ha="right", fontsize=8)
     axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, names, fontsize=7, loc="center right")
     figure.suptitle(
         f"{study.name}: each task's accuracy, mean ± std over its cells"
     )
-    return _save(figure, path, rect=(0, 0, 1, 0.95))
+    right = 1 - legend_width / figure_width
+    return _save(figure, path, rect=(0, 0, right, 0.95))
 
 
 def write_task_reports(output, study, results):
