@@ -146,8 +146,9 @@ def _make_strategy(name, settings, num_tasks):
 
     `get_strategy` gives the alignment settings (`p`, `align_every`,
     `reinit`, `scope`, `p_rule`, `parts`) to the methods that align,
-    `num_tasks` to O-LoRA and `l2_weight` (in the settings of a run of
-    `l2-pull`) to L2Pull; the other methods leave them unused.
+    `num_tasks` to O-LoRA, `l2_weight` (in the settings of a run of
+    `l2-pull`) to L2Pull and `start` (of a run given `--start`) to the
+    merges that take it; the other methods leave them unused.
     """
     from keras_pam.strategies import get_strategy
 
@@ -155,6 +156,7 @@ def _make_strategy(name, settings, num_tasks):
         name,
         num_tasks=num_tasks,
         l2_weight=settings.get("l2_weight"),
+        start=settings.get("start"),
         p=settings["p"],
         align_every=settings["align_every"],
         reinit=settings["reinit"],

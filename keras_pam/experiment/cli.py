@@ -216,6 +216,7 @@ def build_parser():
         choices=SCOPES,
         help="PAM: rank magnitudes per tensor or over all entries",
     )
+    from keras_pam.strategies.average import START_MODES
     from keras_pam.strategies.l2_pull import DEFAULT_WEIGHT
 
     run.add_argument(
@@ -225,6 +226,14 @@ def build_parser():
         help=(
             "l2-pull: weight of the pull toward the global adapter, > 0 "
             f"({DEFAULT_WEIGHT})"
+        ),
+    )
+    run.add_argument(
+        "--start",
+        choices=START_MODES,
+        help=(
+            "average, TIES, TALL: start each task's adapter from a clone of "
+            "the global one (clone, the default) or a fresh draw (fresh)"
         ),
     )
     run.add_argument(

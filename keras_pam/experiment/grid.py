@@ -145,6 +145,7 @@ def check_settings(settings):
             "scope",
             "p_rule",
             "l2_weight",
+            "start",
         )
         if key in settings
     }

@@ -114,6 +114,9 @@ def resolve_settings(args):
         settings["l2_weight"] = (
             DEFAULT_WEIGHT if l2_weight is None else l2_weight
         )
+    if getattr(args, "start", None) is not None:
+        # Only when given, as `l2_weight`: other runs' settings stay equal.
+        settings["start"] = args.start
     settings["pairs"] = None
     if getattr(args, "pairs", None) is not None:
         settings["pairs"] = parse_pairs(args.pairs, settings["methods"])

@@ -210,6 +210,33 @@ def rank_study():
     )
 
 
+INIT_MERGES = ("average", "ties", "tall")
+
+
+def init_study():
+    """Fig. 10 (left), App. B: start a merge's task adapter from the global.
+
+    The paper's claim: starting each task's adapter as a clone of the
+    global adapter beats starting it afresh, for averaging and for TIES
+    and TALL, without alignment. Merging methods usually train their
+    models independently; here `--start fresh` draws each task's adapter
+    anew (B zero, A from the seed and the task's index). Compared: clone
+    minus fresh for each merge.
+    """
+    methods = ",".join(INIT_MERGES)
+    return StudyDefinition(
+        name="init",
+        claim=_claim(init_study),
+        variants={
+            "clone": ("--methods", methods),
+            "fresh": ("--methods", methods, "--start", "fresh"),
+        },
+        comparisons=tuple(
+            (f"clone/{method}", f"fresh/{method}") for method in INIT_MERGES
+        ),
+    )
+
+
 def complement_study():
     """Sec. 5.4 (Fig. 7): PAM adds to other continual-learning methods.
 
@@ -504,6 +531,7 @@ STUDIES = {
     "schedule": schedule_study,
     "reinit": reinit_study,
     "rank": rank_study,
+    "init": init_study,
     "complement": complement_study,
     "alignment_timing": alignment_timing_study,
     "generality": generality_study,

@@ -538,7 +538,7 @@ def zero_copies(lora_variables, name_prefix):
     return copies
 
 
-def initial_adapter(model, seed):
+def initial_adapter(model, seed, draw=None):
     """A fresh adapter drawn from `seed` alone, whatever the random state.
 
     Every `A` factor is He-uniform (Keras's `enable_lora` initialiser,
@@ -550,10 +550,20 @@ def initial_adapter(model, seed):
     Args:
         model: the model (or backbone) whose LoRA factors to draw.
         seed: int. The seed.
+        draw: int. Another draw from the same seed, from the seed
+            `(seed, draw, i)` (a task's fresh start: its index). Defaults
+            to `None`, the run's initial adapter.
 
     Returns:
         An `AdapterState`.
+
+    Example:
+    ```python
+    first = initial_adapter(causal_lm, seed=0)
+    task_3 = initial_adapter(causal_lm, seed=0, draw=3)  # other A factors
+    ```
     """
+    stream = [int(seed)] if draw is None else [int(seed), int(draw)]
     tensors = {}
     for index, (path, variable) in enumerate(lora_variables(model).items()):
         shape = tuple(variable.shape)
@@ -564,6 +574,6 @@ def initial_adapter(model, seed):
         if len(shape) > 2:
             fan_in = shape[-2] * int(np.prod(shape[:-2]))
         limit = math.sqrt(6.0 / max(1, fan_in))
-        rng = np.random.default_rng([int(seed), index])
+        rng = np.random.default_rng([*stream, index])
         tensors[path] = rng.uniform(-limit, limit, shape).astype("float32")
     return AdapterState(tensors)

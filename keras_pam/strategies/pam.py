@@ -68,6 +68,8 @@ class PAM(Average):
     """
 
     name = "pam"
+    # Alignment needs the clone start: `start` is not a setting of it.
+    method_settings = ()
 
     def __init__(self, alignment=None, merge="average", **kwargs):
         kwargs = renamed_settings(kwargs, "PAM")

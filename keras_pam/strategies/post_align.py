@@ -22,6 +22,8 @@ class PostAlign(Average):
     """
 
     name = "post-align"
+    # Alignment needs the clone start: `start` is not a setting of it.
+    method_settings = ()
 
     def __init__(
         self,

@@ -112,6 +112,7 @@ def get_strategy(
     num_tasks=None,
     num_experts=8,
     l2_weight=None,
+    start=None,
     **settings,
 ):
     """Build a strategy by name, with PAM's alignment settings.
@@ -130,6 +131,9 @@ def get_strategy(
             learner's rank must be a multiple of it. Defaults to `8`.
         l2_weight: float. The weight of `"l2-pull"`'s pull toward the
             global adapter. Defaults to `None` (its own default).
+        start: str. Where each task's adapter starts in `"average"`,
+            `"ties"` and `"tall"`: `"clone"` or `"fresh"` (see `Average`).
+            Defaults to `None` (`"clone"`).
         **settings: alignment settings replacing those of `alignment`
             (`p`, `align_every`, `reinit`, `scope`, `align_first_task`,
             `reset_moments`, `p_rule`; the old name `every` warns).
@@ -148,7 +152,7 @@ def get_strategy(
     wrappers, base = parse_name(name)
     settings = renamed_settings(settings, "get_strategy")
     alignment = AlignmentConfig.make(alignment, **settings)
-    given = {"l2_weight": l2_weight}
+    given = {"l2_weight": l2_weight, "start": start}
     own = {
         key: value
         for key, value in given.items()
@@ -176,7 +180,7 @@ def check_strategy(name, rank=None, num_tasks=None, num_experts=8, **settings):
             checked).
         num_tasks: int. The sequence's length. Defaults to `None`.
         num_experts: int. As in `get_strategy`. Defaults to `8`.
-        **settings: alignment settings and `l2_weight`, as in
+        **settings: alignment settings, `l2_weight` and `start`, as in
             `get_strategy`.
 
     Example:

@@ -12,6 +12,8 @@ class TIES(Average):
             Defaults to `0.9` (the PAM paper's best).
         majority_sign: str. `"total"` (sign of the summed mass) or
             `"frequency"`. Defaults to `"total"`.
+        start: str. `"clone"` or `"fresh"`, as in `Average`. Defaults to
+            `"clone"`.
 
     Example:
     ```python
@@ -21,8 +23,13 @@ class TIES(Average):
 
     name = "ties"
 
-    def __init__(self, density=0.9, majority_sign="total"):
-        super().__init__("ties", density=density, majority_sign=majority_sign)
+    def __init__(self, density=0.9, majority_sign="total", start="clone"):
+        super().__init__(
+            "ties",
+            start=start,
+            density=density,
+            majority_sign=majority_sign,
+        )
 
     @classmethod
     def from_config(cls, config):
