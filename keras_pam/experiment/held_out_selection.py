@@ -17,6 +17,7 @@ from keras_pam.experiment.study_report import format_difference
 from keras_pam.experiment.summary import CONFIDENCE
 from keras_pam.experiment.summary import METRIC_COLUMNS
 from keras_pam.experiment.summary import _metric
+from keras_pam.experiment.summary import check_metric
 from keras_pam.experiment.summary import differences
 
 # The label the picked candidate's cells take in the comparison.
@@ -60,12 +61,7 @@ class HeldOutSelection:
             raise ValueError(
                 f"{shared} cannot be both a candidate and a challenger."
             )
-        metrics = [key for key, _ in METRIC_COLUMNS]
-        if self.metric not in metrics:
-            raise ValueError(
-                f"`metric` must be one of {metrics}. Received: "
-                f"metric={self.metric!r}"
-            )
+        check_metric(self.metric)
 
     def labels(self):
         return self.candidates + self.challengers

@@ -17,6 +17,7 @@ from keras_pam.experiment.study_report import format_difference
 from keras_pam.experiment.summary import CONFIDENCE
 from keras_pam.experiment.summary import METRIC_COLUMNS
 from keras_pam.experiment.summary import _metric
+from keras_pam.experiment.summary import check_metric
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +60,7 @@ class OrderSpread:
                     f"of its groups: {', '.join(groups)}."
                 )
         object.__setattr__(self, "comparisons", comparisons)
-        metrics = [key for key, _ in METRIC_COLUMNS]
-        if self.metric not in metrics:
-            raise ValueError(
-                f"`metric` must be one of {metrics}. Received: "
-                f"metric={self.metric!r}"
-            )
+        check_metric(self.metric)
 
     def labels(self):
         """Every label of every group, each once."""

@@ -21,6 +21,15 @@ METRIC_COLUMNS = (
 )
 
 
+def check_metric(metric):
+    """Raise `ValueError` unless `metric` is a key of `METRIC_COLUMNS`."""
+    metrics = [key for key, _ in METRIC_COLUMNS]
+    if metric not in metrics:
+        raise ValueError(
+            f"`metric` must be one of {metrics}. Received: metric={metric!r}"
+        )
+
+
 def study_pairs(settings):
     """The pairs of methods whose differences a study reports.
 
