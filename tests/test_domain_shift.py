@@ -290,7 +290,7 @@ def test_study_writes_the_task_report(hand_made, tmp_path, capsys):
 def test_task_figure_draws_each_labels_mean_per_accuracy(hand_made):
     study, results = hand_made
     figure = study_tasks.plot_task_accuracies(study, results)
-    panels = figure.axes[:3]
+    panels = figure.axes[:3]  # one a row
     assert [panel.get_title() for panel in panels] == [
         "Rhat[j][j]",
         "R[j][j]",

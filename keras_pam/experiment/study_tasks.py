@@ -289,8 +289,8 @@ TASK_FIGURE_FILE = "task_accuracy.png"
 def plot_task_accuracies(study, results, path=None):
     """The reported tasks' accuracies per label, as grouped bars.
 
-    One panel per accuracy of `TASK_ACCURACIES` (after training, after the
-    merge, at the end: the last is the paper's Fig. 7), a group of bars per
+    A panel a row per accuracy of `TASK_ACCURACIES` (after training, after
+    the merge, at the end: the last is the paper's Fig. 7), a group of bars per
     reported task, a bar per label with ± one std over its cells.
 
     Args:
@@ -315,17 +315,17 @@ def plot_task_accuracies(study, results, path=None):
     width = 0.8 / max(1, len(labels))
     # Room on the right for the legend, which would hide bars in a panel.
     legend_width = 1.9
-    figure_width = legend_width + (1.2 + 0.9 * len(tasks)) * len(
-        TASK_ACCURACIES
-    )
+    figure_width = legend_width + 1.2 + 0.9 * len(tasks)
+    # A panel a row: the tasks run along x, however many there are.
     figure, axes = plt.subplots(
-        1,
         len(TASK_ACCURACIES),
-        figsize=(figure_width, 3.6),
+        1,
+        figsize=(figure_width, 0.8 + 2.4 * len(TASK_ACCURACIES)),
+        sharex=True,
         sharey=True,
         squeeze=False,
     )
-    for panel, (key, name, _) in zip(axes[0], TASK_ACCURACIES):
+    for (panel,), (key, name, _) in zip(axes, TASK_ACCURACIES):
         for i, label in enumerate(labels):
             means, stds = [], []
             for task in tasks:
@@ -340,17 +340,17 @@ def plot_task_accuracies(study, results, path=None):
             panel.bar(
                 positions, means, width, yerr=stds, label=label, capsize=2
             )
-        panel.set_title(name)
-        panel.set_xticks(range(len(tasks)))
-        panel.set_xticklabels(tasks, rotation=30, ha="right", fontsize=8)
-    axes[0][0].set_ylabel("accuracy (%)")
+        panel.set_title(name, fontsize=10)
+        panel.set_ylabel("accuracy (%)")
+    axes[-1][0].set_xticks(range(len(tasks)))
+    axes[-1][0].set_xticklabels(tasks, rotation=30, ha="right", fontsize=8)
     handles, names = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, names, fontsize=7, loc="center right")
     figure.suptitle(
         f"{study.name}: each task's accuracy, mean ± std over its cells"
     )
     right = 1 - legend_width / figure_width
-    return _save(figure, path, rect=(0, 0, right, 0.95))
+    return _save(figure, path, rect=(0, 0, right, 0.96))
 
 
 def write_task_reports(output, study, results):
