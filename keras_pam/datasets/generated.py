@@ -463,6 +463,11 @@ def vocabulary_texts():
     ]
     for name in ALL_TASK_NAMES:
         texts.extend(_ANSWERS[name])
+        if name == "mix_choice":
+            # The pretraining's option questions answer a, b or c. "c" was
+            # listed here while `mix_choice` had three options, and the
+            # shipped tokenizer was trained on this list, in this order.
+            texts.extend(OPTION_LETTERS)
     for color in COLOR_NAMES:
         for horizontal in (True, False):
             texts.append(_position_prompt(color, horizontal))
